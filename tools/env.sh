@@ -1,0 +1,11 @@
+# Sourced by the Makefile and .ci/run: keeps every tool offline-quiet and its state inside the repo.
+_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DO_NOT_TRACK=1
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_HOME="${PREFECT_HOME:-$_root/.prefect}"
+export MLFLOW_DISABLE_TELEMETRY=true
+export DVC_NO_ANALYTICS=1
+export ITERATIVE_DO_NOT_TRACK=1
+export GX_ANALYTICS_ENABLED=false
+export PYTHONUNBUFFERED=1
+unset _root

@@ -1,0 +1,306 @@
+"""The TwinFlow objective (one code path; flow matching and RCGM are settings of it).
+
+Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflow/twinflow.py`), paraphrased in
+../shared/design/twinflow_method.md §1.4-1.5 and §2.1:
+
+- path x_t = t*z + (1-t)*x (t=1 noise, t=0 data); the net predicts the velocity F(x_t, t, r) ~ z - x,
+  an average velocity towards target time r: x_r ~ x_t - (t-r)*F. Predicted data: x_hat = x_t - |t|*F.
+- each batch is partitioned into contiguous buckets by `probs` (e2e: t=1,r=0 / mul: r~t / any: r~U[0,t] /
+  adv: the twin branch t=r=-s on the online model's own detached 1-step samples);
+- one grad-carrying forward on the whole batch; every other call is under no_grad;
+- non-adv rows: CFG-baked target (enhanced_ratio) then the RCGM N-th order target with gap delta and the
+  +-1 residual clip; adv rows: plain flow matching on the fake samples (L_adv);
+- tan time weighting, L2 or Barron (alpha=1) per-sample loss;
+- L_rectify on e2e rows: sg(F - dv) with dv = clip(F(y,-s,-s) - F(y,s,s)) from the online model.
+
+Settings (`ObjectiveConfig.preset`): twinflow {1,1,1,1}; rcgm {1,1,1,0} without rectify (the official
+"RCGM in practice"); fm {mul} with consistc_ratio = enhanced_ratio = estimate_order = 0.
+
+Deliberate differences from the official code, none of which change a loss value:
+- the RCGM residual's small-gap branch is selected with `where` instead of multiplying by 1/(t-r), so t == r
+  cannot give NaN (official issue #15);
+- the CFG and RCGM teacher calls run only on the rows whose target they change (the official code runs them on
+  the whole batch and discards the adv rows), and no CUDA RNG state is saved or restored (no dropout here);
+- rectify is skipped when its weight is 0 (the official code computes it and multiplies by 0);
+- every no-grad call goes through the unwrapped module (`net.module` under DDP), so only the single
+  grad-carrying forward passes through DDP's hooks.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import torch
+from torch import nn
+
+from twinflow_core.errors import ConfigError
+
+BUCKETS = ("e2e", "mul", "any", "adv")
+
+
+@dataclass
+class ObjectiveConfig:
+    # batch partition weights, official `probs`
+    probs: dict = field(default_factory=lambda: {"e2e": 1.0, "mul": 1.0, "any": 1.0, "adv": 1.0})
+    estimate_order: int = 2  # N: teacher sub-steps in the RCGM rollout; 0 disables RCGM
+    delta: float = 0.01  # RCGM gap
+    consistc_ratio: float = 1.0  # r = t - U*cor*t; 0 forces r = t
+    enhanced_ratio: float = 0.0  # w_e of the CFG-baked target; 0 disables (needs an unconditional branch)
+    enhanced_range: tuple = (0.0, 1.0)  # open interval of t that gets the enhanced target
+    dist_match_cof: float = 0.5  # lambda, weight of L_rectify
+    loss: str = "robust"  # "robust" (Barron alpha=1, c=1e-3; production) or "l2" (MNIST tutorial)
+    barron_alpha: float = 1.0
+    barron_c: float = 1e-3
+    time_weighting: bool = True  # w(t,r) = tan((1-(|t|-|r|))*pi/2.5) + 1
+    time_dist: tuple = (1.0, 1.0, 1.0)  # t ~ Beta(a, b) * c  (official time_dist_ctrl)
+    residual_clip: float = 1.0
+    dv_clip: float = 1.0
+    near_ratio: float = 0.05  # mul rows: r = t - U*t*min(near_ratio, cor)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ObjectiveConfig":
+        presets = {
+            "twinflow": {},
+            "rcgm": {"probs": {"e2e": 1.0, "mul": 1.0, "any": 1.0, "adv": 0.0}, "dist_match_cof": 0.0},
+            "fm": {
+                "probs": {"e2e": 0.0, "mul": 1.0, "any": 0.0, "adv": 0.0},
+                "consistc_ratio": 0.0,
+                "enhanced_ratio": 0.0,
+                "estimate_order": 0,
+                "dist_match_cof": 0.0,
+            },
+        }
+        if name not in presets:
+            raise ConfigError(f"unknown objective preset {name!r}; choose one of {', '.join(presets)}")
+        return cls.from_dict({**presets[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ObjectiveConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"objective: unknown key(s) {unknown}; known: {sorted(known)}")
+        cfg = replace(cls(), **values)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> None:
+        bad = sorted(set(self.probs) - set(BUCKETS))
+        if bad:
+            raise ConfigError(f"objective.probs: unknown bucket(s) {bad}; buckets are {list(BUCKETS)}")
+        if any(float(v) < 0 for v in self.probs.values()) or sum(float(v) for v in self.probs.values()) <= 0:
+            raise ConfigError(f"objective.probs: weights must be >= 0 with a positive sum, got {self.probs}")
+        if self.loss not in ("robust", "l2"):
+            raise ConfigError(f"objective.loss: {self.loss!r} is not 'robust' or 'l2'")
+        if self.estimate_order < 0:
+            raise ConfigError(f"objective.estimate_order must be >= 0, got {self.estimate_order}")
+        if not 0.0 <= self.consistc_ratio <= 1.0:
+            raise ConfigError(f"objective.consistc_ratio must be in [0, 1], got {self.consistc_ratio}")
+        if self.delta <= 0:
+            raise ConfigError(f"objective.delta must be > 0, got {self.delta}")
+
+
+def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, alpha: float = 1.0, c: float = 1e-3) -> torch.Tensor:
+    """Per-sample loss, shape (B,). "l2": mean squared error. "robust": Barron-reweighted L2.
+
+    robust = mse * sg((mse/c^2/|alpha-2| + 1)^((alpha-2)/2)) / c; for alpha=1 ~ mse/sqrt(mse + c^2), an L1-like loss.
+    """
+    mse = (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
+    if kind == "l2":
+        return mse
+    if abs(alpha - 2.0) < 1e-5:
+        weight = torch.ones_like(mse)
+    else:
+        weight = (mse / (c**2 + 1e-8) / abs(alpha - 2.0) + 1.0).pow((alpha - 2.0) / 2.0)
+    return mse * weight.detach() / c
+
+
+def time_weight(t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """tan((1 - (|t| - |r|)) * pi/2.5) + 1: 1 for the e2e jump (t-r = 1), ~4.08 as r -> t."""
+    return torch.tan((1.0 - (t.abs() - r.abs())) * math.pi / 2.5) + 1.0
+
+
+def _rows(cond, idx):
+    """Select batch rows of a conditioning value (None, a tensor, or a tuple/list/dict of tensors)."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor):
+        return cond[idx]
+    if isinstance(cond, dict):
+        return {k: _rows(v, idx) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(_rows(v, idx) for v in cond)
+    raise TypeError(f"unsupported conditioning type {type(cond).__name__}")
+
+
+def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, *([1] * (like.dim() - 1)))
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module behind a DDP/FSDP-style wrapper (which exposes it as `.module`)."""
+    return getattr(net, "module", net)
+
+
+def partition(batch_size: int, probs: dict, device=None) -> dict[str, torch.Tensor]:
+    """Contiguous boolean masks per bucket, sizes proportional to `probs` (last bucket takes the rest)."""
+    if batch_size % 4:
+        raise ConfigError(
+            f"batch size {batch_size} is not divisible by 4: TwinFlow splits every batch into quarters "
+            "(e2e / mul / any / adv); use a multiple of 4 per device"
+        )
+    weights = [float(probs.get(k, 0.0)) for k in BUCKETS]
+    total = sum(weights)
+    lengths = [int(round(batch_size * w / total)) for w in weights]
+    lengths[-1] = batch_size - sum(lengths[:-1])
+    masks, cursor = {}, 0
+    for key, length in zip(BUCKETS, lengths):
+        mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        mask[cursor : cursor + max(length, 0)] = True
+        masks[key] = mask
+        cursor += max(length, 0)
+    return masks
+
+
+@torch.no_grad()
+def one_step(net: nn.Module, z: torch.Tensor, cond=None) -> torch.Tensor:
+    """The 1-step generator: x = z - F(z, 1, 0)."""
+    ones = torch.ones(z.shape[0], device=z.device)
+    return z - net(z, ones, torch.zeros_like(ones), cond)
+
+
+@torch.no_grad()
+def rcgm_target(teacher, F, v, x_t, t, r, cond, order: int, delta: float, clip: float) -> torch.Tensor:
+    """RCGM target sg(F) - clip(R): R is the residual of the consistency identity
+    (t-r) u(x_t,t,r) = delta*v + (t_m - r) u(x_{t_m}, t_m, r), the right side rolled out by the teacher in `order`
+    equal sub-steps from t_m = max(t - delta, r) to r. Rows with t - r < delta fall back to R = F - v."""
+    t_m = torch.maximum(t - delta, r)
+    x = x_t - delta * v
+    displacement = torch.zeros_like(F)
+    for i in range(order):
+        tau_c = t_m + (r - t_m) * (i / order)
+        tau_n = t_m + (r - t_m) * ((i + 1) / order)
+        step = _bcast(tau_c - tau_n, x)
+        G = teacher(x, tau_c, tau_n, cond)
+        x = x - step * G
+        displacement = displacement + step * G
+    gap = _bcast(t - r, F)
+    small = gap < delta
+    residual = torch.where(small, F - v, (gap * F - displacement) / delta - v)
+    return F - residual.clamp(-clip, clip)
+
+
+@torch.no_grad()
+def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float) -> torch.Tensor:
+    """dv = clip(F(y, -s, -s) - F(y, s, s)) at y = s*z + (1-s)*x_fake, s ~ U(0,1): fake minus real velocity."""
+    z = torch.randn_like(x_fake)
+    s = torch.rand(x_fake.shape[0], device=x_fake.device)
+    y = _bcast(s, z) * z + (1 - _bcast(s, z)) * x_fake
+    return (net(y, -s, -s, cond) - net(y, s, s, cond)).float().clamp(-clip, clip)
+
+
+class TwinFlowObjective:
+    """`loss, stats = objective(net, x, cond, uncond=..., ema=...)` for one training batch.
+
+    net: the trained network (possibly DDP-wrapped; only the grad forward goes through the wrapper).
+    cond / uncond: conditioning rows for x and the null condition (same batch size), or None.
+    ema: a `twinflow_core.ema.EMA` or None (None: the online net is the teacher). It is updated right after the
+         grad forward, as in the official step, then provides the teacher for the CFG and RCGM targets.
+    """
+
+    def __init__(self, cfg: ObjectiveConfig | None = None):
+        self.cfg = cfg or ObjectiveConfig()
+        self.cfg.validate()
+
+    def __call__(self, net: nn.Module, x: torch.Tensor, cond=None, uncond=None, ema=None):
+        cfg = self.cfg
+        inner = unwrap(net)
+        batch = x.shape[0]
+        masks = partition(batch, cfg.probs, x.device)
+        adv = masks["adv"]
+
+        with torch.no_grad():
+            a, b, c = cfg.time_dist
+            t = torch.distributions.Beta(a, b).sample((batch,)).to(x.device).clamp(0, 1) * c
+            r = t - torch.rand_like(t) * cfg.consistc_ratio * t
+            t_near = t - torch.rand_like(t) * t * min(cfg.near_ratio, cfg.consistc_ratio)
+            t[masks["e2e"]], r[masks["e2e"]] = 1.0, 0.0
+            r[masks["mul"]] = t_near[masks["mul"]]
+            x = x.clone()
+            if adv.any():
+                r[adv] = -t[adv]
+                x[adv] = one_step(inner, torch.randn_like(x[adv]), _rows(cond, adv)).to(x.dtype)
+            z = torch.randn_like(x)
+            x_t = _bcast(t, x) * z + (1 - _bcast(t, x)) * x
+            v = z - x
+            t[adv] = -t[adv]
+
+        F = net(x_t, t, r, cond)  # the only forward that carries gradient
+        if ema is not None:
+            ema.update(inner)
+        teacher = ema.teacher(inner) if ema is not None else inner
+        fixed_teacher = ema is not None and ema.decay == 1.0
+
+        with torch.no_grad():
+            target = v.clone()
+            if cfg.enhanced_ratio != 0.0 and uncond is not None:
+                lo, hi = cfg.enhanced_range
+                # strict bounds as in the official code: e2e rows (t = 1) are not enhanced when hi = 1
+                idx = (t > lo) & (t < hi) & ~adv
+                if idx.any():
+                    f_c = teacher(x_t[idx], t[idx], t[idx], _rows(cond, idx))
+                    f_u = teacher(x_t[idx], t[idx], t[idx], _rows(uncond, idx))
+                    boost = cfg.enhanced_ratio * (f_c - f_u)
+                    # frozen teacher (data-free distillation): target is pure teacher CFG
+                    target[idx] = (f_u + boost) if fixed_teacher else target[idx] + boost
+            use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0
+            if use_rcgm and (masks["e2e"] | masks["any"]).any():
+                rows = ~adv
+                rcgm_teacher = inner if fixed_teacher else teacher
+                target[rows] = rcgm_target(
+                    rcgm_teacher, F.detach()[rows], target[rows], x_t[rows], t[rows], r[rows],
+                    _rows(cond, rows), cfg.estimate_order, cfg.delta, cfg.residual_clip,
+                ).to(target.dtype)
+            weight = time_weight(t, r) if cfg.time_weighting else torch.ones_like(t)
+            weight[adv] = 1.0
+
+        per_sample = per_sample_loss(F, target, cfg.loss, cfg.barron_alpha, cfg.barron_c) * weight
+        if cfg.estimate_order >= 1:
+            base = per_sample.mean()
+        else:  # the official multi-step (flow-matching) setting scores only the mul and adv rows
+            scored = masks["mul"] | adv
+            base = per_sample[scored].mean() if scored.any() else per_sample.sum() * 0.0
+
+        stats = {"loss/base": base.item()}
+        for key in BUCKETS:
+            if masks[key].any():
+                stats[f"loss/{key}"] = per_sample[masks[key]].mean().item()
+
+        loss = base
+        e2e = masks["e2e"]
+        if cfg.consistc_ratio == 1.0 and e2e.any() and cfg.dist_match_cof != 0.0:
+            x_fake = (x_t[e2e] - _bcast(t[e2e].abs(), x_t) * F[e2e]).detach()
+            dv = velocity_gap(inner, x_fake, _rows(cond, e2e), cfg.dv_clip)
+            F_e2e = F[e2e]
+            rectify = per_sample_loss(F_e2e, (F_e2e - dv).detach(), cfg.loss, cfg.barron_alpha, cfg.barron_c).mean()
+            loss = loss + cfg.dist_match_cof * rectify
+            stats["loss/rectify"] = rectify.item()
+            stats["dv/abs_mean"] = dv.abs().mean().item()
+        stats["loss"] = loss.item()
+        return loss, stats
+
+
+def sanitize_and_clip_grads_(parameters, max_norm: float = 1.0) -> float:
+    """Zero non-finite gradient entries in place, then clip the global norm (official: nan_to_num + clip 1.0).
+
+    Infinities go to 0 rather than to the largest float (torch's nan_to_num default): a float-max entry would
+    make the global norm overflow and the clip would wipe the whole step."""
+    params = [p for p in parameters if p.grad is not None]
+    for p in params:
+        torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    if not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
