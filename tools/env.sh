@@ -8,4 +8,6 @@ export DVC_NO_ANALYTICS=1
 export ITERATIVE_DO_NOT_TRACK=1
 export GX_ANALYTICS_ENABLED=false
 export PYTHONUNBUFFERED=1
+# dvc.yaml stages run `python -m flows.stages.<stage>`: the project environment must come first on PATH
+case ":$PATH:" in *":$_root/.venv/bin:"*) ;; *) export PATH="$_root/.venv/bin:$PATH" ;; esac
 unset _root

@@ -1,0 +1,255 @@
+"""The one prepared-dataset format: what `prepare` writes and training / evaluation read.
+
+    data/prepared/<name>/
+      shards/images-00000.npz   array "images": uint8 (n, H, W, 3), RGB; `shard_size` images per shard
+      manifest.parquet          one row per image, in order (columns below)
+      meta.json                 written last: name, source, n, image_size, mode, seed, shards [{file, n, sha256}],
+                                vocabulary (sorted caption words, see vocab.split_words), max_words, classes,
+                                kinds, source params, format_version
+
+Manifest columns: id (<name>-000000), shard, row, caption, kind (caption family: a GenEval tag or dense for
+shapes, digit, imagefolder), source, label (-1 = none), scene (JSON of the shapes scene dict, "" = none),
+width, height, mode, pixel_min, pixel_max, pixel_mean, pixel_std, content_hash (sha256 of "HxWxC:" + pixels).
+
+Same input and seed give byte-identical files (npz entries carry a fixed timestamp, JSON keys are sorted,
+nothing records time or location). A dataset is built in a hidden sibling directory and renamed into place
+only when complete, so a failed or killed run never leaves a directory that looks like a dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from twinflow_core.data.sample import Sample
+from twinflow_core.data.vocab import split_words
+from twinflow_core.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.parquet"
+META = "meta.json"
+SHARD_DIR = "shards"
+MODE = "RGB"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass
+class PreparedDataset:
+    images: np.ndarray            # uint8 (N, H, W, 3)
+    captions: list[str]
+    scenes: list[dict] | None     # shapes scene dicts, None for sources without scenes
+    labels: np.ndarray | None     # int64 (N,), None for sources without labels
+    manifest: object              # pandas.DataFrame
+    meta: dict
+    path: Path
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def content_hash(image: np.ndarray) -> str:
+    """sha256 of the pixels, with the shape in front so a reshaped array never collides."""
+    h = hashlib.sha256("x".join(str(d) for d in image.shape).encode() + b":")
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like np.savez_compressed, but byte-reproducible: every entry carries the same fixed timestamp."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+        for key, arr in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue(), compresslevel=6)
+
+
+def read_shard(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["images"]
+    except Exception as err:  # a damaged zip raises several kinds of error; all mean the same here
+        raise DataError(f"{path}: unreadable shard ({type(err).__name__}: {str(err)[:80]})") from None
+
+
+def _stale_siblings(out: Path) -> list[Path]:
+    return [p for p in out.parent.glob(f".{out.name}.tmp-*")] + [p for p in out.parent.glob(f".{out.name}.old-*")]
+
+
+def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: str, source: str,
+                   image_size: int, seed: int, shard_size: int, source_meta: dict,
+                   progress: bool = True) -> dict:
+    """Write `n` samples as a prepared dataset at `out` (replacing one already there); returns its meta."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in _stale_siblings(out):  # left by a killed run; never a dataset
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    (tmp / SHARD_DIR).mkdir(parents=True)
+    try:
+        rows, shards, buffer = [], [], []
+
+        def flush():
+            file = f"{SHARD_DIR}/images-{len(shards):05d}.npz"
+            stack = np.stack(buffer)
+            # Pixel statistics for the whole shard at once (per image, over H, W and channels).
+            flat = stack.reshape(len(stack), -1)
+            lo, hi = flat.min(axis=1), flat.max(axis=1)
+            mean, std = flat.mean(axis=1), flat.std(axis=1)
+            for k, row in enumerate(rows[len(rows) - len(stack):]):
+                row.update(pixel_min=int(lo[k]), pixel_max=int(hi[k]),
+                           pixel_mean=round(float(mean[k]), 4), pixel_std=round(float(std[k]), 4))
+            write_npz(tmp / file, {"images": stack})
+            shards.append({"file": file, "n": len(buffer), "sha256": file_sha256(tmp / file)})
+            buffer.clear()
+
+        expected = (image_size, image_size, 3)
+        it = tqdm(samples, total=n, desc=f"prepare {name}", unit="img", disable=not progress, mininterval=1.0)
+        for i, s in enumerate(it):
+            img = s.image
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != expected:
+                shape = getattr(img, "shape", None)
+                raise DataError(f"{s.source}: image {shape} {getattr(img, 'dtype', '')}, expected uint8 {expected}")
+            if not s.caption or not s.caption.strip():
+                raise DataError(f"{s.source}: empty caption")
+            rows.append({
+                "id": f"{name}-{i:06d}", "shard": len(shards), "row": len(buffer),
+                "caption": s.caption, "kind": s.kind, "source": s.source, "label": int(s.label),
+                "scene": json.dumps(s.scene, sort_keys=True, separators=(",", ":")) if s.scene is not None else "",
+                "width": int(img.shape[1]), "height": int(img.shape[0]), "mode": MODE,
+                "pixel_min": 0, "pixel_max": 0, "pixel_mean": 0.0, "pixel_std": 0.0,  # filled per shard
+                "content_hash": content_hash(img),
+            })
+            buffer.append(img)
+            if len(buffer) == shard_size:
+                flush()
+        if buffer:
+            flush()
+        if len(rows) != n:
+            raise DataError(f"{name}: the source gave {len(rows)} samples, expected {n}")
+        frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp / MANIFEST, compression="zstd")
+        meta = {
+            "format_version": FORMAT_VERSION, "name": name, "source": source, "n": len(rows),
+            "image_size": image_size, "mode": MODE, "seed": seed, "shard_size": shard_size, "shards": shards,
+            "max_words": max((len(split_words(r["caption"])) for r in rows), default=0),
+            "caption_words": "lower-case [a-z0-9]+ runs, punctuation dropped (twinflow_core.data.vocab.split_words)",
+            **source_meta,
+        }
+        (tmp / META).write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return meta
+
+
+def read_meta(path: str | Path) -> dict:
+    path = Path(path)
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise DataError(f"{path}: not a complete prepared dataset (no {META}; run the prepare stage)")
+    try:
+        return json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{meta_path}: not valid JSON ({err.msg})") from None
+
+
+def read_manifest(path: str | Path):
+    import pandas as pd
+
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{manifest_path}: missing")
+    try:
+        return pd.read_parquet(manifest_path)
+    except Exception as err:  # pyarrow raises several error types for a damaged file
+        raise DataError(f"{manifest_path}: unreadable manifest ({type(err).__name__})") from None
+
+
+def load_prepared(path: str | Path) -> PreparedDataset:
+    """Read a prepared dataset (see the module docstring for the layout)."""
+    path = Path(path)
+    meta = read_meta(path)
+    manifest = read_manifest(path)
+    parts = []
+    for shard in meta["shards"]:
+        file = path / shard["file"]
+        if not file.is_file():
+            raise DataError(f"{file}: shard listed in {META} is missing")
+        parts.append(read_shard(file))
+    images = np.concatenate(parts) if parts else np.zeros((0, meta["image_size"], meta["image_size"], 3), np.uint8)
+    if len(images) != len(manifest) or len(images) != meta["n"]:
+        raise DataError(f"{path}: {len(images)} images in shards, {len(manifest)} manifest rows, "
+                        f"meta says {meta['n']}")
+    captions = manifest["caption"].tolist()
+    scenes = [json.loads(s) if s else None for s in manifest["scene"]]
+    labels = manifest["label"].to_numpy(dtype=np.int64)
+    return PreparedDataset(
+        images=images, captions=captions,
+        scenes=scenes if any(s is not None for s in scenes) else None,
+        labels=labels if (labels >= 0).any() else None,
+        manifest=manifest, meta=meta, path=path)
+
+
+def save_sample_grid(dataset: PreparedDataset, path: str | Path, n: int = 32, ncol: int = 8) -> Path:
+    """A captioned grid of n samples, taken round-robin over caption kinds so every kind shows."""
+    from twinflow_core.viz import save_image_grid
+
+    kinds = dataset.manifest["kind"].tolist()
+    by_kind: dict[str, list[int]] = {}
+    for i, k in enumerate(kinds):
+        by_kind.setdefault(k, []).append(i)
+    picked, depth = [], 0
+    while len(picked) < min(n, len(kinds)):
+        for idx in by_kind.values():
+            if depth < len(idx) and len(picked) < n:
+                picked.append(idx[depth])
+        depth += 1
+    meta = dataset.meta
+    title = f"{meta['name']}: {meta['n']} images, {meta['image_size']}px ({meta['source']})"
+    return save_image_grid(dataset.images[picked], path, captions=[dataset.captions[i] for i in picked],
+                           ncol=ncol, title=title, cell=128, caption_lines=5)
+
+
+def prepare(cfg, root: str | Path = ".", out: str | Path | None = None,
+            progress: bool = True) -> tuple[Path, dict, float]:
+    """Build dataset `cfg.name` (a DataConfig) at `out` (default <root>/data/prepared/<name>); relative
+    inputs (the shapes holdout prompts) are read from `root`. Returns (path, meta, seconds)."""
+    from twinflow_core.data.sources import open_source
+
+    root = Path(root)
+    start = time.perf_counter()
+    src = open_source(cfg, root)
+    out = Path(out) if out is not None else root / "data" / "prepared" / cfg.name
+    meta = write_prepared(src.samples, src.n, out, name=cfg.name, source=cfg.source, image_size=cfg.image_size,
+                          seed=cfg.seed, shard_size=cfg.shard_size, source_meta=src.meta, progress=progress)
+    return out, meta, time.perf_counter() - start
