@@ -1,0 +1,308 @@
+"""Official GenEval / DPG-Bench backends: file layouts, the scorer runner, and parsers of their outputs.
+
+The official scorers (Mask2Former + CLIP; mPLUG VQA) need a CUDA GPU and an old, separate environment, so
+they are never imported here: `run_geneval` / `run_dpg` call them as subprocesses with the configured
+checkout, python and weights, after checking that a GPU is visible to that python. Their outputs are
+parsed into project metric names (`geneval/overall`, `dpg/score`, ...) by the same pure scoring code
+the embedded twins use (`geneval_score`, `dpg_score`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from twinflow_core.benchmarks import dpg_score, geneval_score
+from twinflow_core.errors import ConfigError, DataError
+
+# ----------------------------------------------------------------------------------------------- layouts
+
+
+def write_geneval_layout(root: str | Path, metadata: Sequence[Mapping], images: Sequence[np.ndarray],
+                         grid: bool = False) -> Path:
+    """GenEval's input layout: `<root>/<00000>/metadata.jsonl` (the prompt's JSON object on one line) and
+    `<root>/<00000>/samples/0000.png...` (images[i]: uint8 (K,H,W,3), K images of prompt i)."""
+    from PIL import Image
+
+    if len(metadata) != len(images):
+        raise DataError(f"GenEval layout: {len(metadata)} prompts but {len(images)} image sets")
+    root = Path(root)
+    for i, (meta, imgs) in enumerate(zip(metadata, images)):
+        folder = root / f"{i:05d}"
+        (folder / "samples").mkdir(parents=True, exist_ok=True)
+        (folder / "metadata.jsonl").write_text(json.dumps(dict(meta)) + "\n")
+        for j, img in enumerate(imgs):
+            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(folder / "samples" / f"{j:04d}.png")
+        if grid:
+            Image.fromarray(tile_grid(imgs)).save(folder / "grid.png")
+    return root
+
+
+def tile_grid(images: Sequence[np.ndarray], ncol: int = 2) -> np.ndarray:
+    """Tiles side by side, row-major, no padding (DPG's 2x2 layout: tile k at (k % 2, k // 2))."""
+    imgs = np.asarray(images, dtype=np.uint8)
+    n, h, w, c = imgs.shape
+    nrow = -(-n // ncol)
+    out = np.zeros((nrow * h, ncol * w, c), np.uint8)
+    for k, img in enumerate(imgs):
+        r, col = divmod(k, ncol)
+        out[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+    return out
+
+
+def write_dpg_layout(root: str | Path, item_ids: Sequence[str], images: Sequence[np.ndarray]) -> Path:
+    """DPG's input layout: one `<item_id>.png` per prompt, its 4 images tiled 2x2 (tile size = the
+    scorer's `--resolution`)."""
+    from PIL import Image
+
+    if len(item_ids) != len(images):
+        raise DataError(f"DPG layout: {len(item_ids)} items but {len(images)} image sets")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for item_id, imgs in zip(item_ids, images):
+        if len(imgs) != 4:
+            raise DataError(f"DPG layout: item {item_id} has {len(imgs)} images, the protocol needs 4")
+        Image.fromarray(tile_grid(imgs)).save(root / f"{item_id}.png")
+    return root
+
+
+def split_dpg_grid(grid: np.ndarray, resolution: int, pic_num: int = 4) -> list[np.ndarray]:
+    """The official crops of a DPG grid: (0,0), (r,0), (0,r), (r,r), the first `pic_num`."""
+    corners = [(0, 0), (resolution, 0), (0, resolution), (resolution, resolution)][:pic_num]
+    return [grid[y:y + resolution, x:x + resolution] for x, y in corners]
+
+
+# ----------------------------------------------------------------------------------------------- parsers
+
+
+def read_geneval_results(path: str | Path) -> list[dict]:
+    """Rows of an official results.jsonl (pandas records, one JSON object per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"GenEval results not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{n}: not JSON ({err.msg})") from None
+        if not isinstance(row, dict) or not {"tag", "correct", "metadata"} <= row.keys():
+            raise DataError(f"{path}:{n}: a GenEval result row needs tag, correct and metadata")
+        rows.append(row)
+    return rows
+
+
+def geneval_summary(path: str | Path) -> dict:
+    """The official summary of a results.jsonl, plus its project metric names under `metrics`."""
+    rows = read_geneval_results(path)
+    try:
+        summary = geneval_score.summarize(rows)
+    except DataError as err:
+        raise DataError(f"{path}: {err}") from None
+    summary["metrics"] = geneval_score.summary_metrics(summary, "geneval")
+    return summary
+
+
+_CROP = re.compile(r"^(?P<path>.*?), (?P<crop>\(\d+, \d+, \d+, \d+\)), (?P<rest>.*)$")
+
+
+def parse_dpg_results_txt(path: str | Path) -> dict:
+    """The official `*_results.txt`: per-image lines `path, tile scores..., mean` and the closing block
+    (L1 / L2 category scores, `DPG-Bench score: x`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"DPG results not found: {path}")
+    images: dict[str, list[float]] = {}
+    l1: dict[str, float] = {}
+    l2: dict[str, float] = {}
+    section, score = None, None
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.startswith("L1 category scores"):
+            section = l1
+        elif line.startswith("L2 category scores"):
+            section = l2
+        elif line.startswith("\t") and section is not None and ":" in line:
+            name, value = line.strip().rsplit(":", 1)
+            section[name.strip()] = _float(value, path, n)
+        elif line.startswith("DPG-Bench score:"):
+            score = _float(line.split(":", 1)[1], path, n)
+        elif line.startswith(("Model:", "Image path:", "Save results to:")) or not line.strip():
+            section = None
+        elif ", " in line:
+            parts = line.split(", ")
+            images[os.path.basename(parts[0]).split(".")[0]] = [_float(v, path, n) for v in parts[1:]]
+    if score is None:
+        raise DataError(f"{path}: no 'DPG-Bench score:' line (did the official run finish?)")
+    recomputed = 100.0 * float(np.mean([v[-1] for v in images.values()])) if images else None
+    metrics = dpg_score.summary_metrics({"score": score, "l1": l1, "l2": l2}, None, "dpg")
+    return {"score": score, "l1": l1, "l2": l2, "n_images": len(images),
+            "score_from_image_lines": recomputed, "metrics": metrics}
+
+
+def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> dict[str, list[dict[int, str]]]:
+    """Answers from the official `*_detail.txt` (`path, (x0, y0, x1, y1), question, answer` per line), mapped
+    back to proposition ids by question text within the item (repeats taken in CSV order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"DPG detail file not found: {path}")
+    by_item: dict[str, list[dpg_score.Question]] = {}
+    for q in rows:
+        by_item.setdefault(q.item_id, []).append(q)
+    tiles: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        m = _CROP.match(line)
+        if not m or ", " not in m["rest"]:
+            raise DataError(f"{path}:{n}: not a DPG detail line")
+        question, answer = m["rest"].rsplit(", ", 1)
+        item = os.path.basename(m["path"]).split(".")[0]
+        tiles.setdefault(item, {}).setdefault(m["crop"], []).append((question, answer.strip()))
+    answers: dict[str, list[dict[int, str]]] = {}
+    for item, crops in tiles.items():
+        questions = by_item.get(item, [])
+        answers[item] = []
+        for crop in sorted(crops, key=lambda c: tuple(int(v) for v in c.strip("()").split(", "))[::-1]):
+            pending = list(questions)
+            tile: dict[int, str] = {}
+            for question, answer in crops[crop]:
+                hit = next((q for q in pending if q.question == question), None)
+                if hit is not None:
+                    pending.remove(hit)
+                    tile[hit.proposition_id] = answer
+            answers[item].append(tile)
+    return answers
+
+
+def dpg_rescore(answers: Mapping[str, Sequence[Mapping[int, str]]], rows: Sequence[dpg_score.Question]) -> dict:
+    """Both rule sets on the same answers. Images lacking an answer for some question (the official detail
+    never holds one for the skipped first row) are listed under `corrected.incomplete` and left out of
+    the corrected numbers only."""
+    official = dpg_score.summarize(rows, answers, "official")
+    grouped = dpg_score.group_questions(rows, "corrected")
+    complete = {k: v for k, v in answers.items()
+                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)}
+    corrected = dpg_score.summarize(rows, complete, "corrected") if complete else None
+    out = {"official": official, "corrected": corrected,
+           "metrics": dpg_score.summary_metrics(official, corrected, "dpg")}
+    if corrected is not None:
+        corrected["incomplete"] = sorted(set(answers) - set(complete))
+    return out
+
+
+def read_answers_jsonl(path: str | Path) -> dict[str, list[dict[int, str]]]:
+    """The project's answer format: one JSON object per answer, {item_id, tile, proposition_id, answer}."""
+    path = Path(path)
+    out: dict[str, dict[int, dict[int, str]]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            out.setdefault(str(r["item_id"]), {}).setdefault(int(r["tile"]), {})[int(r["proposition_id"])] = str(r["answer"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{path}:{n}: bad answer row ({err})") from None
+    return {item: [tiles[t] for t in sorted(tiles)] for item, tiles in out.items()}
+
+
+def _float(text: str, path: Path, n: int) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"{path}:{n}: expected a number, got {text.strip()!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+
+@dataclass
+class OfficialScorer:
+    """Where an official scorer lives. `command` is a list of strings with {python}, {checkout},
+    {weights}, {imagedir}, {outfile}, {resolution}, {pic_num}, {csv} placeholders; `env` is added to the
+    environment (e.g. MODELSCOPE_CACHE); `require_gpu` runs `gpu_check` in that python first."""
+
+    checkout: str
+    python: str = "python"
+    weights: str = ""
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    require_gpu: bool = True
+    gpu_check: list[str] = field(default_factory=lambda: [
+        "{python}", "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"])
+    timeout_s: float = 24 * 3600
+
+    @classmethod
+    def from_dict(cls, d: Mapping, where: str) -> "OfficialScorer":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+        if not d.get("checkout"):
+            raise ConfigError(f"{where}.checkout: path to the official checkout is required")
+        return cls(**dict(d))
+
+
+GENEVAL_COMMAND = ["{python}", "{checkout}/evaluation/evaluate_images.py", "{imagedir}", "--outfile", "{outfile}",
+                   "--model-path", "{weights}"]
+DPG_COMMAND = ["{python}", "-m", "accelerate.commands.launch", "--num_processes", "1",
+               "{checkout}/dpg_bench/compute_dpg_bench.py", "--image-root-path", "{imagedir}",
+               "--resolution", "{resolution}", "--pic-num", "{pic_num}", "--vqa-model", "mplug",
+               "--csv", "{csv}", "--res-path", "{outfile}"]
+
+
+def _run(scorer: OfficialScorer, name: str, default: list[str], values: Mapping[str, str]) -> None:
+    checkout = Path(scorer.checkout)
+    if not checkout.is_dir():
+        raise ConfigError(f"official {name}: checkout not found: {checkout}")
+    fill = {"python": scorer.python, "checkout": str(checkout), "weights": scorer.weights, **values}
+    env = {**os.environ, **{k: str(v) for k, v in scorer.env.items()}}
+    if scorer.require_gpu:
+        check = [a.format(**fill) for a in scorer.gpu_check]
+        try:
+            ok = subprocess.run(check, env=env, capture_output=True, timeout=300).returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ConfigError(f"official {name}: cannot run its python {scorer.python!r} ({err})") from None
+        if not ok:
+            raise ConfigError(f"official {name} needs a CUDA GPU, and {scorer.python} sees none "
+                              f"(the script asserts CUDA); run it on a GPU machine or use the embedded benchmark")
+    cmd = [a.format(**fill) for a in (scorer.command or default)]
+    try:
+        proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=scorer.timeout_s)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ConfigError(f"official {name}: could not run {cmd[0]!r} ({err})") from None
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise DataError(f"official {name} failed (exit {proc.returncode}): {tail[0]}")
+
+
+def run_geneval(scorer: OfficialScorer, imagedir: str | Path, outfile: str | Path) -> dict:
+    """Run the official GenEval scorer on a written layout, then summarise its results.jsonl."""
+    outfile = Path(outfile).resolve()
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    _run(scorer, "GenEval", GENEVAL_COMMAND, {"imagedir": str(Path(imagedir).resolve()), "outfile": str(outfile)})
+    return geneval_summary(outfile)
+
+
+def run_dpg(scorer: OfficialScorer, imagedir: str | Path, outfile: str | Path, csv_path: str | Path,
+            resolution: int, pic_num: int = 4) -> dict:
+    """Run the official DPG scorer on a written layout; parse its results (and, when its detail file
+    exists, rescore the answers under both rule sets)."""
+    outfile = Path(outfile).resolve()
+    outfile.parent.mkdir(parents=True, exist_ok=True)
+    _run(scorer, "DPG-Bench", DPG_COMMAND, {"imagedir": str(Path(imagedir).resolve()), "outfile": str(outfile),
+                                            "resolution": str(resolution), "pic_num": str(pic_num),
+                                            "csv": str(Path(csv_path).resolve())})
+    result = parse_dpg_results_txt(outfile)
+    detail = outfile.with_name(outfile.name.replace(".txt", "_detail.txt"))
+    if detail.is_file():
+        rows = dpg_score.read_csv(csv_path)
+        result["rescored"] = dpg_rescore(parse_dpg_detail(detail, rows), rows)
+    return result
