@@ -8,6 +8,8 @@ export DVC_NO_ANALYTICS=1
 export ITERATIVE_DO_NOT_TRACK=1
 export GX_ANALYTICS_ENABLED=false
 export PYTHONUNBUFFERED=1
+# the ephemeral Prefect server can take > 20 s (the default limit) to start on a busy 2-core machine
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="${PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS:-120}"
 # dvc.yaml stages run `python -m flows.stages.<stage>`: the project environment must come first on PATH
 case ":$PATH:" in *":$_root/.venv/bin:"*) ;; *) export PATH="$_root/.venv/bin:$PATH" ;; esac
 unset _root

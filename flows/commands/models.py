@@ -1,0 +1,79 @@
+"""`twinflow models`: what release managers do with registered generators.
+
+    twinflow models list [NAME]                       versions, scores, verdicts, aliases, lineage
+    twinflow models promote NAME VERSION              re-checks the gate, then moves `champion`
+    twinflow models promote NAME VERSION --force --reason "..."   a failing version, recorded in tags
+    twinflow models rollback NAME                     `champion` back to the previous champion
+
+The store is the pipeline's: --tracking-uri, else $MLFLOW_TRACKING_URI, else params.yaml
+`register.tracking_uri`, else sqlite:///<project>/mlflow.db. The gate comes from params.yaml `gate:`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("models", help="list, promote and roll back registered generators",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (sqlite:///... or http://host:port)")
+    parser.add_argument("--params", default="params.yaml", help="params.yaml with the gate (default: ./params.yaml)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = sub.add_parser("list", help="versions with scores, verdicts, aliases and lineage")
+    ls.add_argument("name", nargs="?", help="one registered model (default: all)")
+    pr = sub.add_parser("promote", help="make VERSION champion (gate re-checked)")
+    pr.add_argument("name")
+    pr.add_argument("version")
+    pr.add_argument("--force", action="store_true", help="promote even if the gate fails (needs --reason)")
+    pr.add_argument("--reason", default=None, help="why; recorded on the version")
+    rb = sub.add_parser("rollback", help="champion back to the previous champion")
+    rb.add_argument("name")
+    parser.set_defaults(func=run)
+
+
+def _context(args: argparse.Namespace):
+    from flows import registry, tracking
+    from flows.overrides import load_params
+
+    params_path = Path(args.params)
+    params = load_params(params_path) if params_path.is_file() else {}
+    uri = tracking.resolve_tracking_uri(params_path.resolve().parent, params, args.tracking_uri)
+    tracking.check_reachable(uri)
+    tracking.configure(uri)
+    return registry, registry._client(uri), params, uri
+
+
+def _fmt_scores(scores: dict[str, float], gated: list[str]) -> str:
+    names = [n for n in gated if n in scores] or sorted(scores)[:3]
+    return ", ".join(f"{n}={scores[n]:.3g}" for n in names) or "-"
+
+
+def run(args: argparse.Namespace) -> int:
+    registry, client, params, uri = _context(args)
+    if args.action == "list":
+        gated = list(((params.get("gate") or {}).get("min") or {}).keys())
+        rows = registry.list_versions(client, args.name)
+        if not rows:
+            print(f"no registered versions in {uri}")
+            return 0
+        print(f"store: {uri}")
+        header = f"{'model':<18} {'ver':>3}  {'aliases':<20} {'gate':<7} {'scores':<58} {'commit':<10} {'data':<10} {'ckpt':<10}"
+        print(header)
+        print("-" * len(header))
+        for r in rows:
+            verdict = r["verdict"] + ("*" if r["forced"] else "")
+            print(f"{r['name']:<18} {r['version']:>3}  {','.join(sorted(r['aliases'])) or '-':<20} {verdict:<7} "
+                  f"{_fmt_scores(r['scores'], gated):<58} {r['commit'] or '-':<10} {r['data'] or '-':<10} "
+                  f"{r['checkpoint'] or '-':<10}")
+        if any(r["forced"] for r in rows):
+            print("* promoted with --force; see the version's promotion.reason tag")
+        return 0
+    from flows.gating import GateConfig
+
+    if args.action == "promote":
+        gate = GateConfig.from_params(params, where=args.params)
+        print(registry.promote(client, args.name, args.version, gate, force=args.force, reason=args.reason))
+        return 0
+    print(registry.rollback(client, args.name))
+    return 0

@@ -1,0 +1,126 @@
+"""`twinflow run [KEY=VALUE ...]`: the whole pipeline on the embedded default, then what a person wants to
+know: 1-NFE scores beside the reference, the gate verdict, the model version and its alias, where the
+sample grid is, and how to open the MLflow and Prefect UIs.
+
+Overrides change params.yaml keys (`twinflow run train.steps=200`); an unknown key fails at once.
+Exit status: 0 done and gate passed, 3 done but the gate failed (version left as challenger),
+2 a user-fixable error (bad override, bad data, a failing stage), 1 anything else.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+GATE_FAILED_EXIT = 3
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="run the whole pipeline (prepare ... register) and summarise it",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="params.yaml overrides")
+    parser.add_argument("--workdir", default=None, help="project folder (default: this checkout)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite mlflow.db here)")
+    parser.add_argument("--no-push", action="store_true", help="skip `dvc push` to the remote")
+    parser.add_argument("--no-register", action="store_true", help="stop after evaluate (no MLflow)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.overrides import check_overrides  # cheap: prefect is not imported yet
+
+    start = time.monotonic()
+    root, parsed = check_overrides(args.overrides, args.workdir)  # a bad override fails here, nothing ran
+    # The local ephemeral Prefect server can take >20 s to start on a busy 2-core box.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows.pipeline import pipeline
+
+    state = pipeline(overrides=list(args.overrides), workdir=str(root), push=not args.no_push,
+                     register_model=not args.no_register, tracking_uri=args.tracking_uri, return_state=True)
+    wall = time.monotonic() - start
+    if not state.is_completed():
+        err = state.result(raise_on_failure=False)
+        from twinflow_core.errors import TwinflowError
+
+        if isinstance(err, TwinflowError):
+            raise err  # printed on one line by the CLI, exit 2
+        print(f"twinflow run: failed: {state.message}", file=sys.stderr)
+        return 1
+    summary = state.result()
+    summary["wall_seconds"] = round(wall, 1)
+    print(render_summary(summary))
+    reg = summary.get("registration")
+    return GATE_FAILED_EXIT if reg and reg["verdict"] != "passed" else 0
+
+
+HEADLINE = ("geneval-shapes/overall", "dpg-shapes/score", "geneval/overall", "dpg/score",
+            "features-shapes/fd", "features-shapes/diversity")
+
+
+def _score_table(scores: dict[str, float], gated: list[str]) -> list[str]:
+    """One line per headline metric: TwinFlow at 1 (2, 4) NFE, the base at 1 NFE (the mean collapse),
+    and on the reference prompts TwinFlow at 1 NFE beside the base at many Euler steps (the paper's
+    comparison). Names follow the evaluate stage: `M@1nfe`, `base/M@1nfe`, `base/<bench>-refset/...@euler50`."""
+    gated_bases = [g.rsplit("@", 1)[0] for g in gated]
+    metrics = list(dict.fromkeys(gated_bases + [m for m in HEADLINE if f"{m}@1nfe" in scores]))
+    lines = []
+    for m in metrics:
+        parts = []
+        for k in ("1nfe", "2nfe", "4nfe"):
+            if f"{m}@{k}" in scores:
+                parts.append(f"{k[0]} NFE {scores[f'{m}@{k}']:.3g}")
+        if f"base/{m}@1nfe" in scores:
+            parts.append(f"base at 1 NFE {scores[f'base/{m}@1nfe']:.3g}")
+        bench, _, rest = m.partition("/")
+        refset = f"{bench}-refset/{rest}"
+        refs = {k.rsplit("@", 1)[1]: v for k, v in scores.items()
+                if k.startswith(f"base/{refset}@") and not k.endswith("nfe")}
+        if refs and f"{refset}@1nfe" in scores:
+            ref_text = ", ".join(f"base {s} {v:.3g}" for s, v in sorted(refs.items()))
+            parts.append(f"reference prompts: 1 NFE {scores[f'{refset}@1nfe']:.3g} vs {ref_text}")
+        if parts:
+            lines.append(f"  {m:<26} " + " | ".join(parts) + ("   (gated)" if m in gated_bases else ""))
+    return lines or [f"  {k:<40} {v:.4g}" for k, v in sorted(scores.items())[:12]]
+
+
+def render_summary(summary: dict) -> str:
+    reg = summary.get("registration") or {}
+    stages = ", ".join(f"{s['stage']} {'ran ' + format(s['seconds'], '.0f') + ' s' if s['ran'] else 'cached'}"
+                       for s in summary["stages"])
+    gated = [r.split(" ")[0] for r in reg.get("reasons", [])]
+    lines = [
+        "",
+        f"TwinFlow pipeline done in {summary.get('wall_seconds', summary['seconds']):.0f} s "
+        f"(flow run '{summary['flow_run_name']}')",
+        f"stages: {stages}",
+        "scores at 1 NFE beside the reference (metrics/eval.json):",
+        *_score_table(summary.get("scores", {}), gated),
+    ]
+    if reg:
+        verdict = "PASSED" if reg["verdict"] == "passed" else "FAILED"
+        lines += [
+            f"gate: {verdict}: " + "; ".join(reg["reasons"]),
+            f"model: {reg['model_name']} v{reg['version']}"
+            f"{'' if reg['created'] else ' (already registered; no new version)'}, "
+            f"aliases: {', '.join(sorted(reg['aliases'])) or 'none'}; champion is "
+            f"{'v' + reg['champion'] if reg['champion'] else 'none'}",
+            f"  {reg['decision']}" if reg.get("decision") else "",
+            f'  load it: mlflow.pyfunc.load_model("models:/{reg["model_name"]}@champion").predict(["a red circle"])',
+        ]
+    for path in summary.get("samples", []):
+        lines.append(f"samples: {path}")
+    uri = reg.get("tracking_uri", "")
+    if uri:
+        if uri.startswith(("http://", "https://")):
+            lines.append(f"MLflow UI: {uri}/#/models/{reg['model_name']}")
+        else:
+            lines.append(f"MLflow UI: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+                         f"   then open http://127.0.0.1:5000/#/models/{reg['model_name']}")
+    api = os.environ.get("PREFECT_API_URL", "")
+    if api:
+        lines.append(f"Prefect UI: {api.removesuffix('/api')}/runs/flow-run/{summary['flow_run_id']}")
+    else:
+        lines.append("Prefect UI: source tools/env.sh && prefect server start --host 127.0.0.1"
+                     f"   then open http://127.0.0.1:4200/runs/flow-run/{summary['flow_run_id']}")
+    return "\n".join(line for line in lines if line != "")

@@ -1,0 +1,155 @@
+"""DVC from the pipeline: reproduce one stage, push to the remote, read lineage hashes from dvc.lock.
+
+Stages run as `dvc repro <stage>` subprocesses so the flow runs exactly what `dvc repro` runs: an unchanged
+stage is skipped by DVC, and dvc.lock records what each output was made from. Output is streamed line by
+line to a callback (the Prefect task logger) while it runs; a failure raises with the stage's own error
+line first, classified as transient or not (flows.faults).
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from flows.faults import StageFailed, TransientFault, is_transient_text
+
+_SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+_RAN = re.compile(r"Running stage '([^']+)'")
+# Lines that say *that* something failed but not *why*; the stage's own error line is preferred.
+_DVC_NOISE = re.compile(r"^(ERROR: failed to reproduce|ERROR: failed to run|Traceback|\s)")
+_ERROR_LINE = re.compile(r"(Error|error|ERROR|Exception|FAILED|failed)")
+
+
+@dataclass
+class CommandResult:
+    args: list[str]
+    seconds: float
+    ran: list[str] = field(default_factory=list)      # stages DVC executed
+    skipped: list[str] = field(default_factory=list)  # stages DVC found unchanged
+    tail: list[str] = field(default_factory=list)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for DVC and the stage commands it spawns: dvc.yaml says `python -m ...`, which
+    must be this interpreter even when the virtual environment is not activated."""
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    return env
+
+
+def _first_error(lines: list[str]) -> str:
+    """The most telling error line: the last one that is not DVC's generic wrapper, else DVC's."""
+    candidates = [ln.strip() for ln in lines if _ERROR_LINE.search(ln)]
+    specific = [ln for ln in candidates if not _DVC_NOISE.match(ln) and not ln.startswith("ERROR: failed to")]
+    if specific:
+        return specific[-1]
+    if candidates:
+        return candidates[-1]
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], what: str,
+                  env: dict[str, str] | None = None, progress_every_s: float = 10.0) -> CommandResult:
+    """Run a command, sending each output line to `log` as it comes; raise on a non-zero exit.
+
+    Progress bars redraw with carriage returns; only one such redraw every `progress_every_s` seconds
+    is logged, so a task log stays readable while still showing that work moves."""
+    start = time.monotonic()
+    tail: deque[str] = deque(maxlen=60)
+    result = CommandResult(args=args, seconds=0.0)
+    proc = subprocess.Popen(args, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, bufsize=0)
+    assert proc.stdout is not None
+    buf = b""
+    last_progress = 0.0
+
+    def emit(raw: bytes, is_progress: bool) -> None:
+        nonlocal last_progress
+        line = raw.decode("utf-8", "replace").rstrip()
+        if not line:
+            return
+        if is_progress:
+            now = time.monotonic()
+            if now - last_progress < progress_every_s:
+                return
+            last_progress = now
+        tail.append(line)
+        if m := _SKIPPED.search(line):
+            result.skipped.append(m.group(1))
+        elif m := _RAN.search(line):
+            result.ran.append(m.group(1))
+        log(line)
+
+    # bufsize=0 gives a raw pipe: read() returns whatever has arrived, so lines are logged live.
+    while chunk := proc.stdout.read(65536):
+        buf += chunk
+        while True:
+            idx = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0), default=-1)
+            if idx < 0:
+                break
+            seg, sep, buf = buf[:idx], buf[idx:idx + 1], buf[idx + 1:]
+            emit(seg, is_progress=(sep == b"\r"))
+    emit(buf, is_progress=False)
+    rc = proc.wait()
+    result.seconds = time.monotonic() - start
+    result.tail = list(tail)
+    if rc != 0:
+        lines = result.tail
+        reason = _first_error(lines)
+        text = "\n".join(lines)
+        exited = re.findall(r"exited with (-?\d+)", text)  # the stage's own status, not dvc's 255
+        message = f"{what} failed (exit {exited[-1] if exited else rc}): {reason}"
+        if is_transient_text(text):
+            raise TransientFault(message + " [transient: will be retried]")
+        raise StageFailed(message)
+    return result
+
+
+def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None]) -> CommandResult:
+    """`dvc repro <stage>`: runs it (and any changed upstream stage) or reports it unchanged."""
+    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, log, f"stage '{stage}'")
+
+
+def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None) -> CommandResult:
+    """`dvc push` of every output in dvc.lock to the default (or named) remote."""
+    args = [sys.executable, "-m", "dvc", "push"] + (["-r", remote] if remote else [])
+    result = run_streaming(args, cwd, log, f"dvc push{' -r ' + remote if remote else ''}")
+    local_remote = Path(cwd) / ".dvc-remote"  # the default remote (.dvc/config): keep it out of git
+    if local_remote.is_dir() and not (local_remote / ".gitignore").exists():
+        (local_remote / ".gitignore").write_text("*\n")
+    return result
+
+
+def lock_hashes(cwd: str | Path) -> dict[str, dict[str, str]]:
+    """{stage: {out path: md5}} from dvc.lock: the lineage of what was evaluated and registered."""
+    lock = Path(cwd) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text()) or {}
+    hashes: dict[str, dict[str, str]] = {}
+    for stage, entry in (data.get("stages") or {}).items():
+        outs = {}
+        for out in entry.get("outs", []) or []:
+            digest = out.get("md5") or out.get("etag") or out.get("hash") or ""
+            outs[out["path"]] = str(digest)
+        hashes[stage] = outs
+    return hashes
+
+
+def stage_names(cwd: str | Path) -> list[str]:
+    """Stages declared in dvc.yaml, in file order."""
+    path = Path(cwd) / "dvc.yaml"
+    if not path.is_file():
+        return []
+    return list(((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).keys())

@@ -1,0 +1,294 @@
+"""The model registry: versions, gate verdicts, aliases `challenger` and `champion`, promote and rollback.
+
+Rules (issue 6):
+- every new version gets alias `challenger` and tags with its scores, the gate verdict and its reasons;
+- `champion` moves only when the gate passes and the version is not worse than the current champion by
+  more than `gate.champion_margin`;
+- registering the same weights with the same scores twice creates no second version (tag `registration_key`);
+- a release manager may promote by hand (the gate is re-checked; a failing version only with force and a
+  reason, both recorded) and roll back to the previous champion (the model's `champion_history` tag).
+Aliases only; MLflow's deprecated stages are never used.
+"""
+from __future__ import annotations
+
+import getpass
+import glob
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from flows import dvc_ops, tracking
+from flows.faults import StageFailed, TransientFault, is_transient
+from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion
+from flows.overrides import load_params, section
+from flows.tracking import mlflow_key
+from twinflow_core.errors import ConfigError, TwinflowError
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+HISTORY_TAG = "champion_history"
+REGISTER_DEFAULTS = {
+    "model_name": "twinflow-shapes", "experiment": "twinflow-pipeline", "tracking_uri": "",
+    "checkpoint": "checkpoints/twinflow", "metrics": "metrics/eval.json",
+    "artifacts": ["reports/samples_*.png", "reports/data", "metrics/eval.json", "dvc.lock", "params.yaml"],
+}
+# lineage name -> path prefix of the dvc.lock output it names (checkpoint and metrics come from params)
+LINEAGE_OUTPUTS = {"data": "data/prepared", "base": "checkpoints/base"}
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    created: bool                      # False: this key was registered before, nothing new was made
+    verdict: Verdict
+    promoted: bool
+    champion: str | None               # the champion's version after this registration
+    aliases: list[str] = field(default_factory=list)
+    decision: str = ""
+
+
+def _client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(err.error_code):
+            return []
+        raise
+    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+
+
+def scores_of(version) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in json.loads(version.tags.get("scores", "{}")).items()}
+    except (ValueError, TypeError):
+        return {}
+
+
+def champion_version(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _history(client, name: str) -> list[str]:
+    tags = client.get_registered_model(name).tags or {}
+    return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
+
+
+def _set_champion(client, name: str, version) -> None:
+    version = str(version)
+    history = _history(client, name)
+    if not history or history[-1] != version:
+        history.append(version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-50:]))
+
+
+def find_registered(client, name: str, key: str):
+    for version in _versions(client, name):
+        if version.tags.get("registration_key") == key:
+            return version
+    return None
+
+
+def register(client, *, name: str, model_uri: str, run_id: str, key: str, scores: dict[str, float],
+             gate: GateConfig, tags: dict[str, str]) -> Registration:
+    """Create version (alias challenger) with score/verdict tags, then move champion if it has earned it."""
+    import mlflow
+
+    verdict = check_gate(scores, gate)
+    all_tags = dict(tags)
+    all_tags.update({
+        "registration_key": key,
+        "scores": json.dumps(scores, sort_keys=True),
+        "gate.verdict": verdict.label,
+        "gate.reasons": verdict.text(),
+        "gate.min": json.dumps(gate.minimums, sort_keys=True),
+    })
+    all_tags.update({f"score.{mlflow_key(k)}": f"{v:.6g}" for k, v in scores.items() if k in gate.minimums})
+    mv = mlflow.register_model(model_uri, name, tags=all_tags)
+    version = str(mv.version)
+    # register_model may return before the version is READY on a server; aliases need it READY.
+    for _ in range(120):
+        if client.get_model_version(name, version).status == "READY":
+            break
+        time.sleep(0.5)
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    return _decide_champion(client, name, version, scores, verdict, gate)
+
+
+def _decide_champion(client, name, version, scores, verdict, gate) -> Registration:
+    current = champion_version(client, name)
+    if not verdict.passed:
+        decision = f"not promoted: gate failed ({verdict.text()})"
+        promoted = False
+    elif current is None:
+        decision, promoted = "promoted: gate passed, no previous champion", True
+    else:
+        against = compare_to_champion(scores, scores_of(current), gate)
+        promoted = against.passed
+        decision = (f"promoted: gate passed and {against.text()}" if promoted
+                    else f"not promoted: worse than champion v{current.version} ({against.text()})")
+    if promoted:
+        _set_champion(client, name, version)
+    client.set_model_version_tag(name, version, "champion.decision", decision)
+    champ = champion_version(client, name)
+    aliases = client.get_model_version(name, version).aliases
+    return Registration(name=name, version=str(version), created=True, verdict=verdict, promoted=promoted,
+                        champion=str(champ.version) if champ else None, aliases=list(aliases), decision=decision)
+
+
+def existing_registration(client, version, gate: GateConfig) -> Registration:
+    verdict = Verdict(version.tags.get("gate.verdict") == "passed",
+                      [r for r in version.tags.get("gate.reasons", "").split("; ") if r])
+    champ = champion_version(client, version.name)
+    fresh = client.get_model_version(version.name, version.version)
+    return Registration(name=version.name, version=str(version.version), created=False, verdict=verdict,
+                        promoted=False, champion=str(champ.version) if champ else None, aliases=list(fresh.aliases),
+                        decision=version.tags.get("champion.decision", ""))
+
+
+def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None = None,
+                     tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+    """The pipeline's last step: one MLflow run for this pipeline run (params, metrics, artifacts,
+    lineage tags) and, unless these weights and scores were registered before, a new model version
+    gated as above. A down tracking server raises TransientFault naming it; nothing is deleted."""
+    start = time.monotonic()
+    params = load_params(root / "params.yaml")
+    reg = section(params, "register", REGISTER_DEFAULTS)
+    gate = GateConfig.from_params(params, where=str(root / "params.yaml"))
+    scores = tracking.read_scores(root / reg["metrics"])
+    checkpoint = root / reg["checkpoint"]
+    if not (checkpoint / "model.safetensors").is_file():
+        raise StageFailed(f"{checkpoint}: no model.safetensors to register (did the train stage run?)")
+    uri = tracking.resolve_tracking_uri(root, params, tracking_uri)
+    tracking.check_reachable(uri)
+    try:
+        tracking.configure(uri)
+        experiment_id = tracking.ensure_experiment(reg["experiment"], root, uri)
+        lineage = {**LINEAGE_OUTPUTS, "checkpoint": reg["checkpoint"], "metrics": reg["metrics"]}
+        tags = {**tracking.lineage_tags(dvc_ops.lock_hashes(root), lineage), **tracking.git_state(root)}
+        if flow_run_id:
+            tags["lineage.prefect_flow_run_id"] = flow_run_id
+        key = tracking.registration_key(tags, checkpoint, root / reg["metrics"])
+        client = _client(uri)
+        existing = find_registered(client, reg["model_name"], key)
+        artifacts = []
+        for pattern in reg["artifacts"]:
+            for match in sorted(glob.glob(str(root / pattern))):
+                path = Path(match)
+                dest = path.relative_to(root).parent if path.is_file() else path.relative_to(root)
+                artifacts.append((path, "" if str(dest) == "." else str(dest)))
+        run_tags = {**tags, "registration_key": key}
+        if existing is not None:
+            run_tags["registered_version"] = str(existing.version)
+        run_id, model_uri = tracking.log_pipeline_run(
+            repo=root, experiment_id=experiment_id, run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+            params=params, scores=scores, tags=run_tags, artifacts=artifacts, checkpoint_dir=checkpoint,
+            log_model=existing is None)
+        if existing is not None:
+            result = existing_registration(client, existing, gate)
+            log(f"these weights and scores are already {reg['model_name']} v{existing.version}: no new version")
+        else:
+            result = register(client, name=reg["model_name"], model_uri=model_uri, run_id=run_id, key=key,
+                              scores=scores, gate=gate, tags={**tags, "lineage.mlflow_run_id": run_id})
+    except Exception as err:  # noqa: BLE001 - classified, then re-raised naming the store
+        if isinstance(err, TwinflowError) or not is_transient(err):
+            raise
+        raise TransientFault(f"MLflow at {uri} failed during registration: "
+                             f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+    log(f"{result.name} v{result.version}: gate {result.verdict.label}; {result.decision}")
+    return {
+        "tracking_uri": uri, "mlflow_run_id": run_id, "experiment_id": experiment_id,
+        "model_name": result.name, "version": result.version, "created": result.created,
+        "verdict": result.verdict.label, "reasons": result.verdict.reasons, "promoted": result.promoted,
+        "champion": result.champion, "aliases": result.aliases, "decision": result.decision,
+        "scores": scores, "seconds": round(time.monotonic() - start, 2),
+    }
+
+
+# ---- release managers' operations (twinflow models ...) ----
+
+def list_versions(client, name: str | None = None) -> list[dict]:
+    names = [name] if name else [m.name for m in client.search_registered_models()]
+    rows = []
+    for model in names:
+        versions = _versions(client, model)
+        # search results from a tracking server leave aliases out; the registered model has them all
+        by_version: dict[str, list[str]] = {}
+        if versions:
+            for alias, ver in (client.get_registered_model(model).aliases or {}).items():
+                by_version.setdefault(str(ver), []).append(alias)
+        for v in versions:
+            rows.append({
+                "name": model, "version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
+                "verdict": v.tags.get("gate.verdict", "?"), "scores": scores_of(v),
+                "forced": v.tags.get("promotion.forced") == "true",
+                "commit": v.tags.get("lineage.git_commit", "")[:10],
+                "data": v.tags.get("lineage.data_md5", "")[:10],
+                "checkpoint": v.tags.get("lineage.checkpoint_md5", "")[:10],
+                "run_id": v.run_id or "", "flow_run": v.tags.get("lineage.prefect_flow_run_id", ""),
+                "created": v.creation_timestamp,
+            })
+    return rows
+
+
+def promote(client, name: str, version: str, gate: GateConfig, force: bool = False,
+            reason: str | None = None) -> str:
+    """Make `version` champion after re-checking the gate on its recorded scores."""
+    from mlflow.exceptions import MlflowException
+
+    if force and not (reason and reason.strip()):
+        raise ConfigError("--force needs --reason \"...\" (it is recorded on the version)")
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise TwinflowError(f"model {name!r} has no version {version}") from None
+    verdict = check_gate(scores_of(mv), gate)
+    if not verdict.passed and not force:
+        raise TwinflowError(f"{name} v{version} fails the gate ({verdict.text()}); "
+                            "promote anyway with --force --reason \"...\"")
+    previous = champion_version(client, name)
+    _set_champion(client, name, str(version))
+    who = getpass.getuser()
+    client.set_model_version_tag(name, str(version), "promotion.by", who)
+    client.set_model_version_tag(name, str(version), "promotion.at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    client.set_model_version_tag(name, str(version), "promotion.gate_recheck", verdict.label)
+    client.set_model_version_tag(name, str(version), "promotion.forced", str(bool(force and not verdict.passed)).lower())
+    if reason:
+        client.set_model_version_tag(name, str(version), "promotion.reason", reason)
+    was = f" (was v{previous.version})" if previous else ""
+    forced = " despite a failing gate (forced)" if not verdict.passed else ""
+    return f"{name} v{version} is now champion{forced}{was}"
+
+
+def rollback(client, name: str) -> str:
+    """Champion back to the one before it in `champion_history`."""
+    current = champion_version(client, name)
+    if current is None:
+        raise TwinflowError(f"model {name!r} has no champion to roll back")
+    cur = str(current.version)
+    history = _history(client, name)
+    while history and history[-1] == cur:
+        history.pop()
+    if not history:
+        raise TwinflowError(f"{name}: v{cur} is the first champion; there is none to roll back to")
+    target = history[-1]
+    client.set_registered_model_alias(name, CHAMPION, target)
+    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+    client.set_model_version_tag(name, cur, "rolled_back",
+                                 f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} by {getpass.getuser()}")
+    return f"{name}: champion rolled back from v{cur} to v{target}"

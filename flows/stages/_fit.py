@@ -1,0 +1,93 @@
+"""What the `pretrain` and `train` stage entry points share: read params.yaml, validate, attach MLflow, fit.
+
+    python -m flows.stages.pretrain [--params params.yaml] [--set pretrain.steps=10 ...] [--mlflow-uri URI]
+
+MLflow logging (Lightning's MLFlowLogger) is on when --mlflow-uri or MLFLOW_TRACKING_URI is set: the resolved
+config, every loss term, lr, throughput, the sample grids, the exported model.json and the run summary.
+Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from twinflow_core.errors import ConfigError, TwinflowError
+
+
+def parse_args(stage: str, argv) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"python -m flows.stages.{stage}", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)")
+    parser.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: no MLflow logging)")
+    parser.add_argument("--experiment", default=os.environ.get("MLFLOW_EXPERIMENT_NAME", "twinflow"),
+                        help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME or twinflow)")
+    return parser.parse_args(argv)
+
+
+def load(params_path: str | Path, overrides: list[str]):
+    import yaml
+
+    from twinflow_core.training.config import apply_overrides, load_sections
+
+    path = Path(params_path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return apply_overrides(load_sections(raw, where=str(path)), overrides, where="--set")
+
+
+def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from twinflow_core.training.config import to_dict
+    from twinflow_core.training.run import run_key
+
+    logger = MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_name=f"{stage}-{run_key(sections, stage)}",
+                          tags={"stage": stage, "twinflow.run_key": run_key(sections, stage)})
+    resolved = {"model": to_dict(sections.model), "objective": to_dict(getattr(sections.objective, stage)),
+                stage: to_dict(getattr(sections, stage))}
+    logger.log_hyperparams(resolved)
+    return logger
+
+
+def run_stage(stage: str, argv=None) -> int:
+    args = parse_args(stage, argv)
+    try:
+        sections = load(args.params, args.overrides)
+        from twinflow_core.training.run import fit
+
+        st = getattr(sections, stage)
+        loggers, hooks = [], []
+        if args.mlflow_uri:
+            logger = _mlflow_logger(args.mlflow_uri, args.experiment, stage, sections)
+            loggers.append(logger)
+            hooks.append(lambda path, step: logger.experiment.log_artifact(logger.run_id, str(path), "samples"))
+        summary = fit(stage, sections, loggers=loggers, on_grid=hooks,
+                      progress=st.progress and sys.stderr.isatty())
+    except TwinflowError as err:
+        print(f"{stage}: error: {err}", file=sys.stderr)
+        return 2
+    if not summary.pop("is_global_zero"):
+        return 0
+    out = Path(summary["out"])
+    if loggers:
+        logger = loggers[0]
+        summary["mlflow_run_id"] = logger.run_id
+        final = {k: v for k, v in summary.get("final", {}).items() if isinstance(v, (int, float)) and k != "step"}
+        logger.log_metrics({"summary/seconds": summary["seconds"], **{f"final/{k}": v for k, v in final.items()}},
+                           step=summary["steps"])
+        for name in ("model.json", "train_log.json"):
+            if (out / name).is_file():
+                logger.experiment.log_artifact(logger.run_id, str(out / name), "checkpoint")
+        logger.finalize("success")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    return 0

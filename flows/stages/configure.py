@@ -1,0 +1,124 @@
+"""Compose conf/ (Hydra) into the training sections of params.yaml: model, objective, pretrain, train.
+
+    python -m flows.stages.configure [--params params.yaml] [--check] [HYDRA_OVERRIDE ...]
+    e.g.  experiment=digits_cpu      trainer=ddp_cpu      objective=rcgm      train.steps=300
+
+conf/ holds the presets and the schema; params.yaml holds the resolved values DVC tracks, key by key, so
+`dvc repro` reruns exactly the stages whose values changed. This command is the one way from the first to the
+second (other sections of params.yaml and all comments are kept). When the chosen `data` preset names another
+dataset it also sets data.name, data.source and data.image_size, the keys of the data section training depends on.
+`--check` writes nothing and exits 1 when params.yaml differs from the composition (CI and tests use it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from twinflow_core.errors import ConfigError, TwinflowError
+
+SECTIONS = ("model", "objective", "pretrain", "train")
+HEADER_LINE = ("# --- training (issue 5): written by `python -m flows.stages.configure` from conf/ (Hydra);"
+               " edit conf/ and rerun it")
+
+
+def composed_params(overrides: list[str]) -> tuple[dict, dict]:
+    from twinflow_core.training.config import compose, to_dict
+
+    sections, extra = compose(overrides)
+    return {name: to_dict(getattr(sections, name)) for name in SECTIONS}, extra["data"]
+
+
+def differences(params: dict, wanted: dict, data: dict) -> list[str]:
+    diffs = [name for name in SECTIONS if params.get(name) != wanted[name]]
+    current = params.get("data") or {}
+    diffs += [f"data.{k}" for k in ("name", "source", "image_size") if k in current and current.get(k) != data[k]]
+    return diffs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.stages.configure", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--check", action="store_true", help="exit 1 if params.yaml differs; write nothing")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=digits_cpu train.steps=300")
+    args = parser.parse_args(argv)
+    try:
+        import yaml
+
+        path = Path(args.params)
+        if not path.is_file():
+            raise ConfigError(f"{path}: params file not found")
+        wanted, data = composed_params(args.overrides)
+        text = path.read_text()
+        diffs = differences(yaml.safe_load(text) or {}, wanted, data)
+        if args.check:
+            if diffs:
+                print(f"configure: {path} differs from conf/ {' '.join(args.overrides)} in: {', '.join(diffs)}",
+                      file=sys.stderr)
+                return 1
+            print(f"configure: {path} matches conf/ {' '.join(args.overrides)}")
+            return 0
+        path.write_text(rewrite(text, wanted, data))
+    except TwinflowError as err:
+        print(f"configure: error: {err}", file=sys.stderr)
+        return 2
+    print(f"configure: wrote {', '.join(SECTIONS)} to {path}" + (f" (changed: {', '.join(diffs)})" if diffs else
+                                                                   " (no change)"))
+    return 0
+
+
+def rewrite(text: str, wanted: dict, data: dict) -> str:
+    """params.yaml text with our sections replaced in place (appended when new) and data.name/source/image_size set;
+    every other line, comments included, is kept as it was."""
+    import re
+
+    import yaml
+
+    # blocks: a top-level key with its indented lines; column-0 comments belong to the key that follows them
+    blocks: list[list] = [[None, []]]
+    pending: list[str] = []
+    for line in text.splitlines():
+        top = re.match(r"^([A-Za-z_][\w-]*):", line)
+        if top:
+            blocks.append([top.group(1), pending + [line]])
+            pending = []
+        elif line.startswith("#"):
+            pending.append(line)
+        else:
+            blocks[-1][1].extend(pending + [line])
+            pending = []
+    body = yaml.safe_dump({k: wanted[k] for k in SECTIONS}, sort_keys=False, default_flow_style=None, width=110)
+    ours = [HEADER_LINE, *body.rstrip("\n").split("\n")]
+    kept: list[str] = []
+    placed = False
+    for key, block in blocks:
+        if key in SECTIONS:  # replaced in place (at the first of our sections), with its leading comments
+            if not placed:
+                kept.extend(ours)
+                placed = True
+            trailing = []
+            while block and block[-1].strip() == "":
+                trailing.append(block.pop())
+            kept.extend(trailing)
+            continue
+        kept.extend(_set_data_key(ln, data) if key == "data" else ln for ln in block)
+    kept.extend(pending)
+    if not placed:
+        while kept and kept[-1].strip() == "":
+            kept.pop()
+        kept.extend(["", *ours])
+    return "\n".join(kept) + "\n"
+
+
+def _set_data_key(line: str, data: dict) -> str:
+    import re
+
+    for key in ("name", "source", "image_size"):
+        m = re.match(rf"^(  {key}:\s*)(\S+)(.*)$", line)
+        if m and m.group(2) != str(data[key]):
+            return f"{m.group(1)}{data[key]}{m.group(3)}"
+    return line
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""MLflow tracking for pipeline runs: where the store is, whether it answers, and one run per pipeline run
+(params, metrics from metrics/eval.json, artifacts, lineage tags, and the generator as a pyfunc model).
+
+Default store: `sqlite:///<repo>/mlflow.db` with artifacts in `<repo>/mlartifacts` (both git-ignored).
+A tracking server is chosen by URI: `MLFLOW_TRACKING_URI`, or `register.tracking_uri` in params.yaml.
+mlflow is imported inside functions: it takes seconds to import.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from flows.faults import TransientFault
+from flows.overrides import flatten
+from twinflow_core.errors import ConfigError
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+CORE_DIR = Path(__file__).resolve().parents[1] / "twinflow_core"
+
+
+def resolve_tracking_uri(repo: str | Path, params: dict | None = None, explicit: str | None = None) -> str:
+    """Explicit argument, then $MLFLOW_TRACKING_URI, then params `register.tracking_uri`, then sqlite."""
+    configured = ((params or {}).get("register") or {}).get("tracking_uri") or ""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or configured
+    return uri or f"sqlite:///{Path(repo).resolve() / 'mlflow.db'}"
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/")) or "://" not in uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the URI in the message, if a tracking server does not answer /health."""
+    if is_local_store(uri):
+        if uri.startswith("sqlite:///"):
+            parent = Path(uri[len("sqlite:///"):]).parent
+            if not parent.is_dir():
+                raise ConfigError(f"MLflow store {uri}: folder {parent} does not exist")
+        return
+    import requests
+
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+    except requests.RequestException as err:
+        why = ("connection refused" if "refused" in str(err).lower() else
+               "timed out" if isinstance(err, requests.Timeout) else type(err).__name__)
+        raise TransientFault(f"MLflow tracking server {uri} is unreachable ({why}); nothing was registered "
+                             "and the stage outputs are kept: run again once it is back (cached stages are "
+                             "skipped, the model is registered once)") from None
+    if response.status_code >= 500:
+        raise TransientFault(f"MLflow tracking server {uri} answered {response.status_code} on /health")
+    if response.status_code != 200:
+        raise ConfigError(f"{uri} answered {response.status_code} on /health: is it an MLflow server?")
+
+
+def configure(uri: str) -> None:
+    """Point mlflow (tracking and registry) at `uri`. The client's own HTTP retries are cut short
+    (Prefect retries the whole registration with backoff), so a down server fails in seconds."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
+def ensure_experiment(name: str, repo: str | Path, uri: str) -> str:
+    """The experiment's id; a local store keeps its artifacts in <repo>/mlartifacts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = (Path(repo).resolve() / "mlartifacts").as_uri() if is_local_store(uri) else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def mlflow_key(name: str) -> str:
+    """MLflow names allow [/\\w.\\- :]; '@' (as in geneval-shapes/overall@1nfe) becomes '_at_',
+    any other character outside that set '_'."""
+    return re.sub(r"[^/\w.\- :]", "_", name.replace("@", "_at_"))
+
+
+def read_scores(path: str | Path) -> dict[str, float]:
+    """Numeric leaves of metrics/eval.json, nested keys joined with '/' (flat names stay as written)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: evaluation metrics not found (did the evaluate stage run?)")
+    data = json.loads(path.read_text())
+
+    def walk(node: Any, prefix: str) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if isinstance(node, dict):
+            for k, v in node.items():
+                out.update(walk(v, f"{prefix}/{k}" if prefix else str(k)))
+        elif isinstance(node, (int, float)) and not isinstance(node, bool):
+            out[prefix] = float(node)
+        return out
+
+    return walk(data, "")
+
+
+def git_state(repo: str | Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                                  timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "none"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"lineage.git_commit": commit, "lineage.git_dirty": str(dirty).lower()}
+
+
+def lineage_tags(hashes: dict[str, dict[str, str]], outputs: dict[str, str]) -> dict[str, str]:
+    """Tags naming the exact data, base, checkpoint and metrics (dvc.lock md5s) a version came from.
+    `outputs` maps a lineage name to its path prefix in dvc.lock, e.g. {'data': 'data/prepared'}."""
+    tags = {}
+    for label, prefix in outputs.items():
+        for outs in hashes.values():
+            for path, digest in outs.items():
+                if path.rstrip("/") == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/"):
+                    tags[f"lineage.{label}_md5"] = digest
+                    tags[f"lineage.{label}_path"] = path
+    return tags
+
+
+def registration_key(tags: dict[str, str], checkpoint_dir: Path, metrics_path: Path) -> str:
+    """Identity of what is registered: same weights and same scores => same key => no second version.
+    From dvc.lock md5s when there, else from the files themselves."""
+    ckpt = tags.get("lineage.checkpoint_md5") or _hash_tree(checkpoint_dir)
+    metrics = tags.get("lineage.metrics_md5") or _hash_tree(metrics_path)
+    return hashlib.sha256(f"{ckpt}:{metrics}".encode()).hexdigest()[:32]
+
+
+def _hash_tree(path: Path) -> str:
+    digest = hashlib.md5()
+    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def log_pipeline_run(*, repo: Path, experiment_id: str, run_name: str, params: dict, scores: dict[str, float],
+                     tags: dict[str, str], artifacts: list[tuple[Path, str]], checkpoint_dir: Path,
+                     log_model: bool) -> tuple[str, str | None]:
+    """Create the run for this pipeline run; returns (run_id, model_uri or None)."""
+    import mlflow
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+    import numpy as np
+
+    flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(params).items()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        # log_params takes at most 100 at a time
+        items = [(mlflow_key(k), str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i:i + 100]))
+        mlflow.log_metrics({mlflow_key(k): v for k, v in scores.items()})
+        for path, dest in artifacts:
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=dest)
+            elif path.is_file():
+                mlflow.log_artifact(str(path), artifact_path=dest)
+        model_uri = None
+        if log_model:
+            # An unnamed string column: a plain list of prompts and a DataFrame both pass the schema.
+            signature = ModelSignature(
+                inputs=Schema([ColSpec("string")]),
+                outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3))]),
+                params=ParamSchema([ParamSpec("nfe", "long", 1), ParamSpec("seed", "long", 0)]),
+            )
+            info = mlflow.pyfunc.log_model(
+                name="generator", python_model=str(PYFUNC_CODE),
+                artifacts={"checkpoint": str(checkpoint_dir)},
+                code_paths=[str(CORE_DIR)], signature=signature,
+                pip_requirements=_pip_requirements(),
+            )
+            model_uri = info.model_uri
+        return run.info.run_id, model_uri
+
+
+def _pip_requirements() -> list[str]:
+    """The model's runtime needs, pinned to this environment (spares MLflow's slow inference)."""
+    from importlib.metadata import version
+
+    reqs = []
+    for dist in ("torch", "safetensors", "numpy", "pandas", "mlflow"):
+        try:
+            reqs.append(f"{dist}=={version(dist).split('+')[0]}")
+        except Exception:  # noqa: BLE001 - a missing optional dist just isn't listed
+            pass
+    return reqs

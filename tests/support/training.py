@@ -1,0 +1,63 @@
+"""Fixtures for the training tests: a tiny prepared dataset, a shrunk params.yaml, stage runs as subprocesses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_dataset(directory: Path, n: int = 64, size: int = 16, name: str = "shapes") -> Path:
+    """A real prepared shapes dataset (the data helper's writer), n images at `size` px."""
+    from twinflow_core.data.config import DataConfig
+    from twinflow_core.data.prepared import prepare
+
+    out = Path(directory) / name
+    if not (out / "meta.json").is_file():
+        cfg = DataConfig.from_dict({"name": name, "image_size": size, "shapes": {"n_images": n, "holdout_dir": None}})
+        prepare(cfg, root=ROOT, out=out, progress=False)
+    return out
+
+
+def smoke_params(tmp: Path, data: Path, overrides: list[str] | None = None) -> Path:
+    """params.yaml for tmp: conf/ composed with experiment=smoke (+ overrides), paths inside tmp."""
+    from twinflow_core.training.config import compose, to_dict
+
+    sections, _ = compose(["experiment=smoke", "data.image_size=16", f"data.path={data}",
+                           f"pretrain.out={tmp}/base", f"train.out={tmp}/twinflow",
+                           f"pretrain.resume_dir={tmp}/resume", f"train.resume_dir={tmp}/resume",
+                           *(overrides or [])])
+    params = {k: to_dict(getattr(sections, k)) for k in ("model", "objective", "pretrain", "train")}
+    path = Path(tmp) / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def stage_cmd(stage: str, params: Path, *sets: str) -> list[str]:
+    cmd = [sys.executable, "-m", f"flows.stages.{stage}", "--params", str(params)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def stage_env() -> dict:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")  # 2 DDP ranks on a 2-core box; also makes reruns bitwise comparable
+    return env
+
+
+def run_stage(stage: str, params: Path, *sets: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(stage_cmd(stage, params, *sets), cwd=ROOT, env=stage_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def load_weights(directory: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / "model.safetensors"))

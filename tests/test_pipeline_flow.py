@@ -1,0 +1,158 @@
+"""The Prefect flow around DVC, on a throwaway project with fast stand-in stages (tests/support/toy_stages.py)
+and real Prefect (test harness server), real DVC and real MLflow (sqlite): caching, overrides, lineage,
+push, the failed-gate outcome, and which faults are retried."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.cli import main
+from support.pipeline import make_toy_project, toy_env
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    for key, value in toy_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return make_toy_project(tmp_path / "proj")
+
+
+def attempts(root: Path) -> list[str]:
+    path = root / "attempts.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def task_runs(flow_run_id) -> dict[str, int]:
+    """task name -> run_count (1 = no retry) for one flow run, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.run_count for r in runs}
+
+
+def test_unknown_override_fails_before_anything_runs(project, capsys):
+    before = (project / "params.yaml").read_text()
+    assert main(["run", "--workdir", str(project), "toy.sizee=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'toy.sizee'" in err and "did you mean 'toy.size'" in err
+    assert main(["run", "--workdir", str(project), "toy.size=many"]) == 2
+    assert "toy.size is int" in capsys.readouterr().err
+    assert (project / "params.yaml").read_text() == before
+    assert not (project / "dvc.lock").exists() and attempts(project) == []
+
+
+def test_flow_runs_caches_pushes_and_registers_once(project, harness):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+
+    state = pipeline(workdir=str(project), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert [s["stage"] for s in summary["stages"]] == ["prepare", "validate", "pretrain", "train", "evaluate"]
+    assert all(s["ran"] for s in summary["stages"])
+    reg = summary["registration"]
+    assert (reg["version"], reg["verdict"], reg["champion"]) == ("1", "passed", "1")
+    assert summary["samples"] == [str(project / "reports" / "samples_1nfe.png")]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    ckpt_md5 = next(o["md5"] for o in lock["stages"]["train"]["outs"])
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mv = MlflowClient(uri, uri).get_model_version("tiny-gen", "1")
+    assert mv.tags["lineage.checkpoint_md5"] == ckpt_md5
+    assert mv.tags["lineage.data_md5"] == next(o["md5"] for o in lock["stages"]["prepare"]["outs"])
+    assert mv.tags["lineage.prefect_flow_run_id"] == summary["flow_run_id"]
+    assert len(mv.tags["lineage.git_commit"]) == 40
+    # pushed: the checkpoint's files are in the local remote
+    pushed = [p for p in (project / ".dvc-remote").rglob("*") if p.is_file()]
+    assert len(pushed) >= 4
+    # progress redraws (carriage returns) are logged, not lost; each stage ran exactly once
+    assert attempts(project) == ["prepare", "validate", "pretrain", "train", "evaluate"]
+
+    # nothing changed: every stage cached, nothing re-run, no second version
+    again = pipeline(workdir=str(project))
+    assert not any(s["ran"] for s in again["stages"])
+    assert again["registration"]["created"] is False and again["registration"]["version"] == "1"
+    assert attempts(project) == ["prepare", "validate", "pretrain", "train", "evaluate"]
+
+    # an override reruns only what depends on it; a failing gate completes with the verdict
+    state = pipeline(workdir=str(project), overrides=["toy.geneval=0.3"], return_state=True)
+    assert state.is_completed()
+    assert state.message.startswith("gate failed: geneval-shapes/overall@1nfe 0.3 < 0.5")
+    assert "v2 stays challenger, champion v1" in state.message
+    summary = state.result()
+    assert [s["stage"] for s in summary["stages"] if s["ran"]] == ["evaluate"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["toy"]["geneval"] == 0.3
+    assert "# toy project params" in (project / "params.yaml").read_text()  # comments kept
+    client = MlflowClient(uri, uri)
+    assert sorted(client.get_model_version("tiny-gen", "2").aliases) == ["challenger"]
+    assert str(client.get_model_version_by_alias("tiny-gen", "champion").version) == "1"
+
+
+def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harness):
+    from flows.pipeline import pipeline
+
+    state = pipeline(workdir=str(project), overrides=["toy.fail=validate"], return_state=True)
+    assert state.is_failed()
+    err = state.result(raise_on_failure=False)
+    assert str(err).startswith("stage 'validate' failed (exit 2): twinflow_core.errors.DataError: "
+                               "data/prepared/toy/images.npy: row 3 is blank (validate)")
+    assert attempts(project) == ["prepare", "validate"]  # no retry, nothing after it ran
+    assert task_runs(state.state_details.flow_run_id)["validate"] == 1
+
+
+def test_transient_failure_is_retried(project, harness):
+    from flows.pipeline import pipeline
+
+    state = pipeline(workdir=str(project), overrides=["toy.flaky_stage=validate", "toy.flaky=1"],
+                     push=False, register_model=False, return_state=True)
+    assert state.is_completed(), state.message
+    assert attempts(project) == ["prepare", "validate", "validate", "pretrain", "train", "evaluate"]
+    assert task_runs(state.state_details.flow_run_id)["validate"] == 2
+
+
+@pytest.mark.slow
+def test_tracking_server_down_fails_at_registration_then_registers_once(project, harness):
+    """Down: the flow fails at `register` (after its retries) naming the server; the artifacts stay and
+    are pushed; nothing is registered. Back up: a re-run registers exactly once, stages all cached."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline
+    from support.pipeline import free_port, start_mlflow_server, stop
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    state = pipeline(workdir=str(project), tracking_uri=uri, return_state=True)
+    assert state.is_failed()
+    err = str(state.result(raise_on_failure=False))
+    assert err.startswith(f"MLflow tracking server {uri} is unreachable")
+    runs = task_runs(state.state_details.flow_run_id)
+    assert "(connection refused); nothing was registered" in err
+    assert runs["register"] == 3  # retries: 2 in the toy params; transient, so retried
+    assert (project / "checkpoints/twinflow/model.safetensors").is_file()
+    assert json.loads((project / "metrics/eval.json").read_text())["geneval-shapes/overall@1nfe"] == 0.8
+    assert any((project / ".dvc-remote").rglob("*"))
+
+    server_uri, proc = start_mlflow_server(project.parent / "mlflow-server", port=port)
+    try:
+        first = pipeline(workdir=str(project), tracking_uri=uri)
+        second = pipeline(workdir=str(project), tracking_uri=uri)
+        assert not any(s["ran"] for s in first["stages"])
+        assert (first["registration"]["version"], first["registration"]["created"]) == ("1", True)
+        assert (second["registration"]["version"], second["registration"]["created"]) == ("1", False)
+        assert len(MlflowClient(uri, uri).search_model_versions("name='tiny-gen'")) == 1
+    finally:
+        stop(proc)
