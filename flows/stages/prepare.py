@@ -15,16 +15,14 @@ from twinflow_core.errors import ConfigError, TwinflowError
 
 
 def load_params(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """params.yaml as a dict, with dotted KEY=VALUE overrides applied (values parsed as YAML)."""
+    """params.yaml as a dict, with dotted KEY=VALUE overrides applied (values parsed as YAML).
+
+    Unlike `twinflow run` (flows/overrides.py), a stage accepts keys params.yaml leaves unset (e.g. data.source)."""
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    from flows.overrides import load_params as read_params
+
+    params = read_params(path)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

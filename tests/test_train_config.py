@@ -1,0 +1,109 @@
+"""Training configuration: schema errors are one line before any work; conf/, params.yaml and dvc.yaml agree."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.support.training import ROOT, stage_env
+from twinflow_core.errors import ConfigError
+from twinflow_core.training.config import STAGES, compose, load_sections, tracked_keys
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"pretrain": {"stepz": 3}}, "pretrain.stepz: Key 'stepz' not in 'StageConfig'"),
+    ({"train": {"steps": "many"}}, "train.steps: Value 'many' of type 'str' could not be converted to Integer"),
+    ({"model": {"channels": 32}}, "model.channels"),
+    ({"train": {"trainer": {"devices": "two"}}}, "train.trainer.devices"),
+    ({"objective": {"train": {"overrides": {"dist_match_cof": "high"}}}},
+     "objective.train.overrides.dist_match_cof: expected float"),
+    ({"objective": {"train": {"overrides": {"lambda": 1.0}}}}, "unknown key(s) ['lambda']"),
+    ({"objective": {"pretrain": {"preset": "gan"}}}, "unknown objective preset 'gan'"),
+    ({"train": {"batch_size": 18}}, "must be divisible by 4"),
+    ({"train": {"trainer": {"strategy": "fsdp"}}}, "set ema_decay: 0"),
+    ({"pretrain": {"trainer": {"strategy": "horovod"}}}, "pretrain.trainer.strategy"),
+    ({"model": {"channels": [16, 32], "attn_levels": [2]}}, "model.attn_levels [2] must index model.channels"),
+    ({"model": {"image_size": 20, "patch": 2, "channels": [32, 64, 64]}}, "cannot be halved"),
+])
+def test_bad_params_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError) as err:
+        load_sections(raw, where="params.yaml")
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and str(err.value).startswith("params.yaml: ")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.stepz=1"], "train.stepz: Key 'stepz' not in 'StageConfig'"),
+    (["train.steps=abc"], "train.steps: Value 'abc'"),
+    (["model=nope"], "Could not find 'model/nope'"),
+    (["+foo=1"], "unknown top-level key(s) ['foo']"),
+    (["trainer=fsdp"], "set ema_decay: 0"),
+])
+def test_bad_hydra_overrides_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        compose(overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_presets_compose():
+    digits, extra = compose(["experiment=digits_cpu"])
+    assert extra["data"]["name"] == "digits" and digits.pretrain.data == "data/prepared/digits"
+    assert digits.model.image_size == 16
+    fsdp, _ = compose(["experiment=fsdp_gpu"])
+    assert fsdp.train.trainer.strategy == "fsdp" and fsdp.train.ema_decay == 0.0
+    ddp, _ = compose(["trainer=ddp_cpu"])
+    assert ddp.pretrain.trainer.devices == ddp.train.trainer.devices == 2
+    rcgm, _ = compose(["objective=rcgm"])
+    assert rcgm.objective.train.build("x").probs["adv"] == 0.0
+    assert rcgm.objective.pretrain.build("x").estimate_order == 0  # the base stays flow matching
+
+
+def test_stage_rejects_a_bad_params_file_before_any_work(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"pretrain": {"steps": 5, "lr": "fast"}}))
+    proc = subprocess.run([sys.executable, "-m", "flows.stages.pretrain", "--params", str(params)], cwd=ROOT,
+                          env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("pretrain: error: " + str(params) +
+                                   ": pretrain.lr: Value 'fast' of type 'str' could not be converted to Float")
+    params.write_text(yaml.safe_dump({"train": {"steps": 5}}))
+    proc = subprocess.run([sys.executable, "-m", "flows.stages.train", "--params", str(params), "--set",
+                           "train.bogus=1"], cwd=ROOT, env=stage_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "train.bogus" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_params_yaml_is_the_composition_of_conf():
+    proc = subprocess.run([sys.executable, "-m", "flows.stages.configure", "--check"], cwd=ROOT, env=stage_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    load_sections(yaml.safe_load((ROOT / "params.yaml").read_text()))
+
+
+def test_configure_rewrites_only_its_sections(tmp_path):
+    from flows.stages.configure import composed_params, rewrite
+
+    original = (ROOT / "params.yaml").read_text()
+    wanted, data = composed_params(["experiment=digits_cpu", "train.steps=7"])
+    text = rewrite(original, wanted, data)
+    new, old = yaml.safe_load(text), yaml.safe_load(original)
+    assert new["train"]["steps"] == 7 and new["data"]["name"] == "digits"
+    assert new["data"].get("source", "digits") == "digits"  # source defaults to name when absent
+    for key in set(old) - {"model", "objective", "pretrain", "train", "data"}:
+        assert new[key] == old[key]
+    assert {k: v for k, v in new["data"].items() if k not in ("name", "source", "image_size")} == \
+        {k: v for k, v in old["data"].items() if k not in ("name", "source", "image_size")}
+    # comments of other sections survive
+    assert [ln for ln in original.splitlines() if ln.startswith("# --- data")] == \
+        [ln for ln in text.splitlines() if ln.startswith("# --- data")]
+    # and composing the defaults again gives the original back
+    assert rewrite(text, *composed_params([])) == original
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_dvc_params_are_exactly_the_keys_that_change_the_checkpoint(stage):
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    assert sorted(dvc["stages"][stage]["params"]) == tracked_keys(stage)
+    assert dvc["stages"][stage]["outs"] == [f"${{{stage}.out}}"]
+    assert f"${{{stage}.data}}" in dvc["stages"][stage]["deps"]

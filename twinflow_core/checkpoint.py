@@ -1,0 +1,133 @@
+"""The generator checkpoint: what a trained model is outside training (no pickles, no Lightning).
+
+A directory with
+- `model.safetensors`: the network's weights (the EMA copy when training kept one);
+- `model.json`: {"format", "net" (registry name), "net_kwargs", "tokenizer" (vocabulary, max_len),
+  "normalisation" (pixel = x * scale + mean, x the network's data units), "image" (size, channels), "extra"}.
+
+`load_generator(dir).generate(captions, nfe=1, seed=0, style="few", cfg_scale=0.0)` -> uint8 (N, H, W, 3):
+styles "few"/"any"/"mul" run the any-step sampler with `nfe` evaluations; "euler" runs plain Euler with `nfe`
+steps (2 evaluations a step with guidance cfg_scale > 0): the flow-matching reference.
+The same (captions, seed) always give the same images.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from twinflow_core.errors import DataError
+from twinflow_core.text import Tokenizer
+
+FORMAT = "twinflow-generator/1"
+WEIGHTS, META = "model.safetensors", "model.json"
+# uint8 pixels <-> data units in [-1, 1]: x = (pixel - mean) / scale
+PIXEL_MEAN, PIXEL_SCALE = 127.5, 127.5
+CHUNK = 256  # images per sampler call; fixed so that results do not depend on the request size
+
+
+def to_data(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in data units."""
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float()
+    return (x - PIXEL_MEAN) / PIXEL_SCALE
+
+
+def to_pixels(x: torch.Tensor) -> np.ndarray:
+    """float (N, 3, H, W) in data units -> uint8 (N, H, W, 3), clipped."""
+    pixels = (x.detach().float().cpu() * PIXEL_SCALE + PIXEL_MEAN + 0.5).clamp(0, 255)
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_generator(directory, net: torch.nn.Module, net_name: str, net_kwargs: dict, tokenizer: Tokenizer,
+                   extra: dict | None = None) -> Path:
+    """Write model.safetensors + model.json into `directory` (created); returns the directory."""
+    from safetensors.torch import save_file
+
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT, "net": net_name})
+    meta = {
+        "format": FORMAT,
+        "net": net_name,
+        "net_kwargs": net_kwargs,
+        "tokenizer": tokenizer.to_dict(),
+        "normalisation": {"mean": PIXEL_MEAN, "scale": PIXEL_SCALE},
+        "image": {"size": int(net_kwargs.get("image_size", 0)), "channels": int(net_kwargs.get("in_channels", 3))},
+        "extra": extra or {},
+    }
+    (out / META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out
+
+
+def read_meta(directory) -> dict:
+    path = Path(directory) / META
+    if not path.is_file():
+        raise DataError(f"generator checkpoint {directory}: no {META} (expected {WEIGHTS} + {META})")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    return meta
+
+
+@dataclass
+class Generator:
+    net: torch.nn.Module
+    tokenizer: Tokenizer
+    meta: dict
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image"]["size"])
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], nfe: int = 1, seed: int = 0, style: str = "few",
+                 cfg_scale: float = 0.0) -> np.ndarray:
+        from twinflow_core.sampler import euler, sample
+
+        captions = list(captions)
+        if not captions:
+            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.uint8)
+        ids = self.tokenizer.encode(captions)
+        device = next(self.net.parameters()).device
+        gen = torch.Generator().manual_seed(int(seed))
+        c = int(self.meta["image"]["channels"])
+        z_all = torch.randn(len(captions), c, self.image_size, self.image_size, generator=gen)
+        self.net.eval()
+        out = []
+        for start in range(0, len(captions), CHUNK):
+            z = z_all[start : start + CHUNK].to(device)
+            cond = ids[start : start + CHUNK].to(device)
+            if style == "euler":
+                uncond = self.tokenizer.null(len(cond)).to(device) if cfg_scale > 0 else None
+                x = euler(self.net, z, cond, steps=nfe, cfg_scale=cfg_scale, uncond=uncond)
+            else:
+                if cfg_scale > 0:
+                    raise DataError("cfg_scale applies to style 'euler' only; the any-step sampler bakes guidance in")
+                x = sample(self.net, z, cond, nfe=nfe, style=style, generator=gen)
+            out.append(to_pixels(x))
+        return np.concatenate(out)
+
+
+def load_generator(directory, device: str | torch.device = "cpu") -> Generator:
+    from safetensors.torch import load_file
+
+    from twinflow_core.nets import build_net
+
+    meta = read_meta(directory)
+    weights = Path(directory) / WEIGHTS
+    if not weights.is_file():
+        raise DataError(f"generator checkpoint {directory}: missing {WEIGHTS}")
+    net = build_net(meta["net"], **meta["net_kwargs"])
+    try:
+        net.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0]
+        raise DataError(f"{weights}: weights do not fit net {meta['net']!r} with the stored kwargs ({first})") from None
+    return Generator(net.to(device).eval(), Tokenizer.from_dict(meta["tokenizer"]), meta)

@@ -1,0 +1,140 @@
+"""Training callbacks: resumable state every N steps, 1-NFE sample grids, and the final generator export.
+
+States are written to a temporary file and renamed into place, so a run killed mid-write (SIGKILL) leaves the
+previous state intact; the newest two are kept.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+
+STATE_GLOB = "step-*.ckpt"
+
+
+def state_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"step-{step:08d}.ckpt"
+
+
+def latest_state(directory: Path) -> Path | None:
+    states = sorted(Path(directory).glob(STATE_GLOB)) if Path(directory).is_dir() else []
+    return states[-1] if states else None
+
+
+class PeriodicState(L.Callback):
+    """Full training state (weights, optimiser, EMA, RNG, step) every `every` steps and at the end."""
+
+    def __init__(self, directory: str | Path, every: int, keep: int = 2):
+        self.directory, self.every, self.keep = Path(directory), every, keep
+
+    def _save(self, trainer: L.Trainer):
+        step = trainer.global_step
+        final = state_path(self.directory, step)
+        if final.exists():
+            return
+        tmp = final.with_suffix(".tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, final)
+            for old in sorted(self.directory.glob(STATE_GLOB))[: -self.keep]:
+                old.unlink()
+        trainer.strategy.barrier()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_micro = int(batch["micro"]) // trainer.world_size == pl_module.accumulate - 1
+        if last_micro and trainer.global_step % self.every == 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._save(trainer)
+
+
+class SampleGrid(L.Callback):
+    """Captioned grids from the generator weights (EMA): 1 NFE, plus `euler_steps` Euler steps when > 0 (the
+    flow-matching base, whose 1 NFE is then one Euler step).
+
+    Written to <out>/samples/step-XXXXXXXX-<sampler>.png every `every` steps (0: only at the end); each path is
+    also passed to `on_grid(path, step)` hooks (the stage entry points log them to MLflow)."""
+
+    def __init__(self, out: str | Path, captions: list[str], tokenizer, every: int = 0, euler_steps: int = 0,
+                 seed: int = 0, on_grid: list[Callable] | None = None):
+        self.out, self.captions, self.tokenizer = Path(out) / "samples", captions, tokenizer
+        self.every, self.euler_steps, self.seed = every, euler_steps, seed
+        self.on_grid = on_grid or []
+        self.paths: list[Path] = []
+        self.done = False
+
+    @torch.no_grad()
+    def _grid(self, trainer, pl_module):
+        if not trainer.is_global_zero or "fsdp" in type(trainer.strategy).__name__.lower():
+            return
+        from twinflow_core.sampler import euler, sample
+        from twinflow_core.viz import save_image_grid
+
+        net = pl_module.generator_net()
+        was_training = net.training
+        net.eval()
+        step = trainer.global_step
+        g = torch.Generator().manual_seed(self.seed)
+        size, ch = net.image_size, net.in_channels
+        z = torch.randn(len(self.captions), ch, size, size, generator=g).to(pl_module.device)
+        ids = self.tokenizer.encode(self.captions).to(pl_module.device)
+        if self.euler_steps:  # a flow-matching model: its 1-NFE sample is one Euler step (r = t), not a jump
+            runs = [("1nfe", lambda: euler(net, z, ids, steps=1))]
+        else:
+            runs = [("1nfe", lambda: sample(net, z, ids, nfe=1, generator=g))]
+        if self.euler_steps:
+            runs.append((f"euler{self.euler_steps}", lambda: euler(net, z, ids, steps=self.euler_steps)))
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name, run in runs:
+            path = self.out / f"step-{step:08d}-{name}.png"
+            save_image_grid(run(), path, captions=self.captions, ncol=8,
+                            title=f"step {step}, {name} (EMA weights)")
+            self.paths.append(path)
+            for hook in self.on_grid:
+                hook(path, step)
+        net.train(was_training)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        last_micro = int(batch["micro"]) // trainer.world_size == pl_module.accumulate - 1
+        if self.every and last_micro and trainer.global_step % self.every == 0:
+            self._grid(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module):
+        self.done = True
+        if not self.paths or f"step-{trainer.global_step:08d}" not in self.paths[-1].name:
+            self._grid(trainer, pl_module)
+
+
+class ExportGenerator(L.Callback):
+    """At the end: the generator weights (EMA copy, or the gathered online weights without one) as safetensors
+    + model.json in `out`, and the loss history as train_log.json."""
+
+    def __init__(self, out: str | Path, net_name: str, net_kwargs: dict, tokenizer, extra: dict):
+        self.out, self.net_name, self.net_kwargs = Path(out), net_name, net_kwargs
+        self.tokenizer, self.extra = tokenizer, extra
+        self.done = False
+
+    def on_train_end(self, trainer, pl_module):
+        self.done = True
+        from twinflow_core.checkpoint import save_generator
+
+        net = pl_module.generator_net()
+        if pl_module.ema.model is None:
+            # online weights; under FSDP this gathers the full state on rank 0 (every rank must call it)
+            full = trainer.strategy.lightning_module_state_dict()
+            state = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
+        if not trainer.is_global_zero:
+            return
+        if pl_module.ema.model is None:
+            import copy
+
+            net = copy.deepcopy(pl_module.net).cpu()
+            net.load_state_dict(state)
+        extra = {**self.extra, "steps": trainer.global_step}
+        save_generator(self.out, net, self.net_name, self.net_kwargs, self.tokenizer, extra)
+        (self.out / "train_log.json").write_text(json.dumps(pl_module.history, indent=1))

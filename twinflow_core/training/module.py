@@ -1,0 +1,129 @@
+"""The LightningModule: wires objective + net + EMA + optimiser; the method itself is twinflow_core.objective.
+
+Manual optimisation, one micro-batch per `training_step` (see data.py for what a micro-batch is):
+- the objective's noise is seeded by (seed, step, micro), so the result does not depend on how micro-batches
+  are spread over devices and accumulation;
+- the grad-carrying forward and all the objective's no-grad calls go to the plain `self.net` inside this
+  module's forward (which is what DDP wraps): DDP's hooks run once per micro-batch, on one backward;
+- the EMA is updated once per optimiser step, on the step's first micro-batch, right after the grad forward
+  (where the official step updates it), and then serves as the teacher;
+- after the last micro-batch: gradients nan_to_num'd, clipped to norm `grad_clip`, AdamW step.
+The EMA copy is a plain attribute, not a submodule: DDP/FSDP neither sync nor shard it, and it is saved
+through on_save_checkpoint together with the RNG state.
+"""
+from __future__ import annotations
+
+import random
+import time
+
+import lightning as L
+import numpy as np
+import torch
+
+from twinflow_core.ema import EMA
+from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective, sanitize_and_clip_grads_
+from twinflow_core.training.data import mix_seed
+
+
+class _StepEMA:
+    """The EMA as the objective sees it: updates only when `active` (the first micro-batch of a step)."""
+
+    def __init__(self, ema: EMA, active: bool):
+        self.ema, self.active = ema, active
+        self.decay = ema.decay
+
+    def update(self, online):
+        if self.active:
+            self.ema.update(online)
+
+    def teacher(self, online):
+        return self.ema.teacher(online)
+
+
+class TwinFlowModule(L.LightningModule):
+    def __init__(self, net: torch.nn.Module, objective: ObjectiveConfig, *, lr: float, betas, weight_decay: float,
+                 ema_decay: float, grad_clip: float, seed: int, accumulate: int, null_ids: torch.Tensor):
+        super().__init__()
+        self.automatic_optimization = False
+        self.net = net
+        self.objective = TwinFlowObjective(objective)
+        self.ema = EMA(net, ema_decay)
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.grad_clip, self.seed, self.accumulate = grad_clip, seed, accumulate
+        self.register_buffer("null_ids", null_ids[:1].clone(), persistent=False)
+        self.history: list[dict] = []  # per optimiser step: the global mean of each loss term
+        self._stats: dict[str, float] = {}
+        self._t_step = None
+        self.step_seconds: list[float] = []  # wall time of each optimiser step of this run (not restored)
+
+    # -- the weights a generator should use: the EMA copy when there is one
+    def generator_net(self) -> torch.nn.Module:
+        return self.ema.teacher(self.net)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+
+    def on_fit_start(self):
+        if self.ema.model is not None:
+            self.ema.model.to(self.device)
+
+    def training_step(self, batch, batch_idx):
+        step, micro = int(batch["step"]), int(batch["micro"])
+        local = micro // self.trainer.world_size  # this micro-batch's place in the rank's accumulation
+        if local == 0:
+            self._stats, self._t_step = {}, time.perf_counter()
+        torch.manual_seed(mix_seed(self.seed, 3, step, micro))
+        x, ids = batch["x"], batch["ids"]
+        uncond = self.null_ids.expand(len(ids), -1)
+        loss, stats = self.objective(self.net, x, ids, uncond=uncond, ema=_StepEMA(self.ema, local == 0))
+        self.manual_backward(loss / self.accumulate)
+        for k, v in stats.items():
+            self._stats[k] = self._stats.get(k, 0.0) + v / self.accumulate
+        if local == self.accumulate - 1:
+            self._optimizer_step()
+
+    def _optimizer_step(self):
+        opt = self.optimizers()
+        strategy = type(self.trainer.strategy).__name__.lower()
+        if "fsdp" in strategy:  # sharded grads: FSDP's own norm
+            for p in self.net.parameters():
+                if p.grad is not None:
+                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            grad_norm = float(self.trainer.strategy.model.clip_grad_norm_(self.grad_clip))
+        else:
+            grad_norm = sanitize_and_clip_grads_(self.net.parameters(), self.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - self._t_step
+        self.step_seconds.append(seconds)
+        stats = dict(self._stats)
+        if self.trainer.world_size > 1:  # global means, as a single process would have computed them
+            keys = sorted(stats)
+            t = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=self.device)
+            t = self.trainer.strategy.reduce(t, reduce_op="mean")
+            stats = dict(zip(keys, t.tolist()))
+        rows = self.trainer.datamodule.batch_size if self.trainer.datamodule else 0
+        stats.update({"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"], "perf/sec_per_step": seconds,
+                      "perf/samples_per_sec": rows / max(seconds, 1e-9)})
+        self.history.append({"step": int(self.trainer.global_step), **stats})
+        to_logger = bool(self.loggers)
+        self.log_dict({k: float(v) for k, v in stats.items() if k != "loss"}, prog_bar=False, logger=to_logger,
+                      on_step=True, batch_size=rows or 1, rank_zero_only=True)
+        self.log("loss", float(stats["loss"]), prog_bar=True, logger=to_logger, on_step=True, batch_size=rows or 1,
+                 rank_zero_only=True)
+
+    # -- state that Lightning does not know about: EMA, RNG, loss history
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["ema"] = self.ema.state_dict()
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()[1].tolist()),
+                             "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1]}
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint):
+        self.ema.load_state_dict(checkpoint["ema"])
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+            random.setstate((3, tuple(rng["python"]), None))
+        self.history = list(checkpoint.get("history", []))

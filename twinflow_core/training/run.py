@@ -1,0 +1,163 @@
+"""One training phase end to end: validated sections in, a generator checkpoint out (resuming when it can).
+
+Used by both stage entry points (flows/stages/pretrain.py, train.py) and by the bench and tests. Resumable
+state lives in <resume_dir>/<stage>-<key>/, where key hashes everything that changes the weights (the stage's
+tracked config, the objective, the model, the dataset's meta.json, the init checkpoint's weights): a rerun of
+the same configuration resumes from the newest state there; any change starts afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from twinflow_core.errors import ConfigError, DataError
+from twinflow_core.text import Tokenizer
+from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, micro_batch, to_dict
+
+N_GRID = 16
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tracked_config(sections: TrainingSections, stage: str) -> dict:
+    st = getattr(sections, stage)
+    return {
+        "stage": stage,
+        stage: {f.name: to_dict(getattr(st, f.name)) for f in fields(StageConfig) if f.metadata.get("tracked", True)},
+        "objective": to_dict(getattr(sections.objective, stage)),
+        "model": to_dict(sections.model),
+    }
+
+
+def run_key(sections: TrainingSections, stage: str) -> str:
+    st = getattr(sections, stage)
+    parts = {"config": tracked_config(sections, stage), "data": _sha256(Path(st.data) / "meta.json")}
+    # the trainer placement does not change the result (data.py), so a run may resume on other devices
+    parts["config"][stage].pop("trainer", None)
+    if st.init:
+        parts["init"] = _sha256(Path(st.init) / "model.safetensors")
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tokenizer_for(meta: dict) -> Tokenizer:
+    words = meta.get("vocabulary")
+    if not words:
+        raise DataError(f"prepared dataset {meta.get('name')!r}: meta.json has no vocabulary")
+    # room beyond the longest training caption for evaluation prompts, rounded up to a multiple of 8
+    max_len = max(32, -(-(int(meta.get("max_words", 0)) + 8) // 8) * 8)
+    return Tokenizer(words, max_len=max_len)
+
+
+def grid_captions(captions: list[str], n: int = N_GRID) -> list[str]:
+    """n distinct captions spread over the dataset (a fixed, readable set for sample grids)."""
+    seen, picked = set(), []
+    stride = max(1, len(captions) // (4 * n))
+    for c in captions[::stride]:
+        if c not in seen:
+            seen.add(c)
+            picked.append(c)
+        if len(picked) == n:
+            break
+    return picked
+
+
+def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[Callable] | None = None,
+        callbacks=None, progress: bool | None = None) -> dict:
+    """Train `stage` ("pretrain" or "train") as configured; returns a summary (steps, seconds, losses...)."""
+    import lightning as L
+
+    from twinflow_core.checkpoint import load_generator, read_meta
+    from twinflow_core.data.prepared import read_meta as read_data_meta
+    from twinflow_core.nets import build_net
+    from twinflow_core.training.callbacks import ExportGenerator, PeriodicState, SampleGrid, latest_state
+    from twinflow_core.training.data import PreparedDataModule
+    from twinflow_core.training.module import TwinFlowModule
+
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage {stage!r}; stages: {STAGES}")
+    st: StageConfig = getattr(sections, stage)
+    if st.threads > 0:
+        torch.set_num_threads(st.threads)
+    objective = getattr(sections.objective, stage).build(f"objective.{stage}")
+    data_meta = read_data_meta(st.data)
+
+    if st.init:
+        read_meta(st.init)  # a clear error when the base checkpoint is missing
+        base = load_generator(st.init)
+        net, tokenizer = base.net.train().requires_grad_(True), base.tokenizer
+        net_name, net_kwargs = base.meta["net"], base.meta["net_kwargs"]
+        missing = sorted(set(data_meta.get("vocabulary", [])) - set(tokenizer.vocabulary))
+        if missing:
+            raise DataError(f"{st.data}: caption words {missing[:5]} are unknown to the init checkpoint {st.init}")
+    else:
+        tokenizer = _tokenizer_for(data_meta)
+        net_name = sections.model.name
+        net_kwargs = {**sections.model.net_kwargs(), "vocab_size": tokenizer.size, "max_len": tokenizer.max_len}
+        torch.manual_seed(st.seed)
+        net = build_net(net_name, **net_kwargs)
+
+    trainer_cfg = st.trainer
+    world = trainer_cfg.devices * trainer_cfg.num_nodes
+    micro = micro_batch(st)
+    accumulate = st.batch_size // (micro * world)
+    datamodule = PreparedDataModule(st.data, tokenizer, st.steps, st.batch_size, micro, st.seed, st.cond_drop,
+                                    int(net_kwargs.get("image_size", data_meta.get("image_size"))))
+    module = TwinFlowModule(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
+                            ema_decay=st.ema_decay, grad_clip=st.grad_clip, seed=st.seed, accumulate=accumulate,
+                            null_ids=tokenizer.null(1))
+
+    key = run_key(sections, stage)
+    resume_dir = Path(st.resume_dir) / f"{stage}-{key}"
+    resume_from = latest_state(resume_dir)
+    out = Path(st.out)
+    extra = {"stage": stage, "objective": objective.to_dict(), "data": {"path": st.data, "name": data_meta.get("name"),
+             "image_size": data_meta.get("image_size")}, "init": st.init, "config": tracked_config(sections, stage),
+             "run_key": key, "reference_sampler": "euler" if stage == "pretrain" else "few"}
+    grid = SampleGrid(out, grid_captions(datamodule.dataset.captions), tokenizer, every=st.sample_every,
+                      euler_steps=25 if objective.estimate_order == 0 else 0, seed=st.seed, on_grid=on_grid)
+    exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
+    all_callbacks = [PeriodicState(resume_dir, st.ckpt_every), grid, exporter, *(callbacks or [])]
+    show = st.progress if progress is None else progress
+    trainer = L.Trainer(
+        accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
+        strategy=trainer_cfg.strategy, precision=trainer_cfg.precision, max_steps=st.steps, max_epochs=-1,
+        logger=loggers if loggers else False, enable_checkpointing=False, callbacks=all_callbacks,
+        enable_progress_bar=show, enable_model_summary=False, use_distributed_sampler=False,
+        log_every_n_steps=st.log_every, num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    # weights_only: the states hold tensors and plain containers only (no pickled objects are trusted)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                weights_only=True)
+    seconds = time.perf_counter() - start
+    if not exporter.done:
+        # resumed from the final state (e.g. `dvc repro` after DVC removed the outputs): Lightning restored the
+        # weights and EMA but ran no loop, so no on_train_end; export what was restored
+        for callback in (grid, exporter):
+            callback.on_train_end(trainer, module)
+    final = latest_state(resume_dir)
+    if trainer.is_global_zero and final is not None:
+        shutil.copyfile(final, out / "state.ckpt")  # the end state (optimiser, EMA, RNG, step) beside the export
+    times = sorted(module.step_seconds)
+    summary = {
+        "stage": stage, "steps": trainer.global_step, "seconds": round(seconds, 2),
+        "resumed_from": str(resume_from) if resume_from else None,
+        "steps_run": len(times), "sec_per_step_median": round(times[len(times) // 2], 4) if times else None,
+        "params": sum(p.numel() for p in net.parameters()),
+        "final": module.history[-1] if module.history else {}, "out": str(out), "run_key": key,
+        "world_size": trainer.world_size, "is_global_zero": trainer.is_global_zero,
+    }
+    return summary
