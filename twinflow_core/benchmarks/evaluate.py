@@ -5,7 +5,7 @@ guidance), perceive, score, and return one flat dict of metrics whose names carr
     geneval-shapes/overall@1nfe, geneval-shapes/<tag>@1nfe, geneval-shapes/correct_prompts@1nfe,
     dpg-shapes/score@1nfe (official rules), dpg-shapes/score_corrected@1nfe, dpg-shapes/l1/<cat>@1nfe,
     features-shapes/fd@1nfe, features-shapes/diversity@1nfe, throughput/images_per_s@1nfe,
-    base/<the same>@1nfe ... base/<the same>@euler50, base/<the same>@euler50-cfg3,
+    base/<the same>@1nfe ... base/<the same>@euler50, base/<the same>@euler50-cfg0.5,
     features-shapes/fd@real, features-shapes/diversity@real   (real renders vs real renders: the floor)
 
 For digits: digits/accuracy@<setting>, features-digits/fd@<setting>, features-digits/diversity@<setting>.
@@ -42,7 +42,7 @@ class EvalConfig:
     style: str = "few"
     base_nfe: list = field(default_factory=lambda: [1, 2, 4])  # the base sampled few-step (its collapse)
     base_steps: int = 50                 # Euler steps of the flow-matching reference; 0 skips it
-    base_cfg: list = field(default_factory=lambda: [0.0, 3.0])  # guidance scales of the reference
+    base_cfg: list = field(default_factory=lambda: [0.0, 0.5])  # guidance scales of the reference (0.5 = classic 1.5)
     images_per_prompt: int = 4
     geneval_max_prompts: int = 0         # 0: all; else an even spread over the tags
     dpg_max_items: int = 0               # 0: all
