@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import TwinflowError
 
 
 def parse_args(stage: str, argv) -> argparse.Namespace:
@@ -30,17 +30,11 @@ def parse_args(stage: str, argv) -> argparse.Namespace:
 
 
 def load(params_path: str | Path, overrides: list[str]):
-    import yaml
-
+    from flows.overrides import load_params
     from twinflow_core.training.config import apply_overrides, load_sections
 
     path = Path(params_path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    raw = load_params(path)
     return apply_overrides(load_sections(raw, where=str(path)), overrides, where="--set")
 
 

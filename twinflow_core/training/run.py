@@ -17,19 +17,12 @@ from pathlib import Path
 
 import torch
 
+from twinflow_core.data.prepared import file_sha256
 from twinflow_core.errors import ConfigError, DataError
 from twinflow_core.text import Tokenizer
 from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, micro_batch, to_dict
 
 N_GRID = 16
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tracked_config(sections: TrainingSections, stage: str) -> dict:
@@ -44,11 +37,11 @@ def tracked_config(sections: TrainingSections, stage: str) -> dict:
 
 def run_key(sections: TrainingSections, stage: str) -> str:
     st = getattr(sections, stage)
-    parts = {"config": tracked_config(sections, stage), "data": _sha256(Path(st.data) / "meta.json")}
+    parts = {"config": tracked_config(sections, stage), "data": file_sha256(Path(st.data) / "meta.json")}
     # the trainer placement does not change the result (data.py), so a run may resume on other devices
     parts["config"][stage].pop("trainer", None)
     if st.init:
-        parts["init"] = _sha256(Path(st.init) / "model.safetensors")
+        parts["init"] = file_sha256(Path(st.init) / "model.safetensors")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
