@@ -1,4 +1,5 @@
-"""Training callbacks: resumable state every N steps, 1-NFE sample grids, and the final generator export.
+"""Training callbacks: resumable state every N steps, 1-NFE sample grids, the final generator export, and
+plain progress lines where no progress bar can be drawn (logs, Prefect task output).
 
 States are written to a temporary file and renamed into place, so a run killed mid-write (SIGKILL) leaves the
 previous state intact; the newest two are kept.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,26 @@ def state_path(directory: Path, step: int) -> Path:
 def latest_state(directory: Path) -> Path | None:
     states = sorted(Path(directory).glob(STATE_GLOB)) if Path(directory).is_dir() else []
     return states[-1] if states else None
+
+
+class ProgressLines(L.Callback):
+    """One line every `every` steps (step, seconds per step, time left): the progress bar's stand-in in logs."""
+
+    def __init__(self, label: str, total: int, every: int):
+        self.label, self.total, self.every = label, total, max(int(every), 1)
+        self.start = None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start = (trainer.global_step, time.perf_counter())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every and step != self.total:
+            return
+        done = step - self.start[0]
+        per_step = (time.perf_counter() - self.start[1]) / max(done, 1)
+        print(f"{self.label}: step {step}/{self.total}, {per_step:.2f} s/step, "
+              f"~{per_step * (self.total - step) / 60:.1f} min left", flush=True)
 
 
 class PeriodicState(L.Callback):

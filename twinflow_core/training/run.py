@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -75,7 +76,7 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     from twinflow_core.checkpoint import load_generator, read_meta
     from twinflow_core.data.prepared import read_meta as read_data_meta
     from twinflow_core.nets import build_net
-    from twinflow_core.training.callbacks import ExportGenerator, PeriodicState, SampleGrid, latest_state
+    from twinflow_core.training.callbacks import ExportGenerator, PeriodicState, ProgressLines, SampleGrid, latest_state
     from twinflow_core.training.data import PreparedDataModule
     from twinflow_core.training.module import TwinFlowModule
 
@@ -124,6 +125,9 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
     all_callbacks = [PeriodicState(resume_dir, st.ckpt_every), grid, exporter, *(callbacks or [])]
     show = st.progress if progress is None else progress
+    if show and not sys.stderr.isatty():  # no bar in a log: print a line every log_every * 5 steps instead
+        show = False
+        all_callbacks.append(ProgressLines(stage, st.steps, st.log_every * 5))
     trainer = L.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
         strategy=trainer_cfg.strategy, precision=trainer_cfg.precision, max_steps=st.steps, max_epochs=-1,
