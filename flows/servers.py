@@ -51,22 +51,28 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
+def _spawn_until_healthy(cmd: list[str], log_path: Path, env: dict, health_url: str, timeout: float) -> subprocess.Popen:
+    """Start `cmd` in its own session, output to `log_path`; wait for `health_url`, stop it if that fails."""
+    log = open(log_path, "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        wait_http(health_url, timeout, proc)
+    except Exception:
+        stop(proc)
+        raise
+    return proc
+
+
 def start_mlflow_server(store: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
     """`mlflow server` on 127.0.0.1 with a sqlite store and artifacts served by the server."""
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log = open(store / f"mlflow-server-{port}.log", "ab")
-    proc = subprocess.Popen(
+    uri = f"http://127.0.0.1:{port}"
+    proc = _spawn_until_healthy(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
          "--artifacts-destination", (store / "artifacts").as_uri()],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy())
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(uri + "/health", 120, proc)
-    except Exception:
-        stop(proc)
-        raise
+        store / f"mlflow-server-{port}.log", os.environ.copy(), uri + "/health", 120)
     return uri, proc
 
 
@@ -76,13 +82,7 @@ def start_prefect_server(home: Path, port: int | None = None) -> tuple[str, subp
     port = port or free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "ab")
-    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     api = f"http://127.0.0.1:{port}/api"
-    try:
-        wait_http(api + "/health", 180, proc)
-    except Exception:
-        stop(proc)
-        raise
+    proc = _spawn_until_healthy([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                                home / "server.log", env, api + "/health", 180)
     return api, proc
