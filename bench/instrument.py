@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", action="store_true", help="rebuild the evaluators first (slow: minutes)")
     parser.add_argument("--evaluators", default=str(ROOT / "artifacts/evaluators"))
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=24)  # the default recipe's image size (params.yaml data.image_size)
     parser.add_argument("--out", default=str(ROOT / "docs/instrument.md"))
     args = parser.parse_args(argv)
 

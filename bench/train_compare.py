@@ -37,13 +37,14 @@ def loadavg() -> list[float]:
     return [round(float(v), 2) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def ensure_dataset(domain: str, size: int) -> Path:
+def ensure_dataset(data: dict) -> Path:
+    """Prepare the composed recipe's dataset (conf/data/*.yaml plus --set overrides) unless it exists."""
     from twinflow_core.data.config import DataConfig
     from twinflow_core.data.prepared import prepare
 
-    path = ROOT / "data" / "prepared" / domain
+    path = ROOT / data["path"]
     if not (path / "meta.json").is_file():
-        cfg = DataConfig.from_dict({"name": domain, "source": domain, "image_size": size})
+        cfg = DataConfig.from_dict({"name": data["name"], "source": data["source"], "image_size": data["image_size"]})
         prepare(cfg, root=ROOT, out=path, progress=True)
     return path
 
@@ -61,13 +62,13 @@ def sections_for(domain: str, out: Path, threads: int, extra: list[str]):
     return sections
 
 
-def train_runs(domain: str, out: Path, runs: list[str], threads: int) -> dict:
+def train_runs(domain: str, out: Path, runs: list[str], threads: int, overrides: list[str]) -> dict:
     import copy
 
     from twinflow_core.training.run import fit
 
     info: dict = {}
-    s = sections_for(domain, out, threads, [])
+    s = sections_for(domain, out, threads, overrides)
     cpu0 = time.process_time()
     if "base" in runs or any(r in runs for r in ("twinflow", "rcgm")):
         info["base"] = fit("pretrain", s)
@@ -76,7 +77,7 @@ def train_runs(domain: str, out: Path, runs: list[str], threads: int) -> dict:
         if name in runs:
             sn = copy.deepcopy(s)
             if name == "rcgm":
-                sn.objective.train = sections_for(domain, out, threads, ["objective=rcgm"]).objective.train
+                sn.objective.train = sections_for(domain, out, threads, [*overrides, "objective=rcgm"]).objective.train
             sn.train.init, sn.train.out = str(out / "base"), str(out / name)
             c0 = time.process_time()
             info[name] = fit("train", sn)
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {RUNS}")
     ap.add_argument("--eval-prompts", type=int, default=60, help="geneval prompts (x4 images); dpg items = half")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="Hydra override of the recipe (repeatable), e.g. --set train.steps=400 --set data.image_size=24")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--cost-only", action="store_true")
@@ -227,8 +230,12 @@ def main(argv=None) -> int:
     res["load_before"] = loadavg()
     if not args.cost_only:
         if not args.skip_train:
-            ensure_dataset(args.domain, 32 if args.domain == "shapes" else 16)
-            res.setdefault("training", {}).update(train_runs(args.domain, out, runs, args.threads))
+            from twinflow_core.training.config import compose
+
+            exp = "shapes_cpu" if args.domain == "shapes" else "digits_cpu"
+            ensure_dataset(compose([f"experiment={exp}", *args.overrides])[1]["data"])
+            res["overrides"] = args.overrides
+            res.setdefault("training", {}).update(train_runs(args.domain, out, runs, args.threads, args.overrides))
             res_path.write_text(json.dumps(res, indent=1))
         if not args.skip_eval:
             res.setdefault("metrics", {}).update(evaluate_runs(args.domain, out, runs, args.eval_prompts))

