@@ -1,7 +1,7 @@
 """The paper's claim in miniature, measured on the default CPU recipe (issue 5's acceptance bench).
 
     python bench/train_compare.py [--domain shapes|digits] [--out outputs/bench/train_compare] [--runs ...]
-                                  [--eval-prompts 60] [--threads 1] [--skip-eval] [--cost-only]
+                                  [--eval-prompts N] [--set KEY=VALUE ...] [--threads 1] [--skip-eval] [--cost-only]
 
 Trains, with the recipe in conf/ (the same code the DVC stages run; outputs under --out, never checkpoints/):
   base      flow matching (pretrain stage)            -> sampled at 1/2/4 NFE and 50 Euler steps (w = 0, 0.5)
@@ -43,7 +43,12 @@ def ensure_dataset(data: dict) -> Path:
     from twinflow_core.data.prepared import prepare
 
     path = ROOT / data["path"]
-    if not (path / "meta.json").is_file():
+    if (path / "meta.json").is_file():
+        size = json.loads((path / "meta.json").read_text()).get("image_size")
+        if size != data["image_size"]:
+            raise SystemExit(f"{path}: prepared at {size} px, the recipe wants {data['image_size']} px; "
+                             f"run `dvc repro validate` or pass --set data.name=<another name>")
+    else:
         cfg = DataConfig.from_dict({"name": data["name"], "source": data["source"], "image_size": data["image_size"]})
         prepare(cfg, root=ROOT, out=path, progress=True)
     return path
@@ -213,7 +218,9 @@ def main(argv=None) -> int:
     ap.add_argument("--domain", default="shapes", choices=("shapes", "digits"))
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "train_compare"))
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {RUNS}")
-    ap.add_argument("--eval-prompts", type=int, default=60, help="geneval prompts (x4 images); dpg items = half")
+    ap.add_argument("--eval-prompts", type=int, default=None,
+                    help="shapes: geneval prompts (dpg items = half; default 60); digits: images, 1/10 per class "
+                         "(default 500: the Frechet distance of fewer images is dominated by its small-sample bias)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="Hydra override of the recipe (repeatable), e.g. --set train.steps=400 --set data.image_size=24")
@@ -238,7 +245,8 @@ def main(argv=None) -> int:
             res.setdefault("training", {}).update(train_runs(args.domain, out, runs, args.threads, args.overrides))
             res_path.write_text(json.dumps(res, indent=1))
         if not args.skip_eval:
-            res.setdefault("metrics", {}).update(evaluate_runs(args.domain, out, runs, args.eval_prompts))
+            prompts = args.eval_prompts or (60 if args.domain == "shapes" else 500)
+            res.setdefault("metrics", {}).update(evaluate_runs(args.domain, out, runs, prompts))
             res_path.write_text(json.dumps(res, indent=1))
     if args.domain == "shapes" and (args.cost_only or not args.skip_eval):
         res["cost"] = step_cost(args.cost_steps, args.threads)

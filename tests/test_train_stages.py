@@ -22,6 +22,8 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
     pre = subprocess.run(stage_cmd("pretrain", params), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]
     summary = json.loads(pre.stdout.strip().splitlines()[-1])
+    # no terminal here (as in a Prefect task log): progress comes as lines instead of a bar
+    assert "pretrain: step 4/4" in pre.stdout, pre.stdout[-2000:]
     base = tmp_path / "base"
     for name in ("model.json", "model.safetensors", "state.ckpt", "train_log.json", "summary.json"):
         assert (base / name).is_file(), name

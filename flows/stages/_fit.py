@@ -58,14 +58,13 @@ def run_stage(stage: str, argv=None) -> int:
         sections = load(args.params, args.overrides)
         from twinflow_core.training.run import fit
 
-        st = getattr(sections, stage)
         loggers, hooks = [], []
         if args.mlflow_uri:
             logger = _mlflow_logger(args.mlflow_uri, args.experiment, stage, sections)
             loggers.append(logger)
             hooks.append(lambda path, step: logger.experiment.log_artifact(logger.run_id, str(path), "samples"))
-        summary = fit(stage, sections, loggers=loggers, on_grid=hooks,
-                      progress=st.progress and sys.stderr.isatty())
+        # progress=None: fit draws a bar on a terminal and prints progress lines in a log (Prefect, dvc repro | tee)
+        summary = fit(stage, sections, loggers=loggers, on_grid=hooks)
     except TwinflowError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 2
