@@ -61,7 +61,10 @@ def main(argv=None) -> int:
     base = load_generator(args.base)
     res: dict = {"base": args.base, "overrides": args.overrides, "milestones": milestones}
     if not args.skip_train:
+        from train_compare import ensure_dataset  # the sibling bench's: prepares the recipe's dataset if missing
+
         s, data = compose(["experiment=shapes_cpu", *args.overrides])
+        ensure_dataset(data["data"])
         st = s.train
         st.data, st.init, st.out = str(ROOT / data["data"]["path"]), args.base, str(out / "final")
         st.steps, st.resume_dir, st.threads, st.sample_every = milestones[-1], str(out / "resume"), args.threads, 0
