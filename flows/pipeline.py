@@ -17,9 +17,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from flows import dvc_ops, tracking
+from flows import dvc_ops, init_source, tracking
 from flows.faults import StageFailed, backoff_delays, retry_on_transient
-from flows.overrides import apply_overrides, check_overrides, load_params, section
+from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section
 from flows.registry import REGISTER_DEFAULTS
 
 STAGES = ("prepare", "validate", "pretrain", "train", "evaluate")
@@ -52,6 +52,19 @@ def register_run(root: str, flow_run_id: str, run_name: str, tracking_uri: str |
                             tracking_uri=tracking_uri, log=logger.info)
 
 
+def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> dict:
+    """The overrides with a remote pretrain.init / train.init (from them or from params.yaml) fetched into
+    checkpoints/<stage>-init and replaced by that folder: DVC hashes a local dependency (flows.init_source)."""
+    params = load_params(root / "params.yaml")
+    current = flatten(params)
+    keys = [f"{stage}.{leaf}" for stage in ("pretrain", "train") for leaf in ("init", "out")]
+    values = {key: parsed.get(key, current.get(key)) for key in keys}
+    if not any(init_source.is_remote(values[key]) for key in init_source.INIT_KEYS):
+        return parsed
+    local = init_source.localise(values, root, tracking.resolve_tracking_uri(root, params, tracking_uri), log)
+    return {**parsed, **{key: local[key] for key in init_source.INIT_KEYS if local[key] != values[key]}}
+
+
 def _retrying(task_fn, cfg: dict):
     """The task with retries for transient faults only, exponential backoff."""
     retries = int(cfg["retries"])
@@ -68,6 +81,7 @@ def pipeline(overrides: list[str] | None = None, workdir: str | None = None, pus
     logger = get_run_logger()
     start = time.monotonic()
     root, parsed = check_overrides(overrides, workdir)  # before anything runs
+    parsed = localise_inits(root, parsed, tracking_uri, logger.info)
     if apply_overrides(root / "params.yaml", parsed):
         logger.info(f"params.yaml updated with overrides: {parsed}")
     params = load_params(root / "params.yaml")

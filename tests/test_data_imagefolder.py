@@ -4,7 +4,6 @@ with no dataset left behind."""
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from PIL import Image
 
 from twinflow_core.data.config import DataConfig
 from twinflow_core.data.prepared import load_prepared, prepare
+from tests.support.s3 import SECRET, free_port, moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 from twinflow_core.errors import DataError
 
-SECRET = "s3cr3t-never-printed"
 
 
 def make_folder(root: Path) -> Path:
@@ -125,45 +124,6 @@ def test_empty_caption_and_malformed_rows(folder, tmp_path):
 
 
 # ---------------------------------------------------------------- S3 (moto server on 127.0.0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_env(monkeypatch, moto_endpoint):
-    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return moto_endpoint
-
-
-def upload(endpoint: str, folder: Path, bucket: str, prefix: str):
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint)
-    s3.create_bucket(Bucket=bucket)
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            s3.put_object(Bucket=bucket, Key=f"{prefix}/{p.relative_to(folder).as_posix()}", Body=p.read_bytes())
 
 
 def files_of(path: Path) -> dict[str, bytes]:

@@ -115,6 +115,38 @@ class Generator:
         return np.concatenate(out)
 
 
+def fetch_generator(url: str, dest, endpoint_url: str | None = None, storage_options: dict | None = None) -> Path:
+    """Copy the generator checkpoint at `url` (a local folder or s3://bucket/prefix) into the folder `dest`.
+
+    The two files land in a sibling `.partial` folder first and replace `dest` only once both are in and
+    model.json reads as a generator: an interrupted or failed fetch leaves an earlier `dest` as it was.
+    S3 access (endpoint, credentials, one-line errors naming bucket or object) is the image-folder reader's."""
+    import shutil
+
+    from twinflow_core.data.imagefolder import Folder
+
+    dest = Path(dest)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        if not url.startswith("s3://") and not Path(url).is_dir():
+            raise DataError(f"generator checkpoint {url}: not a directory")
+        folder = Folder(url, endpoint_url, storage_options)
+        missing = [name for name in (META, WEIGHTS) if name not in folder.files()]
+        if missing:
+            raise DataError(f"generator checkpoint {url}: missing {', '.join(missing)} (expected {WEIGHTS} + {META})")
+        for name, data in folder.read_many([META, WEIGHTS]):
+            (partial / name).write_bytes(data)
+        read_meta(partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest
+
+
 def load_generator(directory, device: str | torch.device = "cpu") -> Generator:
     from safetensors.torch import load_file
 

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows import init_source
+from flows.tracking import resolve_tracking_uri
 from twinflow_core.errors import TwinflowError
 
 
@@ -56,6 +58,11 @@ def run_stage(stage: str, argv=None) -> int:
     args = parse_args(stage, argv)
     try:
         sections = load(args.params, args.overrides)
+        section = getattr(sections, stage)
+        if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
+            dest = init_source.local_folder(section.out, stage)
+            init_source.fetch(section.init, dest, resolve_tracking_uri(".", None, args.mlflow_uri))
+            section.init = str(dest)
         from twinflow_core.training.run import fit
 
         loggers, hooks = [], []

@@ -28,7 +28,7 @@ CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
 BATCH = 64  # S3 objects fetched concurrently per request batch
 
 
-class _Folder:
+class Folder:
     """Read access to a local folder or an S3 prefix, with S3 failures turned into DataErrors."""
 
     def __init__(self, path: str, endpoint_url: str | None = None, storage_options: dict | None = None):
@@ -195,7 +195,7 @@ def imagefolder_samples(path: str, size: int, strict: bool = False, min_size: in
                         endpoint_url: str | None = None,
                         storage_options: dict | None = None) -> tuple[int, list[str], Iterator[Sample]]:
     """(count, captions, samples) of an image folder. Metadata and file presence are checked up front."""
-    folder = _Folder(path, endpoint_url, storage_options)
+    folder = Folder(path, endpoint_url, storage_options)
     rows = parse_metadata(folder.read_metadata(), folder.where(METADATA))
     present = folder.files()
     for n, name, _ in rows:

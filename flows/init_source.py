@@ -1,0 +1,89 @@
+"""Where a training stage's `init` checkpoint comes from: a local folder, `s3://bucket/prefix`, or MLflow.
+
+    pretrain.init / train.init = checkpoints/base                  a local generator folder (the default)
+                               = s3://bucket/runs/base              model.json + model.safetensors under a prefix
+                               = models:/twinflow-shapes@champion   a registered version (any models:/ or runs:/ URI)
+
+dvc.yaml lists `${train.init}` as a dependency, and DVC can only hash what it can read, so a remote init is
+fetched first into `checkpoints/<stage>-init/` (git-ignored) and the stage runs from there; `source.json`
+beside the weights names the URI and the weights' sha256. The pipeline (`twinflow run --set train.init=URI`)
+fetches before `dvc repro` and writes the local folder into params.yaml, so dvc.lock records what was trained
+from; the stage entry points (`python -m flows.stages.train --set train.init=URI`) fetch the same way.
+The run key of the stage hashes the weights, not the URI: the same weights from another place are the same run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+from twinflow_core.errors import DataError
+
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+INIT_KEYS = ("pretrain.init", "train.init")
+
+
+def is_remote(ref) -> bool:
+    return isinstance(ref, str) and ref.startswith(("s3://", *MLFLOW_SCHEMES))
+
+
+def local_folder(stage_out: str | Path, stage: str) -> Path:
+    """Where a remote init of `stage` is fetched: beside the stage's output (checkpoints/<stage>-init)."""
+    return Path(stage_out).parent / f"{stage}-init"
+
+
+def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
+    """Download the MLflow artifact `ref` and copy the generator folder inside it (the registered pyfunc model
+    keeps it as the artifact `checkpoint`) into `dest`."""
+    from flows import tracking
+    from twinflow_core.checkpoint import fetch_generator
+
+    tracking.check_reachable(tracking_uri)
+    tracking.configure(tracking_uri)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="twinflow-init-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
+        except MlflowException as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise DataError(f"init {ref}: not found in the MLflow store {tracking_uri} ({first})") from None
+        metas = sorted(local.rglob("model.json")) if local.is_dir() else []
+        if not metas:
+            raise DataError(f"init {ref}: the MLflow artifact holds no generator checkpoint (model.json)")
+        fetch_generator(str(metas[0].parent), dest)
+
+
+def fetch(ref: str, dest: Path, tracking_uri: str | None = None) -> Path:
+    """Fetch the generator checkpoint `ref` into `dest` and write dest/source.json; returns `dest`."""
+    from twinflow_core.checkpoint import WEIGHTS, fetch_generator
+
+    dest = Path(dest)
+    if ref.startswith("s3://"):
+        fetch_generator(ref, dest)
+    elif ref.startswith(MLFLOW_SCHEMES):
+        if not tracking_uri:
+            raise DataError(f"init {ref}: an MLflow URI needs a tracking URI (set MLFLOW_TRACKING_URI)")
+        _from_mlflow(ref, dest, tracking_uri)
+    else:
+        raise DataError(f"init {ref}: not a remote checkpoint (expected s3://, models:/ or runs:/)")
+    digest = hashlib.sha256((dest / WEIGHTS).read_bytes()).hexdigest()
+    (dest / "source.json").write_text(json.dumps({"uri": ref, "sha256": digest}, indent=1) + "\n")
+    return dest
+
+
+def localise(values: dict, root: Path, tracking_uri: str | None, log=print) -> dict:
+    """`values` (flat params: `<stage>.init` and `<stage>.out` keys) with every remote init fetched and replaced
+    by its local folder, a path relative to `root` as params.yaml paths are."""
+    out = dict(values)
+    for key in INIT_KEYS:
+        ref = out.get(key)
+        if is_remote(ref):
+            stage = key.split(".")[0]
+            rel = local_folder(out.get(f"{stage}.out") or f"checkpoints/{stage}", stage)
+            log(f"{key}: fetching {ref} into {rel}")
+            fetch(ref, Path(root) / rel, tracking_uri)
+            out[key] = str(rel)
+    return out
