@@ -38,3 +38,30 @@ def test_gate_makes_r_irrelevant_at_r_equal_t():
             p.add_(torch.randn_like(p))
     assert torch.allclose(emb(t, t), base)
     assert not torch.allclose(emb(t, torch.zeros(2)), base)
+
+
+def test_learned_time_sign_starts_the_twin_field_as_a_copy_of_the_real_one():
+    """time_sign="learned": |t| into the sinusoids plus a zero-initialised vector for t < 0, so a base that never
+    saw t < 0 has F(x, -t, -t) = F(x, t, t) (dv = 0) until that vector learns; drawn without RNG, so the rest of
+    the net initialises exactly as with "signed"."""
+    t = torch.tensor([0.2, 0.9, 1.0])
+    torch.manual_seed(0)
+    learned = TimePairEmbedding(16, time_sign="learned")
+    torch.manual_seed(0)
+    signed = TimePairEmbedding(16)
+    assert torch.equal(learned(t, t), signed(t, t)) and torch.equal(learned(t, 0 * t), signed(t, 0 * t))
+    assert torch.equal(learned(-t, -t), learned(t, t))
+    assert not torch.allclose(signed(-t, -t), signed(t, t))
+    with torch.no_grad():
+        learned.negative.add_(1.0)
+    assert torch.allclose(learned(-t, -t), learned(t, t) + 1.0) and torch.equal(learned(t, t), signed(t, t))
+    with pytest.raises(ValueError, match="time_sign 'abs'"):
+        TimePairEmbedding(16, time_sign="abs")
+    torch.manual_seed(1)
+    a = build_net("unet", image_size=8, channels=[8, 8], attn_levels=[], heads=2, text_dim=8, text_layers=1,
+                  time_dim=16, time_sign="learned")
+    torch.manual_seed(1)
+    b = build_net("unet", image_size=8, channels=[8, 8], attn_levels=[], heads=2, text_dim=8, text_layers=1,
+                  time_dim=16)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) - set(sb) == {"time.negative"} and all(torch.equal(sa[k], sb[k]) for k in sb)

@@ -53,6 +53,31 @@ def test_unet_contract_signed_time_gate_and_caption():
         assert torch.allclose(net(x, t, t, None), net(x, t, t, tok.null(4)[:, :1]), atol=1e-6)
 
 
+def test_out_skip_makes_the_one_step_generator_the_network_output():
+    """out_skip: F = c(|t|) x_t + net, c(1) = 1 and c(0) = -1; with the output layer at its zero init, F is
+    exactly the skip, so the 1-step sample z - F(z, 1, 0) is 0 whatever the noise (no noise to copy through)."""
+    from twinflow_core.nets.unet import skip_scale
+    from twinflow_core.objective import one_step
+
+    tok = Tokenizer(WORDS, max_len=8)
+    torch.manual_seed(0)
+    net = build_net("unet", **TINY, vocab_size=tok.size, max_len=tok.max_len, out_skip=True, sigma_data=0.5).eval()
+    z, cond = torch.randn(3, 3, 16, 16), tok.encode(["a red circle"] * 3)
+    ones = torch.ones(3)
+    assert torch.equal(one_step(net, z, cond), torch.zeros_like(z))
+    with torch.no_grad():
+        assert torch.equal(net(z, 0 * ones, 0 * ones, cond), -z)
+        assert torch.equal(net(z, -ones, -ones, cond), z)  # the twin branch uses |t|
+    # the least-squares coefficient, checked against a direct estimate on Gaussian data of scale 0.5
+    g = torch.Generator().manual_seed(0)
+    x, noise = 0.5 * torch.randn(200_000, generator=g), torch.randn(200_000, generator=g)
+    for t in (0.25, 0.5, 0.9):
+        xt, v = t * noise + (1 - t) * x, noise - x
+        assert skip_scale(torch.tensor([t]), 0.5).item() == pytest.approx(((xt * v).mean() / (xt * xt).mean()).item(), abs=0.02)
+    plain = build_net("unet", **TINY, vocab_size=tok.size, max_len=tok.max_len)
+    assert torch.equal(one_step(plain, z, cond), z)  # without the skip the net must learn to cancel z
+
+
 def test_default_net_is_a_few_million_parameters_at_most():
     from twinflow_core.training.config import compose
 

@@ -26,6 +26,7 @@ from twinflow_core.training.config import STAGES, compose, load_sections, tracke
     ({"pretrain": {"trainer": {"strategy": "horovod"}}}, "pretrain.trainer.strategy"),
     ({"model": {"channels": [16, 32], "attn_levels": [2]}}, "model.attn_levels [2] must index model.channels"),
     ({"model": {"image_size": 20, "patch": 2, "channels": [32, 64, 64]}}, "cannot be halved"),
+    ({"model": {"time_sign": "abs"}}, "model.time_sign 'abs' not in ('signed', 'learned')"),
 ])
 def test_bad_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError) as err:

@@ -4,6 +4,15 @@ The TwinFlow network reads signed t: t < 0 selects the twin (fake) velocity fiel
 differ from that of t. Sinusoids of t itself (not |t|) do this: the sine half is odd in t.
 The target time r enters through `emb1(t) + emb2(r) * (t - r)` (the official `aux_time_embed`): at r = t the
 gate closes and the net is a plain velocity model, exactly as in flow matching.
+
+`time_sign` chooses how the sign reaches the network:
+- "signed" (the official SD3.5 / Qwen-Image code): sinusoids of the signed t and r.
+- "learned": sinusoids of |t| and |r| plus a learned vector added when t < 0, initialised to zero (the
+  SimpleTuner port's sign embedding). A flow-matching base never sees t < 0, so with "signed" its twin
+  field starts as whatever the untrained negative half of the embedding gives, and the first rectify
+  targets dv = F(y,-s,-s) - F(y,s,s) are noise; with "learned" the twin field starts as a copy of the real
+  one (dv = 0) and the gap grows only as the twin branch learns the generator's samples. The vector is
+  created without drawing random numbers, so a net initialises the same with either setting.
 """
 from __future__ import annotations
 
@@ -35,14 +44,25 @@ class TimeEmbedding(nn.Module):
         return self.mlp(sinusoidal_embedding(t, self.freq_dim))
 
 
-class TimePairEmbedding(nn.Module):
-    """emb_t(t) + emb_r(r) * (t - r): the conditioning vector for F(x, t, r)."""
+TIME_SIGNS = ("signed", "learned")
 
-    def __init__(self, dim: int, freq_dim: int = 64):
+
+class TimePairEmbedding(nn.Module):
+    """emb_t(t) + emb_r(r) * (t - r) (+ the sign vector when t < 0): the conditioning vector for F(x, t, r)."""
+
+    def __init__(self, dim: int, freq_dim: int = 64, time_sign: str = "signed"):
         super().__init__()
+        if time_sign not in TIME_SIGNS:
+            raise ValueError(f"time_sign {time_sign!r} is not one of {TIME_SIGNS}")
+        self.time_sign = time_sign
         self.emb_t = TimeEmbedding(dim, freq_dim)
         self.emb_r = TimeEmbedding(dim, freq_dim)
+        if time_sign == "learned":
+            self.negative = nn.Parameter(torch.zeros(dim))
 
     def forward(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         gate = (t - r).float()[:, None]
-        return self.emb_t(t) + self.emb_r(r) * gate
+        if self.time_sign == "signed":
+            return self.emb_t(t) + self.emb_r(r) * gate
+        sign = (t < 0).to(self.negative.dtype)[:, None]
+        return self.emb_t(t.abs()) + self.emb_r(r.abs()) * gate + sign * self.negative

@@ -41,6 +41,9 @@ class ModelConfig:
     text_layers: int = 2
     heads: int = 4
     time_dim: int = 128
+    out_skip: bool = False   # F = c(|t|) x_t + net: the 1-step generator need not copy the noise (nets/unet.py)
+    sigma_data: float = 0.5  # data scale in c(t)
+    time_sign: str = "signed"  # "signed" (official) or "learned" (zero-init sign vector; nets/embeddings.py)
 
     def net_kwargs(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
@@ -185,6 +188,12 @@ def check(s: TrainingSections, where: str) -> None:
     if any(c % m.heads for c in m.channels) or m.text_dim % m.heads:
         raise ConfigError(f"{where}: model: channels {m.channels} and text_dim {m.text_dim} must be divisible by "
                           f"heads {m.heads}")
+    from twinflow_core.nets.embeddings import TIME_SIGNS
+
+    if m.time_sign not in TIME_SIGNS:
+        raise ConfigError(f"{where}: model.time_sign {m.time_sign!r} not in {TIME_SIGNS}")
+    if m.sigma_data <= 0:
+        raise ConfigError(f"{where}: model.sigma_data must be > 0, got {m.sigma_data}")
     for name in STAGES:
         st: StageConfig = getattr(s, name)
         p = f"{where}: {name}"
