@@ -37,9 +37,14 @@ def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
     """Download the MLflow artifact `ref` and copy the generator folder inside it (the registered pyfunc model
     keeps it as the artifact `checkpoint`) into `dest`."""
     from flows import tracking
+    from flows.faults import TransientFault
     from twinflow_core.checkpoint import fetch_generator
 
-    tracking.check_reachable(tracking_uri)
+    try:
+        tracking.check_reachable(tracking_uri)
+    except TransientFault:
+        raise TransientFault(f"init {ref}: the MLflow tracking server {tracking_uri} is unreachable; nothing was "
+                             "fetched or trained: run again once it is back") from None
     tracking.configure(tracking_uri)
     import mlflow
     from mlflow.exceptions import MlflowException

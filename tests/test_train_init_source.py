@@ -66,6 +66,15 @@ def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     with pytest.raises(DataError) as err:
         localise_inits(root, {"train.init": "models:/no-such-model@champion"}, uri, logged.append)
     assert str(err.value).startswith(f"init models:/no-such-model@champion: not found in the MLflow store {uri}")
+    from flows.faults import TransientFault
+    from tests.support.s3 import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(TransientFault) as err:
+        localise_inits(root, {"train.init": f"models:/{NAME}@champion"}, dead, logged.append)
+    assert str(err.value) == (f"init models:/{NAME}@champion: the MLflow tracking server {dead} is unreachable; "
+                              "nothing was fetched or trained: run again once it is back")
+    assert (root / "checkpoints" / "train-init" / "model.safetensors").is_file()  # the earlier fetch is kept
 
 
 @pytest.mark.slow
