@@ -132,8 +132,10 @@ def evaluate_runs(domain: str, out: Path, runs: list[str], prompts: int) -> dict
 
 
 COST_SNIPPET = r"""
-import json, resource, sys, time, torch
+import json, sys, time, torch
 sys.path.insert(0, sys.argv[3])
+def hwm_kb():  # this process's peak RSS; ru_maxrss would carry the parent's over fork + exec (Linux keeps it)
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 torch.set_num_threads(int(sys.argv[4]))
 from twinflow_core.ema import EMA
 from twinflow_core.nets import build_net
@@ -151,13 +153,15 @@ B, S = s.train.batch_size, s.model.image_size
 x = torch.randn(B, 3, S, S); ids = torch.randint(1, 40, (B, 24)); un = torch.zeros(B, 40, dtype=torch.long)
 def step():
     loss, _ = obj(net, x, ids, uncond=un, ema=ema); opt.zero_grad(); loss.backward(); opt.step()
-step()  # allocates the optimiser state
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# before the first step: what a step adds (activations, autograd buffers, the optimiser's moments) shows as
+# peak - setup; measured after it, the high-water mark already holds the step and the difference is 0
+base_rss = hwm_kb()
+step()
 walls, cpus = [], []
 for _ in range(steps):
     t0, c0 = time.perf_counter(), time.process_time(); step()
     walls.append(time.perf_counter() - t0); cpus.append(time.process_time() - c0)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kb()
 walls.sort(); cpus.sort()
 print(json.dumps({"preset": preset, "sec_per_step": walls[len(walls) // 2], "cpu_sec_per_step": cpus[len(cpus) // 2],
                   "peak_rss_mb": peak / 1024, "setup_rss_mb": base_rss / 1024,
@@ -165,22 +169,34 @@ print(json.dumps({"preset": preset, "sec_per_step": walls[len(walls) // 2], "cpu
 """
 
 
-def step_cost(steps: int, threads: int) -> dict:
-    """Time per step and peak memory of one optimiser step, fm vs twinflow, each in a fresh process."""
-    out = {}
-    for preset in ("fm", "twinflow"):
-        proc = subprocess.run([sys.executable, "-c", COST_SNIPPET, preset, str(steps), str(ROOT), str(threads)],
-                              capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-2000:])
-        out[preset] = json.loads(proc.stdout.strip().splitlines()[-1])
+def step_cost(steps: int, threads: int, rounds: int = 3) -> dict:
+    """Time per step and peak memory of one optimiser step, fm vs twinflow, each in a fresh process.
+
+    This VM's speed drifts by tens of percent within minutes, so fm and twinflow alternate for `rounds` rounds
+    and each figure is the median over rounds (the per-round values are kept)."""
+    runs: dict = {"fm": [], "twinflow": []}
+    for _ in range(rounds):
+        for preset in ("fm", "twinflow"):
+            proc = subprocess.run([sys.executable, "-c", COST_SNIPPET, preset, str(steps), str(ROOT), str(threads)],
+                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            if proc.returncode:
+                raise RuntimeError(proc.stderr[-2000:])
+            runs[preset].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    out: dict = {}
+    for preset, results in runs.items():
+        out[preset] = {**results[0], **{k: sorted(r[k] for r in results)[len(results) // 2]
+                                        for k in ("sec_per_step", "cpu_sec_per_step", "peak_rss_mb", "setup_rss_mb")}}
+        out[preset]["rounds_sec_per_step"] = [round(r["sec_per_step"], 4) for r in results]
     fm, tf = out["fm"], out["twinflow"]
-    # activation memory: the growth of peak RSS over the set-up (weights, EMA, optimiser state, data)
+    paired = sorted(t["sec_per_step"] / f["sec_per_step"] for f, t in zip(runs["fm"], runs["twinflow"]))
     out["ratios"] = {
-        "time": tf["sec_per_step"] / fm["sec_per_step"], "cpu_time": tf["cpu_sec_per_step"] / fm["cpu_sec_per_step"],
+        # each round's twinflow over the fm run just before it (the same few minutes of this VM), median
+        "time": paired[len(paired) // 2], "cpu_time": tf["cpu_sec_per_step"] / fm["cpu_sec_per_step"],
         "peak_rss": tf["peak_rss_mb"] / fm["peak_rss_mb"],
+        # step memory: the growth of peak RSS over the set-up (weights, EMA, inputs) during the steps
         "step_memory": (tf["peak_rss_mb"] - tf["setup_rss_mb"]) / max(fm["peak_rss_mb"] - fm["setup_rss_mb"], 1e-9),
     }
+    out["time_ratio_rounds"] = [round(r, 2) for r in paired]
     return out
 
 
@@ -209,7 +225,8 @@ def report(domain: str, res: dict) -> str:
         lines += [f"step cost (batch {c['fm']['batch']}, {c['fm']['params']} params): fm {c['fm']['sec_per_step']:.3f} s "
                   f"({c['fm']['cpu_sec_per_step']:.3f} CPU s), twinflow {c['twinflow']['sec_per_step']:.3f} s "
                   f"({c['twinflow']['cpu_sec_per_step']:.3f} CPU s); ratios {json.dumps({k: round(v, 2) for k, v in c['ratios'].items()})}; "
-                  f"peak RSS fm {c['fm']['peak_rss_mb']:.0f} MB, twinflow {c['twinflow']['peak_rss_mb']:.0f} MB"]
+                  f"peak RSS fm {c['fm']['peak_rss_mb']:.0f} MB, twinflow {c['twinflow']['peak_rss_mb']:.0f} MB; "
+                  f"time ratio per round {c.get('time_ratio_rounds')}"]
     return "\n".join(lines) + "\n"
 
 

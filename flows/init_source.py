@@ -6,7 +6,7 @@
 
 dvc.yaml lists `${train.init}` as a dependency, and DVC can only hash what it can read, so a remote init is
 fetched first into `checkpoints/<stage>-init/` (git-ignored) and the stage runs from there; `source.json`
-beside the weights names the URI and the weights' sha256. The pipeline (`twinflow run --set train.init=URI`)
+beside the weights names the URI and the weights' sha256. The pipeline (`twinflow run train.init=URI`)
 fetches before `dvc repro` and writes the local folder into params.yaml, so dvc.lock records what was trained
 from; the stage entry points (`python -m flows.stages.train --set train.init=URI`) fetch the same way.
 The run key of the stage hashes the weights, not the URI: the same weights from another place are the same run.

@@ -61,7 +61,10 @@ def run_stage(stage: str, argv=None) -> int:
         section = getattr(sections, stage)
         if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
             dest = init_source.local_folder(section.out, stage)
-            init_source.fetch(section.init, dest, resolve_tracking_uri(".", None, args.mlflow_uri))
+            # Lightning's DDP launcher re-runs this script for local ranks > 0 after rank 0 has fetched and
+            # loaded the base: they use rank 0's copy instead of replacing it under its feet
+            if os.environ.get("LOCAL_RANK", "0") == "0":
+                init_source.fetch(section.init, dest, resolve_tracking_uri(".", None, args.mlflow_uri))
             section.init = str(dest)
         from twinflow_core.training.run import fit
 
