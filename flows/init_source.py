@@ -13,7 +13,6 @@ The run key of the stage hashes the weights, not the URI: the same weights from 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -64,6 +63,7 @@ def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
 def fetch(ref: str, dest: Path, tracking_uri: str | None = None) -> Path:
     """Fetch the generator checkpoint `ref` into `dest` and write dest/source.json; returns `dest`."""
     from twinflow_core.checkpoint import WEIGHTS, fetch_generator
+    from twinflow_core.data.prepared import file_sha256
 
     dest = Path(dest)
     if ref.startswith("s3://"):
@@ -74,8 +74,8 @@ def fetch(ref: str, dest: Path, tracking_uri: str | None = None) -> Path:
         _from_mlflow(ref, dest, tracking_uri)
     else:
         raise DataError(f"init {ref}: not a remote checkpoint (expected s3://, models:/ or runs:/)")
-    digest = hashlib.sha256((dest / WEIGHTS).read_bytes()).hexdigest()
-    (dest / "source.json").write_text(json.dumps({"uri": ref, "sha256": digest}, indent=1) + "\n")
+    source = {"uri": ref, "sha256": file_sha256(dest / WEIGHTS)}
+    (dest / "source.json").write_text(json.dumps(source, indent=1) + "\n")
     return dest
 
 

@@ -201,7 +201,8 @@ class TextUNet(nn.Module):
         if cond is None:
             cond = torch.zeros(b, 1, dtype=torch.long, device=x.device)  # the null caption
         text, pad, pooled = self.text(cond)
-        emb = self.time(t.expand(b) if t.dim() == 0 else t, r.expand(b) if r.dim() == 0 else r)
+        t, r = (t.expand(b) if t.dim() == 0 else t), (r.expand(b) if r.dim() == 0 else r)
+        emb = self.time(t, r)
         emb = emb + self.text_to_emb(pooled)
 
         h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
@@ -231,7 +232,7 @@ class TextUNet(nn.Module):
         h = self.out(F.silu(self.out_norm(h)))
         h = F.pixel_shuffle(h, self.patch) if self.patch > 1 else h
         if self.out_skip:
-            h = h + skip_scale(t.expand(b) if t.dim() == 0 else t, self.sigma_data).view(-1, 1, 1, 1).to(h.dtype) * x
+            h = h + skip_scale(t, self.sigma_data).view(-1, 1, 1, 1).to(h.dtype) * x
         return h
 
 
