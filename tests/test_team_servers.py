@@ -24,7 +24,7 @@ from tests.support.s3 import moto_endpoint  # noqa: F401 (fixture)
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN_PW, SECRET_KEY = "admin-pw-never-printed", "csrf-key-" + "k" * 24
-USERS = {"pipeline": "pipeline-pw-1", "release": "release-pw-1", "reader": "reader-pw-1"}
+USERS = {"pipeline": "pipeline-pw-0001", "release": "release-pw-0001", "reader": "reader-pw-00001"}  # >= 12
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "s3-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
@@ -150,13 +150,75 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     with pytest.raises(MlflowException) as raw:
         MlflowClient(url, url).create_model_version("tiny-gen", champ.source, champ.run_id)
     assert "403" in str(raw.value)
-    _as(monkeypatch, "pipeline", "wrong-password")
+    _as(monkeypatch, "pipeline", "wrong-password-1")
     with pytest.raises(TwinflowError) as err:
         release.promote_to_production(MlflowClient(url, url), "tiny-gen", version, account="pipeline")
-    assert "wrong user name or password" in str(err.value) and "wrong-password" not in str(err.value)
+    assert "wrong user name or password" in str(err.value) and "wrong-password-1" not in str(err.value)
 
     # the Prefect server on PostgreSQL records what a client writes
     with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
         with get_client(sync_client=True) as prefect:
             pool = prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-team", type="process"))
             assert prefect.read_work_pool("twinflow-team").id == pool.id
+
+
+def test_a_deployment_run_on_the_team_servers_and_a_second_clone_pulls_its_outputs(servers, tmp_path):
+    """The pipeline (fast stand-in stages) through a served deployment on the PostgreSQL-backed Prefect server,
+    tracked and registered with the pipeline's account, its DVC outputs pushed to S3; a fresh clone pulls them."""
+    from mlflow.tracking import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.support.pipeline import make_toy_project, toy_env
+
+    url, s3 = servers["mlflow"], servers["s3"]
+    project = make_toy_project(tmp_path / "proj")
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (["remote", "add", "-d", "team", "s3://team/dvc"], ["remote", "modify", "team", "endpointurl", s3]):
+        subprocess.run(dvc + args, cwd=project, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qam", "S3 remote"], cwd=project, check=True)
+    creds = {"MLFLOW_TRACKING_USERNAME": "pipeline", "MLFLOW_TRACKING_PASSWORD": USERS["pipeline"]}
+    env = {**os.environ, **toy_env(), **AWS, **creds, "PREFECT_API_URL": servers["prefect"],
+           "PREFECT_HOME": str(tmp_path / "prefect-client"), "MLFLOW_TRACKING_URI": url,
+           "MLFLOW_S3_ENDPOINT_URL": s3}
+    log = open(tmp_path / "serve.log", "wb")
+    serving = subprocess.Popen([sys.executable, "-m", "flows.deployments", "serve", "--workdir", str(project)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
+            import time
+
+            from prefect.client.orchestration import get_client
+
+            deadline = time.monotonic() + 240
+            with get_client(sync_client=True) as client:
+                while True:
+                    try:
+                        client.read_deployment_by_name("twinflow-pipeline/on-demand")
+                        break
+                    except Exception:  # noqa: BLE001 - not registered yet
+                        assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                        assert time.monotonic() < deadline, "the deployment did not appear"
+                        time.sleep(1)
+            run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": []}, timeout=600)
+        assert run.state.is_completed(), (run.state.message, (tmp_path / "serve.log").read_text()[-3000:])
+    finally:
+        stop(serving)
+    # registered on the team server with the pipeline's account
+    os.environ.update(creds)
+    try:
+        mv = MlflowClient(url, url).get_model_version_by_alias("tiny-gen", "challenger")
+        assert mv.tags["lineage.prefect_flow_run_id"] == str(run.id)
+    finally:
+        for key in creds:
+            os.environ.pop(key, None)
+    # a second clone of the run's commit pulls the outputs from S3
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "run"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    pulled = subprocess.run(dvc + ["pull"], cwd=clone, env={**os.environ, **AWS}, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    status = subprocess.run(dvc + ["status"], cwd=clone, env={**os.environ, **toy_env(), **AWS},
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout.lower(), status.stdout + status.stderr
