@@ -10,11 +10,20 @@ beside the weights names the URI and the weights' sha256. The pipeline (`twinflo
 fetches before `dvc repro` and writes the local folder into params.yaml, so dvc.lock records what was trained
 from; the stage entry points (`python -m flows.stages.train --set train.init=URI`) fetch the same way.
 The run key of the stage hashes the weights, not the URI: the same weights from another place are the same run.
+
+Under a multi-process launch (fetch_for_launch) every rank starts at once, on one node or many: local rank 0 of
+each node fetches, under a file lock, into a folder of that node (checkpoints/<stage>-init-node<N> when the
+launch spans nodes, so a checkout on shared storage is not written by two nodes), then writes a marker naming
+the launch; the other local ranks wait for that marker (or for rank 0's failure marker) before they read it.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from twinflow_core.errors import DataError
@@ -92,3 +101,56 @@ def localise(values: dict, root: Path, tracking_uri: str | None, log=print) -> d
             fetch(ref, Path(root) / rel, tracking_uri)
             out[key] = str(rel)
     return out
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock on `path` (two launches on one checkout fetch one after the other)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _markers(dest: Path) -> tuple[Path, Path]:
+    return dest.parent / f".{dest.name}.done", dest.parent / f".{dest.name}.failed"
+
+
+def fetch_for_launch(ref: str, dest: Path, tracking_uri: str | None, launch, timeout_s: float = 3600.0,
+                     poll_s: float = 0.2) -> Path:
+    """`ref` fetched once per node of `launch` (twinflow_core.training.launch.Launch); returns the local folder
+    every rank of this node reads. Local rank 0 fetches; the others wait for its marker of this launch."""
+    dest = Path(dest)
+    if launch.num_nodes > 1:
+        dest = dest.with_name(f"{dest.name}-node{launch.node_rank}")
+    done, failed = _markers(dest)
+    if launch.local_rank == 0:
+        with _locked(dest.parent / f".{dest.name}.lock"):
+            done.unlink(missing_ok=True)
+            failed.unlink(missing_ok=True)
+            try:
+                fetch(ref, dest, tracking_uri)
+            except Exception as err:
+                failed.write_text(json.dumps({"launch": launch.launch_id, "error": str(err)}))
+                raise
+            done.write_text(json.dumps({"launch": launch.launch_id, "uri": ref}))
+        return dest
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for marker in (done, failed):
+            try:
+                seen = json.loads(marker.read_text())
+            except (OSError, ValueError):  # absent, or being written
+                continue
+            if seen.get("launch") != launch.launch_id:
+                continue  # left by an earlier launch
+            if marker is failed:
+                raise DataError(f"init {ref}: local rank 0 could not fetch it: {seen.get('error')}")
+            return dest
+        if time.monotonic() > deadline:
+            raise DataError(f"init {ref}: local rank {launch.local_rank} waited {timeout_s:.0f} s for local rank 0 "
+                            f"to fetch it into {dest}; nothing arrived (is rank 0 of this node running?)")
+        time.sleep(poll_s)

@@ -76,11 +76,14 @@ def start_mlflow_server(store: Path, port: int | None = None) -> tuple[str, subp
     return uri, proc
 
 
-def start_prefect_server(home: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (sqlite); returns (api url, process)."""
+def start_prefect_server(home: Path, port: int | None = None, database_url: str | None = None) -> tuple[str, subprocess.Popen]:
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (sqlite there, or `database_url`, e.g.
+    postgresql+asyncpg://user:pw@host/prefect); returns (api url, process)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     env.pop("PREFECT_API_URL", None)
     api = f"http://127.0.0.1:{port}/api"
     proc = _spawn_until_healthy([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -4,6 +4,9 @@
     twinflow models promote NAME VERSION              re-checks the gate, then moves `champion`
     twinflow models promote NAME VERSION --force --reason "..."   a failing version, recorded in tags
     twinflow models rollback NAME                     `champion` back to the previous champion
+    twinflow models release NAME VERSION              team server: copy VERSION into NAME-production and make
+                                                      it `champion` there (a release manager's account only;
+                                                      infra/README.md, flows/release.py)
 
 The store is the pipeline's: --tracking-uri, else $MLFLOW_TRACKING_URI, else params.yaml
 `register.tracking_uri`, else sqlite:///<project>/mlflow.db. The gate comes from params.yaml `gate:`.
@@ -29,6 +32,9 @@ def register(subparsers) -> None:
     pr.add_argument("--reason", default=None, help="why; recorded on the version")
     rb = sub.add_parser("rollback", help="champion back to the previous champion")
     rb.add_argument("name")
+    rl = sub.add_parser("release", help="copy VERSION into NAME-production as its champion (release managers)")
+    rl.add_argument("name")
+    rl.add_argument("version")
     parser.set_defaults(func=run)
 
 
@@ -74,6 +80,14 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "promote":
         gate = GateConfig.from_params(params, where=args.params)
         print(registry.promote(client, args.name, args.version, gate, force=args.force, reason=args.reason))
+        return 0
+    if args.action == "release":
+        import os
+
+        from flows import release
+
+        print(release.promote_to_production(client, args.name, args.version,
+                                            account=os.environ.get("MLFLOW_TRACKING_USERNAME")))
         return 0
     print(registry.rollback(client, args.name))
     return 0

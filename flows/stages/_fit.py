@@ -59,22 +59,24 @@ def run_stage(stage: str, argv=None) -> int:
     try:
         sections = load(args.params, args.overrides)
         section = getattr(sections, stage)
+        from twinflow_core.training.launch import detect
+
+        # torchrun, SLURM or Lightning's own launcher: the environment says which, and where this process sits
+        launch = detect(section.trainer.devices, section.trainer.num_nodes)
         if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
-            dest = init_source.local_folder(section.out, stage)
-            # Lightning's DDP launcher re-runs this script for local ranks > 0 after rank 0 has fetched and
-            # loaded the base: they use rank 0's copy instead of replacing it under its feet
-            if os.environ.get("LOCAL_RANK", "0") == "0":
-                init_source.fetch(section.init, dest, resolve_tracking_uri(".", None, args.mlflow_uri))
-            section.init = str(dest)
+            # once per node: local rank 0 fetches, the node's other ranks wait for it (all may start at once)
+            section.init = str(init_source.fetch_for_launch(
+                section.init, init_source.local_folder(section.out, stage),
+                resolve_tracking_uri(".", None, args.mlflow_uri), launch))
         from twinflow_core.training.run import fit
 
         loggers, hooks = [], []
-        if args.mlflow_uri:
+        if args.mlflow_uri and launch.global_rank == 0:  # the other ranks record nothing in MLflow
             logger = _mlflow_logger(args.mlflow_uri, args.experiment, stage, sections)
             loggers.append(logger)
             hooks.append(lambda path, step: logger.experiment.log_artifact(logger.run_id, str(path), "samples"))
         # progress=None: fit draws a bar on a terminal and prints progress lines in a log (Prefect, dvc repro | tee)
-        summary = fit(stage, sections, loggers=loggers, on_grid=hooks)
+        summary = fit(stage, sections, loggers=loggers, on_grid=hooks, launch=launch)
     except TwinflowError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ from twinflow_core.data.prepared import file_sha256
 from twinflow_core.errors import ConfigError, DataError
 from twinflow_core.text import Tokenizer
 from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, micro_batch, to_dict
+from twinflow_core.training.launch import detect, micro_batch_for, placement
 
 N_GRID = 16
 
@@ -69,8 +70,10 @@ def grid_captions(captions: list[str], n: int = N_GRID) -> list[str]:
 
 
 def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[Callable] | None = None,
-        callbacks=None, progress: bool | None = None) -> dict:
-    """Train `stage` ("pretrain" or "train") as configured; returns a summary (steps, seconds, losses...)."""
+        callbacks=None, progress: bool | None = None, launch=None) -> dict:
+    """Train `stage` ("pretrain" or "train") as configured; returns a summary (steps, seconds, losses...).
+
+    `launch` (launch.detect(); detected here when None) decides devices and num_nodes under torchrun or SLURM."""
     import lightning as L
 
     from twinflow_core.checkpoint import load_generator, read_meta
@@ -103,9 +106,11 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         torch.manual_seed(st.seed)
         net = build_net(net_name, **net_kwargs)
 
-    trainer_cfg = st.trainer
+    if launch is None:
+        launch = detect(st.trainer.devices, st.trainer.num_nodes)
+    trainer_cfg = placement(st.trainer, launch)
     world = trainer_cfg.devices * trainer_cfg.num_nodes
-    micro = micro_batch(st)
+    micro = micro_batch_for(st.batch_size, st.micro_batch, world, stage) if launch.external else micro_batch(st)
     accumulate = st.batch_size // (micro * world)
     datamodule = PreparedDataModule(st.data, tokenizer, st.steps, st.batch_size, micro, st.seed, st.cond_drop,
                                     int(net_kwargs.get("image_size", data_meta.get("image_size"))))
@@ -155,6 +160,7 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         "steps_run": len(times), "sec_per_step_median": round(times[len(times) // 2], 4) if times else None,
         "params": sum(p.numel() for p in net.parameters()),
         "final": module.history[-1] if module.history else {}, "out": str(out), "run_key": key,
-        "world_size": trainer.world_size, "is_global_zero": trainer.is_global_zero,
+        "world_size": trainer.world_size, "num_nodes": trainer.num_nodes, "launcher": launch.launcher,
+        "is_global_zero": trainer.is_global_zero,
     }
     return summary

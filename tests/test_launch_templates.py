@@ -1,0 +1,188 @@
+"""The deployment files, checked offline: the compose file against the compose spec (check-jsonschema's vendored
+schema), the rendered Kubernetes objects against the Kubernetes 1.30 schemas (kubernetes-validate, strict), the
+PyTorchJob against the fields of the Kubeflow CRD it uses (infra/schemas/pytorchjob-v1.subset.json), the sbatch
+script's #SBATCH lines against sbatch's options and `bash -n`. Each check is shown to fail on a misspelled key.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows import launch_templates as lt
+from twinflow_core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = "1.30.0"
+# long options of sbatch (SLURM 23.02 `man sbatch`) that a script of ours may use
+SBATCH_OPTIONS = {
+    "account", "array", "chdir", "constraint", "cpus-per-task", "dependency", "error", "exclusive", "gpus",
+    "gpus-per-node", "gpus-per-task", "gres", "job-name", "mail-type", "mail-user", "mem", "mem-per-cpu",
+    "mem-per-gpu", "nodes", "ntasks", "ntasks-per-node", "open-mode", "output", "partition", "qos", "requeue",
+    "no-requeue", "signal", "time", "wait",
+}
+VALUE_PATTERNS = {"nodes": r"[1-9]\d*", "ntasks-per-node": r"[1-9]\d*", "gpus-per-node": r"[1-9]\d*",
+                  "cpus-per-task": r"[1-9]\d*", "time": r"(\d+-)?\d+:\d\d:\d\d", "signal": r"(B:)?SIGUSR[12]@\d+",
+                  "open-mode": r"append|truncate"}
+
+
+def _params(tmp_path: Path, nodes: int, devices: int) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"train": {"trainer": {"num_nodes": nodes, "devices": devices}}}))
+    return path
+
+
+def check_sbatch(script: str, where: Path) -> None:
+    for line in script.splitlines():
+        if line.startswith("#SBATCH"):
+            m = re.fullmatch(r"#SBATCH --([a-z-]+)(?:=(\S+))?", line)
+            assert m, f"not an sbatch option line: {line!r}"
+            name, value = m.groups()
+            assert name in SBATCH_OPTIONS, f"unknown sbatch option --{name}"
+            if name in VALUE_PATTERNS:
+                assert value and re.fullmatch(VALUE_PATTERNS[name], value), f"--{name}={value}"
+    where.write_text(script)
+    done = subprocess.run(["bash", "-n", str(where)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def check_k8s(obj: dict) -> None:
+    import kubernetes_validate
+
+    kubernetes_validate.validate(obj, K8S, strict=True)
+
+
+def check_pytorchjob(job: dict) -> None:
+    import jsonschema
+
+    schema = json.loads((ROOT / "infra" / "schemas" / "pytorchjob-v1.subset.json").read_text())
+    jsonschema.validate(job, schema)
+    for name, replica in job["spec"]["pytorchReplicaSpecs"].items():
+        check_k8s({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"t-{name.lower()}"},
+                   "template": replica["template"]})
+
+
+def test_sbatch_from_params_is_valid_and_a_misspelled_option_fails(tmp_path):
+    script = lt.render("sbatch", _params(tmp_path, 4, 8), "train", {"time": "12:00:00"})
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --requeue", "#SBATCH --time=12:00:00"):
+        assert line in script.splitlines()
+    assert re.search(r"^#SBATCH --signal=SIGUSR1@\d+$", script, re.M)
+    assert 'srun --kill-on-bad-exit=1 python -m flows.stages.train "$@"' in script  # dvc.yaml's command
+    check_sbatch(script, tmp_path / "ok.sbatch")
+    for bad in (script.replace("--ntasks-per-node", "--ntask-per-node"), script.replace("=SIGUSR1@", "=USR1@"),
+                script.replace("--nodes=4", "--nodes=four")):
+        with pytest.raises(AssertionError):
+            check_sbatch(bad, tmp_path / "bad.sbatch")
+    with pytest.raises(AssertionError):
+        check_sbatch(script + 'if [ 1 ]; then\n', tmp_path / "bad.sbatch")
+
+
+def test_pytorchjob_is_valid_and_a_misspelled_key_fails(tmp_path):
+    job = lt.render("pytorchjob", _params(tmp_path, 3, 8))
+    check_pytorchjob(job)
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert (specs["Master"]["replicas"], specs["Worker"]["replicas"], job["spec"]["nprocPerNode"]) == (1, 2, "8")
+    container = specs["Worker"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 8
+    assert container["command"] == ["torchrun", "-m", "flows.stages.train"]
+    import jsonschema
+    from kubernetes_validate import ValidationError
+
+    mutations = [
+        lambda j: j["spec"].__setitem__("nprocPerNod", j["spec"].pop("nprocPerNode")),
+        lambda j: j["spec"]["pytorchReplicaSpecs"].__setitem__("Workers", j["spec"]["pytorchReplicaSpecs"].pop("Worker")),
+        lambda j: j["spec"]["runPolicy"].__setitem__("cleanPodPolicy", "none"),
+        lambda j: j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0].__setitem__(
+            "volumeMount", []),
+        lambda j: j["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"].__setitem__("volume", []),
+    ]
+    for mutate in mutations:
+        bad = copy.deepcopy(job)
+        mutate(bad)
+        with pytest.raises((jsonschema.ValidationError, ValidationError)):
+            check_pytorchjob(bad)
+    one = lt.render("pytorchjob", _params(tmp_path, 1, 2))
+    assert "Worker" not in one["spec"]["pytorchReplicaSpecs"]
+    check_pytorchjob(one)
+
+
+def test_kubernetes_work_pool_template_is_valid_and_a_misspelled_key_fails(tmp_path):
+    template = lt.render("k8s-pool", _params(tmp_path, 1, 4), settings={"claim": "team-volume"})
+    manifest = lt.job_manifest_example(template)
+    check_k8s(manifest)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}
+    assert {"name": "work", "persistentVolumeClaim": {"claimName": "team-volume"}} in pod["volumes"]
+    assert manifest["metadata"]["generateName"] == "twinflow-run-"
+    # every placeholder of the job configuration is a declared variable (what Prefect fills per run)
+    declared = set(template["variables"]["properties"])
+    used = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
+    assert used <= declared, used - declared
+    from kubernetes_validate import ValidationError
+
+    for mutate in (lambda m: m["spec"]["template"]["spec"].__setitem__("restartpolicy", "Never"),
+                   lambda m: m["spec"].__setitem__("backoffLimits", 0),
+                   lambda m: m["spec"]["template"]["spec"]["containers"][0]["resources"].__setitem__("limit", {})):
+        bad = copy.deepcopy(manifest)
+        mutate(bad)
+        with pytest.raises(ValidationError):
+            check_k8s(bad)
+
+
+def test_render_refuses_unknown_settings_and_bad_placement(tmp_path):
+    with pytest.raises(ConfigError, match="--set imag: not a template setting"):
+        lt.render("sbatch", _params(tmp_path, 1, 1), settings={"imag": "x"})
+    with pytest.raises(ConfigError, match="num_nodes / devices must be integers"):
+        lt.render("sbatch", _params(tmp_path, 0, 1))
+    done = subprocess.run([sys.executable, "-m", "flows.launch_templates", "pytorchjob", "--params",
+                           str(_params(tmp_path, 2, 2))], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    check_pytorchjob(yaml.safe_load(done.stdout))
+
+
+def _compose_errors(path: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "check-jsonschema"
+    return subprocess.run([str(exe), "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_compose_file_matches_the_compose_spec_and_a_misspelled_key_fails(tmp_path):
+    source = ROOT / "infra" / "docker-compose.yml"
+    ok = _compose_errors(source)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    compose = yaml.safe_load(source.read_text())
+    # what the services need (issue 14): auth with the admin password from the environment, allowed hosts,
+    # PostgreSQL for MLflow, its auth store and Prefect, health checks everywhere
+    mlflow = compose["services"]["mlflow"]["environment"]
+    assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert mlflow["MLFLOW_AUTH_DATABASE_URI"].startswith("postgresql://")
+    assert "${MLFLOW_AUTH_ADMIN_PASSWORD" in mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert "mlflow:5000" in mlflow["MLFLOW_ALLOWED_HOSTS"].split(",")
+    assert compose["services"]["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"].startswith(
+        "postgresql+asyncpg://")
+    assert all("healthcheck" in s for s in compose["services"].values())
+    bad = source.read_text().replace("    healthcheck:\n      test: [\"CMD-SHELL\"", "    healtcheck:\n      test: [\"CMD-SHELL\"")
+    assert bad != source.read_text()
+    (tmp_path / "bad.yml").write_text(bad)
+    assert _compose_errors(tmp_path / "bad.yml").returncode != 0
+
+
+def test_images_and_team_deployments_do_not_depend_on_the_deployers_machine(tmp_path):
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".dvc/cache", "mlflow.db", ".git"} <= set(ignore)
+    worker = (ROOT / "infra" / "worker.Dockerfile").read_text()
+    assert "pip install --no-cache-dir -r requirements-lock.txt" in worker and "COPY . ." not in worker
+    team = yaml.safe_load((ROOT / "infra" / "prefect.team.yaml").read_text())
+    steps = [next(iter(s)) for s in team["pull"]]
+    assert steps[0] == "prefect.deployments.steps.git_clone" and "$PWD" not in json.dumps(team)
+    # the MLflow entrypoint refuses to start without its secrets, naming the first one missing
+    done = subprocess.run(["bash", str(ROOT / "infra" / "mlflow" / "entrypoint.sh")], capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2 and "MLFLOW_BACKEND_STORE_URI is not set" in done.stderr

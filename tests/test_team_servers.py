@@ -1,0 +1,224 @@
+"""The team services of infra/ started for real on loopback: PostgreSQL 15 (started here), the MLflow server by
+infra/mlflow/entrypoint.sh (basic-auth, tracking + registry + auth database on PostgreSQL, artifacts proxied to
+a moto S3 server), the Prefect server on PostgreSQL. Checked: the pipeline's account registers a real generator
+version (artifacts land in S3) and holds `challenger`; only the release manager promotes into the production
+model; a wrong password and a reader's write are refused with one clear line; a client calling the server by
+its service name passes the host check, an unknown host does not.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from flows.servers import free_port, start_prefect_server, stop, wait_http
+from tests.support import postgres
+from tests.support.s3 import moto_endpoint  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_PW, SECRET_KEY = "admin-pw-never-printed", "csrf-key-" + "k" * 24
+USERS = {"pipeline": "pipeline-pw-0001", "release": "release-pw-0001", "reader": "reader-pw-00001"}  # >= 12
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "s3-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="module")
+def servers(moto_endpoint, tmp_path_factory):
+    why = postgres.available()
+    if why:
+        pytest.skip(why)
+    import boto3
+
+    tmp = tmp_path_factory.mktemp("team")
+    boto3.client("s3", endpoint_url=moto_endpoint, **{k.lower(): v for k, v in AWS.items()
+                                                      if k != "AWS_DEFAULT_REGION"},
+                 region_name="us-east-1").create_bucket(Bucket="team")
+    with postgres.postgres_server(("mlflow", "mlflow_auth", "prefect")) as (pg, _):
+        port = free_port()
+        env = {**os.environ, **AWS, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "MLFLOW_BACKEND_STORE_URI": pg.format(db="mlflow"),
+               "MLFLOW_AUTH_DATABASE_URI": pg.format(db="mlflow_auth"),
+               "MLFLOW_ARTIFACTS_DESTINATION": "s3://team/mlflow", "MLFLOW_S3_ENDPOINT_URL": moto_endpoint,
+               "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW, "MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET_KEY,
+               "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},mlflow:{port}", "MLFLOW_HOST": "127.0.0.1",
+               "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_AUTH_CACHE_TTL_SECONDS": "30",
+               "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "basic_auth.ini")}
+        log = open(tmp / "mlflow.log", "wb")
+        mlflow_proc = subprocess.Popen([str(ROOT / "infra" / "mlflow" / "entrypoint.sh")], env=env, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        prefect_proc = None
+        try:
+            # Prefect migrates its database while MLflow migrates its own
+            api, prefect_proc = start_prefect_server(tmp / "prefect",
+                                                     database_url=pg.format(db="prefect").replace(
+                                                         "postgresql://", "postgresql+asyncpg://"))
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_http(url + "/health", 300, mlflow_proc)
+            except Exception:
+                raise AssertionError((tmp / "mlflow.log").read_text()[-3000:]) from None
+            yield {"mlflow": url, "port": port, "prefect": api, "s3": moto_endpoint, "tmp": tmp}
+        finally:
+            stop(mlflow_proc)
+            if prefect_proc is not None:
+                stop(prefect_proc)
+
+
+def _as(monkeypatch, user: str, password: str):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+
+
+def _get(url: str, host: str, user: str, password: str) -> int:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    req = urllib.request.Request(url, headers={"Host": host, "Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
+    import boto3
+    from mlflow.server.auth.client import AuthServiceClient
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import registry, release
+    from tests.support.pipeline import make_outputs, scores
+    from twinflow_core.errors import TwinflowError
+
+    url = servers["mlflow"]
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", servers["s3"])
+
+    # the service name passes the host check; an unknown host is refused although /health answers
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert _get(search, f"mlflow:{servers['port']}", "admin", ADMIN_PW) == 200
+    assert _get(search, f"elsewhere:{servers['port']}", "admin", ADMIN_PW) == 403
+
+    _as(monkeypatch, "admin", ADMIN_PW)
+    admin = AuthServiceClient(url)
+    for user, password in USERS.items():
+        admin.create_user(user, password)
+
+    # the release manager creates the production model first (so it, not the pipeline, holds MANAGE on it)
+    _as(monkeypatch, "release", USERS["release"])
+    MlflowClient(url, url).create_registered_model(release.production_name("tiny-gen"))
+
+    # the pipeline's account registers a real version; its artifacts are proxied into S3; it holds challenger
+    _as(monkeypatch, "pipeline", USERS["pipeline"])
+    root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=2)
+    result = registry.register_outputs(root, tracking_uri=url)
+    client = MlflowClient(url, url)
+    version = client.get_model_version_by_alias("tiny-gen", "challenger").version
+    assert str(result["version"]) == str(version)
+    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=servers["s3"]).list_objects_v2(
+        Bucket="team", Prefix="mlflow/").get("Contents", [])]
+    assert any(k.endswith("model.safetensors") for k in keys), keys
+
+    # ...but cannot promote into production
+    with pytest.raises(TwinflowError) as err:
+        release.promote_to_production(client, "tiny-gen", version, account="pipeline")
+    assert "account 'pipeline' lacks the permission" in str(err.value) and "\n" not in str(err.value)
+
+    # the release manager can
+    _as(monkeypatch, "release", USERS["release"])
+    rm = MlflowClient(url, url)
+    message = release.promote_to_production(rm, "tiny-gen", version, account="release")
+    champ = rm.get_model_version_by_alias("tiny-gen-production", "champion")
+    assert message.startswith(f"tiny-gen-production v{champ.version}")
+    assert champ.tags["source"] == f"models:/tiny-gen/{version}"
+
+    # a reader cannot register; a wrong password is refused: each in one line naming the account
+    _as(monkeypatch, "reader", USERS["reader"])
+    with pytest.raises(TwinflowError) as err:
+        release.promote_to_production(MlflowClient(url, url), "tiny-gen", version, account="reader")
+    assert "account 'reader' lacks the permission" in str(err.value)
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as raw:
+        MlflowClient(url, url).create_model_version("tiny-gen", champ.source, champ.run_id)
+    assert "403" in str(raw.value)
+    _as(monkeypatch, "pipeline", "wrong-password-1")
+    with pytest.raises(TwinflowError) as err:
+        release.promote_to_production(MlflowClient(url, url), "tiny-gen", version, account="pipeline")
+    assert "wrong user name or password" in str(err.value) and "wrong-password-1" not in str(err.value)
+
+    # the Prefect server on PostgreSQL records what a client writes
+    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
+        with get_client(sync_client=True) as prefect:
+            pool = prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-team", type="process"))
+            assert prefect.read_work_pool("twinflow-team").id == pool.id
+
+
+def test_a_deployment_run_on_the_team_servers_and_a_second_clone_pulls_its_outputs(servers, tmp_path):
+    """The pipeline (fast stand-in stages) through a served deployment on the PostgreSQL-backed Prefect server,
+    tracked and registered with the pipeline's account, its DVC outputs pushed to S3; a fresh clone pulls them."""
+    from mlflow.tracking import MlflowClient
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tests.support.pipeline import make_toy_project, toy_env
+
+    url, s3 = servers["mlflow"], servers["s3"]
+    project = make_toy_project(tmp_path / "proj")
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (["remote", "add", "-d", "team", "s3://team/dvc"], ["remote", "modify", "team", "endpointurl", s3]):
+        subprocess.run(dvc + args, cwd=project, check=True, capture_output=True)
+    subprocess.run(["git", "commit", "-qam", "S3 remote"], cwd=project, check=True)
+    creds = {"MLFLOW_TRACKING_USERNAME": "pipeline", "MLFLOW_TRACKING_PASSWORD": USERS["pipeline"]}
+    env = {**os.environ, **toy_env(), **AWS, **creds, "PREFECT_API_URL": servers["prefect"],
+           "PREFECT_HOME": str(tmp_path / "prefect-client"), "MLFLOW_TRACKING_URI": url,
+           "MLFLOW_S3_ENDPOINT_URL": s3}
+    log = open(tmp_path / "serve.log", "wb")
+    serving = subprocess.Popen([sys.executable, "-m", "flows.deployments", "serve", "--workdir", str(project)],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
+            import time
+
+            from prefect.client.orchestration import get_client
+
+            deadline = time.monotonic() + 240
+            with get_client(sync_client=True) as client:
+                while True:
+                    try:
+                        client.read_deployment_by_name("twinflow-pipeline/on-demand")
+                        break
+                    except Exception:  # noqa: BLE001 - not registered yet
+                        assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                        assert time.monotonic() < deadline, "the deployment did not appear"
+                        time.sleep(1)
+            run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": []}, timeout=600)
+        assert run.state.is_completed(), (run.state.message, (tmp_path / "serve.log").read_text()[-3000:])
+    finally:
+        stop(serving)
+    # registered on the team server with the pipeline's account
+    os.environ.update(creds)
+    try:
+        mv = MlflowClient(url, url).get_model_version_by_alias("tiny-gen", "challenger")
+        assert mv.tags["lineage.prefect_flow_run_id"] == str(run.id)
+    finally:
+        for key in creds:
+            os.environ.pop(key, None)
+    # a second clone of the run's commit pulls the outputs from S3
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "run"], cwd=project, check=True)
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    pulled = subprocess.run(dvc + ["pull"], cwd=clone, env={**os.environ, **AWS}, capture_output=True, text=True)
+    assert pulled.returncode == 0, pulled.stderr[-3000:]
+    status = subprocess.run(dvc + ["status"], cwd=clone, env={**os.environ, **toy_env(), **AWS},
+                            capture_output=True, text=True)
+    assert status.returncode == 0 and "up to date" in status.stdout.lower(), status.stdout + status.stderr
