@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from flows.quiet import quiet_third_party
+
+    quiet_third_party()  # before any command imports Lightning or MLflow
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -190,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)")
     args = parser.parse_args(argv)
+    from flows.quiet import quiet_third_party
+
+    quiet_third_party()
     try:
         from flows.stages.prepare import load_params
 
