@@ -5,6 +5,9 @@
   records starting with that tip marker; its other info lines (devices, precision) stay.
 - MLflow's sqlite tracking store configuring SQLAlchemy mappers with the deprecated `noload` strategy
   (SADeprecationWarning from mlflow.store.*): a deprecation inside MLflow that a user can do nothing about.
+- MLflow's two pyfunc logging advice lines (UserWarning from mlflow.pyfunc: "Add type hints to the `predict`
+  method", "An input example was not provided"): the registered model takes a list of captions and its
+  signature is set explicitly (flows/tracking.py log_pipeline_run), so the advice does not apply.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ def quiet_third_party() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
+    for advice in (r".*Add type hints to the `predict` method", r".*An input example was not provided"):
+        warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
     try:
         from sqlalchemy.exc import SADeprecationWarning
     except ImportError:  # no SQLAlchemy: no MLflow sqlite store, nothing to filter

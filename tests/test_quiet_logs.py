@@ -29,3 +29,14 @@ def test_only_mlflow_store_sqlalchemy_deprecations_are_ignored():
                                module="mlflow.store.tracking.sqlalchemy_store")
     assert [(w.category, str(w.message)) for w in seen] == [(SADeprecationWarning, "noload is deprecated"),
                                                            (DeprecationWarning, "other")]
+
+
+def test_mlflow_pyfunc_advice_is_ignored_other_user_warnings_kept():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        for msg in ("\x1b[33mAdd type hints to the `predict` method to enable data validation",
+                    "\x1b[1;33mAn input example was not provided when logging the model."):
+            warnings.warn_explicit(msg, UserWarning, "data_validation.py", 1, module="mlflow.pyfunc.utils.data_validation")
+        warnings.warn_explicit("Add type hints to the `predict` method", UserWarning, "x.py", 1, module="ours")
+    assert [str(w.message) for w in seen] == ["Add type hints to the `predict` method"]
