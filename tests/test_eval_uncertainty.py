@@ -43,3 +43,16 @@ def test_ratio_edge_cases():
     assert math.isnan(paired_ratio({"p": ("t", 1.0)}, {"p": ("t", 0.0)})[0])
     with pytest.raises(ValueError, match="no prompt scored by both"):
         paired_ratio({"p": ("t", 1.0)}, {"q": ("t", 1.0)})
+
+
+def test_paired_ratios_names_and_a_zero_reference_gives_no_keys():
+    from twinflow_core.benchmarks.evaluate import paired_ratios
+
+    per = {"geneval-shapes/overall@1nfe": {"p": ("t", 0.5), "q": ("t", 0.25)},
+           "base/geneval-shapes/overall@1nfe": {"p": ("t", 0.0), "q": ("t", 0.0)},
+           "base/geneval-shapes/overall@euler50-cfg0.5": {"p": ("t", 1.0), "q": ("t", 0.5)},
+           "dpg-shapes/score@1nfe": {"a": ("dpg", 0.5)}, "base/dpg-shapes/score@euler50-cfg0.5": {"a": ("dpg", 0.0)}}
+    out = paired_ratios(per, "euler50-cfg0.5")
+    assert sorted(out) == ["ratio/base/geneval-shapes/overall@1nfe", "ratio/base/geneval-shapes/overall_se@1nfe",
+                           "ratio/geneval-shapes/overall@1nfe", "ratio/geneval-shapes/overall_se@1nfe"]
+    assert out["ratio/geneval-shapes/overall@1nfe"] == pytest.approx(0.5) and out["ratio/base/geneval-shapes/overall@1nfe"] == 0

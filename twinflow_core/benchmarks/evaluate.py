@@ -443,7 +443,7 @@ class Evaluation:
 def paired_ratios(per_prompt: dict, reference: str) -> dict[str, float]:
     """`ratio/<M>@<s>` and `ratio/<M>_se@<s>` for every per-prompt score `<M>@<s>` (TwinFlow's and the base's
     few-step ones) against `base/<M>@<reference>`; when the reference ran on a prompt subset (-refset names),
-    the subset's scores are the ones paired."""
+    the subset's scores are the ones paired. A reference that scored 0 gives no ratio (the keys are absent)."""
     out: dict[str, float] = {}
     for key, values in per_prompt.items():
         name, _, label = key.rpartition("@")
@@ -455,6 +455,8 @@ def paired_ratios(per_prompt: dict, reference: str) -> dict[str, float]:
         if ref is None:
             continue
         r, se = uncertainty.paired_ratio(values, ref)  # a ratio is scale-free: DPG's x100 cancels
+        if r != r:  # the reference scored 0: no ratio (eval.json stays plain JSON, without NaN)
+            continue
         out[f"ratio/{model}{bench}/{metric}@{label}"] = r
         out[f"ratio/{model}{bench}/{metric}_se@{label}"] = se
     return out
