@@ -129,9 +129,11 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
         assert key in m, key
     assert "base/geneval-shapes/overall@euler2" not in m
     # every score has its standard error; the ratios pair the refset scores with the reference's
-    for key in ("geneval-shapes/overall_se@1nfe", "dpg-shapes/score_se@1nfe", "base/geneval-shapes-refset/overall_se@euler2",
-                "ratio/geneval-shapes-refset/overall_se@1nfe", "ratio/base/dpg-shapes-refset/score_se@1nfe"):
+    for key in ("geneval-shapes/overall_se@1nfe", "dpg-shapes/score_se@1nfe", "base/geneval-shapes-refset/overall_se@euler2"):
         assert key in m, key
+    for bench, metric in (("geneval-shapes", "overall"), ("dpg-shapes", "score")):
+        ratio = f"ratio/{bench}-refset/{metric}@1nfe"  # untrained nets: a reference of 0 gives no ratio
+        assert (ratio in m and f"ratio/{bench}-refset/{metric}_se@1nfe" in m) == (m[f"base/{bench}-refset/{metric}@euler2-cfg2"] > 0)
     assert "ratio/geneval-shapes/overall@1nfe" not in m  # the full set is not paired with a subset's reference
     # a second run with the same base reads the base's part back: the same numbers, bit for bit
     (tmp_path / "m/eval.json").rename(tmp_path / "first.json")
@@ -145,7 +147,11 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["samples_1nfe.png", "samples_2nfe.png", "samples_base"]
     assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
         "1nfe.png", "euler2-cfg2.png", "euler2.png"]
-    # bad config: one line, exit 2
+    # a ratio reference the base does not run, or a bad config: one line, exit 2
+    params["evaluate"]["ratio_reference"] = "euler50-cfg0.5"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    params["evaluate"]["ratio_reference"] = "euler2-cfg2"
     params["evaluate"]["nfe"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["--params", str(tmp_path / "params.yaml")]) == 2

@@ -170,7 +170,7 @@ def run(params: dict) -> dict:
         from twinflow_core.benchmarks.evaluate import paired_ratios
 
         ratios = paired_ratios(per_prompt, cfg.ratio_reference)
-        if stage.get("base") and not ratios:
+        if stage.get("base") and not any(k.endswith(f"@{cfg.ratio_reference}") for k in per_prompt):
             raise ConfigError(f"evaluate.ratio_reference: {cfg.ratio_reference!r} is not a base setting of this "
                               f"evaluation (have: {', '.join(s.label for s in settings_for(cfg, base=True))})")
         metrics.update(ratios)
