@@ -146,6 +146,11 @@ def _parsed_gate(parsed: dict, params: dict) -> dict:
         if key.startswith("gate.min."):
             gate.setdefault("min", {})
             gate["min"] = {**gate["min"], key[len("gate.min."):]: value}
+        elif key.startswith("gate.ratio."):  # gate.ratio.<metric>.<of|min>
+            metric, _, field = key[len("gate.ratio."):].rpartition(".")
+            ratio = dict(gate.get("ratio") or {})
+            ratio[metric] = {**(ratio.get(metric) or {}), field: value}
+            gate["ratio"] = ratio
         elif key.startswith("gate."):
             gate[key[len("gate."):]] = value
     return {"gate": gate}

@@ -21,7 +21,7 @@ from typing import Callable
 
 from flows import dvc_ops, tracking
 from flows.faults import StageFailed, TransientFault, is_transient
-from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion
+from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion, ratio_values
 from flows.overrides import load_params, section
 from flows.tracking import mlflow_key
 from twinflow_core.errors import ConfigError, TwinflowError
@@ -118,7 +118,11 @@ def register(client, *, name: str, model_uri: str, run_id: str, key: str, scores
         "gate.reasons": verdict.text(),
         "gate.min": json.dumps(gate.minimums, sort_keys=True),
     })
-    all_tags.update({f"score.{mlflow_key(k)}": f"{v:.6g}" for k, v in scores.items() if k in gate.minimums})
+    if gate.ratios:
+        all_tags["gate.ratio"] = json.dumps({r.metric: {"of": r.of, "min": r.min} for r in gate.ratios}, sort_keys=True)
+        all_tags.update({f"ratio.{mlflow_key(k.replace(' / ', '_over_'))}": f"{v:.4f}"
+                         for k, v in ratio_values(scores, gate).items()})
+    all_tags.update({f"score.{mlflow_key(k)}": f"{v:.6g}" for k, v in scores.items() if k in gate.gated_metrics})
     mv = mlflow.register_model(model_uri, name, tags=all_tags)
     version = str(mv.version)
     # register_model may return before the version is READY on a server; aliases need it READY.

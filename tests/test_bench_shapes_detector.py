@@ -80,6 +80,12 @@ def test_answers_for_every_question_kind():
     assert answer_question("relation - spatial (square, circle, right of)", dets) == "yes"
     assert answer_question("relation - spatial (circle, square, right of)", dets) == "no"
     assert answer_question("relation - spatial (circle, cross, left of)", dets) == "no"  # no cross
+    # colour-bound phrases (what dpg-shapes asks): only objects of that colour count
+    assert answer_question("other - count (green triangles, ==2)", dets) == "yes"
+    assert answer_question("other - count (red triangles, ==2)", mixed) == "no"
+    assert answer_question("other - count (red triangles, ==1)", mixed) == "yes"
+    assert answer_question("relation - spatial (blue square, red circle, right of)", dets) == "yes"
+    assert answer_question("relation - spatial (blue square, green circle, right of)", dets) == "no"  # no green circle
     with pytest.raises(DataError, match="cannot read"):
         answer_question("entity whole circle", dets)
     with pytest.raises(DataError, match="no answerer"):

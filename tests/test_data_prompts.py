@@ -66,10 +66,11 @@ def test_dpg_schema_and_question_graph():
         for q in qs:
             parents = [int(p) for p in q["dependency"].split(",")]
             assert all(0 <= p < int(q["proposition_id"]) for p in parents)
-            if q["category_broad"] == "entity":
+            if q["category_broad"] == "relation":
+                assert 0 not in parents and len(parents) == 2
+            else:  # the root questions bind colour, class and count: no bare "Is there a circle?"
                 assert parents == [0]
-            else:
-                assert 0 not in parents
+                assert q["category_broad"] in ("attribute", "other")
             assert q["tuple"].startswith(f"{q['category_broad']} - {q['category_detailed']} (")
             assert q["question_natural_language"].endswith("?")
         assert any(q["category_broad"] == "relation" for q in qs)
@@ -79,7 +80,10 @@ def test_dpg_items_match_their_questions():
     items = prompt_sets.load_dpg_items(PROMPTS)
     for item in items:
         qs = prompt_sets.dpg_questions(item)
-        n_entities = sum(q["category_broad"] == "entity" for q in qs)
-        assert n_entities == len(item["groups"])
+        roots = [q for q in qs if q["dependency"] == "0"]
+        assert len(roots) == len(item["groups"])
+        for q, g in zip(roots, item["groups"]):  # each root names its group's colour and class
+            assert g["color"] in q["question_natural_language"] and g["color"] in q["tuple"]
+            assert g["class"] in q["question_natural_language"]
         assert sum(q["category_broad"] == "relation" for q in qs) == len(item["relations"])
         assert sum(q["category_detailed"] == "count" for q in qs) == sum(g["count"] > 1 for g in item["groups"])

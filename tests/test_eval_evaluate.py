@@ -103,7 +103,8 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
     ck = _tiny_checkpoint(tmp_path / "twinflow", shapes.vocabulary(), 0)
     base = _tiny_checkpoint(tmp_path / "base", shapes.vocabulary(), 1)
     params = {"evaluate": {**CFG, "geneval_max_prompts": 6, "dpg_max_items": 2, "nfe": [1, 2], "base_steps": 2,
-                           "base_cfg": [0.0, 2.0], "reference_max_prompts": 3,
+                           "base_cfg": [0.0, 2.0], "reference_max_prompts": 3, "ratio_reference": "euler2-cfg2",
+                           "base_cache": str(tmp_path / "cache"),
                            "checkpoint": str(ck), "base": str(base), "metrics": str(tmp_path / "m/eval.json"),
                            "breakdown": str(tmp_path / "m/breakdown.json"), "plots_dir": str(tmp_path / "m/plots"),
                            "reports_dir": str(tmp_path / "r")}}
@@ -127,10 +128,30 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
                 "base/geneval-shapes-refset/overall@euler2", "features-shapes-refset/fd@real"):
         assert key in m, key
     assert "base/geneval-shapes/overall@euler2" not in m
+    # every score has its standard error; the ratios pair the refset scores with the reference's
+    for key in ("geneval-shapes/overall_se@1nfe", "dpg-shapes/score_se@1nfe", "base/geneval-shapes-refset/overall_se@euler2"):
+        assert key in m, key
+    for bench, metric in (("geneval-shapes", "overall"), ("dpg-shapes", "score")):
+        ratio = f"ratio/{bench}-refset/{metric}@1nfe"  # untrained nets: a reference of 0 gives no ratio
+        assert (ratio in m and f"ratio/{bench}-refset/{metric}_se@1nfe" in m) == (m[f"base/{bench}-refset/{metric}@euler2-cfg2"] > 0)
+    assert "ratio/geneval-shapes/overall@1nfe" not in m  # the full set is not paired with a subset's reference
+    # a second run with the same base reads the base's part back: the same numbers, bit for bit
+    (tmp_path / "m/eval.json").rename(tmp_path / "first.json")
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 0
+    again = json.loads((tmp_path / "m/eval.json").read_text())
+    same = [k for k in m if k.startswith("base/") and "throughput" not in k]
+    assert same and {k: again[k] for k in same} == {k: m[k] for k in same}
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
+        "1nfe.png", "euler2-cfg2.png", "euler2.png"]
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["samples_1nfe.png", "samples_2nfe.png", "samples_base"]
     assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
         "1nfe.png", "euler2-cfg2.png", "euler2.png"]
-    # bad config: one line, exit 2
+    # a ratio reference the base does not run, or a bad config: one line, exit 2
+    params["evaluate"]["ratio_reference"] = "euler50-cfg0.5"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    params["evaluate"]["ratio_reference"] = "euler2-cfg2"
     params["evaluate"]["nfe"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["--params", str(tmp_path / "params.yaml")]) == 2

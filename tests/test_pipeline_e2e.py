@@ -22,10 +22,11 @@ TINY = [
     "pretrain.steps=4", "pretrain.batch_size=16", "pretrain.ckpt_every=2", "pretrain.sample_every=0",
     "pretrain.progress=false",
     "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "train.sample_every=0", "train.progress=false",
-    "evaluate.base_steps=4", "evaluate.base_cfg=[0.0]", "evaluate.images_per_prompt=2",
-    "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2", "evaluate.reference_max_prompts=2",
+    "evaluate.images_per_prompt=2",  # the default guided 50-step reference: 16 images of a tiny net
+    "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2",
     "evaluate.grid_prompts=4", "evaluate.batch=16",
     "gate.min.geneval-shapes/overall@1nfe=0.0", "gate.min.dpg-shapes/score@1nfe=0.0",
+    "gate.ratio.geneval-shapes/overall@1nfe.min=0", "gate.ratio.dpg-shapes/score@1nfe.min=0",
 ]
 
 

@@ -152,3 +152,18 @@ def test_models_command_against_tracking_server(tmp_path, capsys):
         stop(proc)
     assert main(["models", "--tracking-uri", uri, "list"]) == 2
     assert "unreachable" in capsys.readouterr().err
+
+
+def test_a_ratio_gate_shows_in_the_verdict_and_the_version_tags(tmp_path):
+    gate = {"min": {"geneval-shapes/overall@1nfe": 0.1},
+            "ratio": {"geneval-shapes/overall@1nfe": {"of": "geneval-shapes/overall@base-euler50", "min": 0.9}}}
+    root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0, gate=gate)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    r = registry.register_outputs(root, tracking_uri=uri)
+    assert r["verdict"] == "failed"  # 0.8 / 0.9 = 0.889 < 0.9, though the minimum holds
+    mv = _client(uri).get_model_version(NAME, r["version"])
+    assert ("geneval-shapes/overall@1nfe / geneval-shapes/overall@base-euler50 = 0.889 (0.8 / 0.9) < 0.9"
+            in mv.tags["gate.reasons"])
+    assert mv.tags["ratio.geneval-shapes/overall_at_1nfe_over_geneval-shapes/overall_at_base-euler50"] == "0.8889"
+    assert mv.tags["score.geneval-shapes/overall_at_base-euler50"] == "0.9"
+    assert '"min": 0.9' in mv.tags["gate.ratio"]

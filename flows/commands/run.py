@@ -69,9 +69,11 @@ def _score_table(scores: dict[str, float], gated: list[str]) -> list[str]:
         parts = []
         for k in ("1nfe", "2nfe", "4nfe"):
             if f"{m}@{k}" in scores:
-                parts.append(f"{k[0]} NFE {scores[f'{m}@{k}']:.3g}")
+                parts.append(f"{k[0]} NFE {_pm(scores, m, k)}")
         if f"base/{m}@1nfe" in scores:
-            parts.append(f"base at 1 NFE {scores[f'base/{m}@1nfe']:.3g}")
+            parts.append(f"base at 1 NFE {_pm(scores, 'base/' + m, '1nfe')}")
+        many = sorted(k.rsplit("@", 1)[1] for k in scores if k.startswith(f"base/{m}@") and not k.endswith("nfe"))
+        parts += [f"base {s} {_pm(scores, 'base/' + m, s)}" for s in many]
         bench, _, rest = m.partition("/")
         refset = f"{bench}-refset/{rest}"
         refs = {k.rsplit("@", 1)[1]: v for k, v in scores.items()
@@ -82,6 +84,26 @@ def _score_table(scores: dict[str, float], gated: list[str]) -> list[str]:
         if parts:
             lines.append(f"  {m:<26} " + " | ".join(parts) + ("   (gated)" if m in gated_bases else ""))
     return lines or [f"  {k:<40} {v:.4g}" for k, v in sorted(scores.items())[:12]]
+
+
+def _pm(scores: dict[str, float], m: str, setting: str) -> str:
+    """'0.412 +- 0.021' when the evaluation wrote the score's standard error, else '0.412'."""
+    se = scores.get(f"{m}_se@{setting}")
+    return f"{scores[f'{m}@{setting}']:.3g}" + (f" +- {se:.2g}" if se is not None else "")
+
+
+def _ratio_lines(scores: dict[str, float]) -> list[str]:
+    """The paper's claim as numbers: ratio/<M>@<setting> (the model / the base's many-step reference,
+    paired over the same prompts) with its standard error."""
+    lines = []
+    for key in sorted(k for k in scores if k.startswith("ratio/") and "_se@" not in k):
+        name, _, setting = key.rpartition("@")
+        se = scores.get(f"{name}_se@{setting}")
+        who = "base" if name.startswith("ratio/base/") else "twinflow"
+        metric = name.removeprefix("ratio/").removeprefix("base/")
+        lines.append(f"  {who} {metric} @{setting} / reference: {scores[key]:.3f}"
+                     + (f" +- {se:.3f}" if se is not None else ""))
+    return lines
 
 
 def render_summary(summary: dict) -> str:
@@ -97,6 +119,9 @@ def render_summary(summary: dict) -> str:
         "scores at 1 NFE beside the reference (metrics/eval.json):",
         *_score_table(summary.get("scores", {}), gated),
     ]
+    ratios = _ratio_lines(summary.get("scores", {}))
+    if ratios:
+        lines += ["ratios to the base's many-step reference, same prompts (1.0 = as good as the reference):", *ratios]
     if reg:
         verdict = "PASSED" if reg["verdict"] == "passed" else "FAILED"
         lines += [

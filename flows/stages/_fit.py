@@ -55,6 +55,9 @@ def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
 
 
 def run_stage(stage: str, argv=None) -> int:
+    from flows.quiet import quiet_third_party
+
+    quiet_third_party()  # Lightning's advertising tips out of the stage log
     args = parse_args(stage, argv)
     try:
         sections = load(args.params, args.overrides)

@@ -10,6 +10,14 @@ Writes (paths from the `evaluate` section):
 - metrics/plots/by_setting.csv (one row per model x setting) and metrics/plots/geneval_tags.csv (for `dvc plots`);
 - reports/samples_<setting>.png (the TwinFlow model) and reports/samples_base/<setting>.png (the base),
   captioned with the prompt and the benchmark's verdict.
+Each benchmark score comes with its standard error over prompts (`..._se@...`), and with
+`evaluate.ratio_reference` set, `ratio/...` = a setting's score / the base's at that reference, paired over
+the same prompts, with its standard error (twinflow_core/benchmarks/evaluate.py `paired_ratios`).
+
+The base's part (the many-step guided reference is most of the evaluation's cost) depends only on the base
+checkpoint, the prompts, the evaluators, the evaluation code and the `evaluate` settings; it is kept in
+`evaluate.base_cache` (default outputs/eval-base/<hash of all those>.json + .npz) and read back when a run
+only changed the TwinFlow model. The same inputs give the same numbers, so a cached base is the base.
 Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
 """
 from __future__ import annotations
@@ -23,7 +31,11 @@ from pathlib import Path
 
 from twinflow_core.errors import ConfigError, TwinflowError
 
-STAGE_KEYS = ("checkpoint", "base", "metrics", "breakdown", "plots_dir", "reports_dir", "official")
+STAGE_KEYS = ("checkpoint", "base", "metrics", "breakdown", "plots_dir", "reports_dir", "official", "base_cache")
+# What the base's evaluation reads besides its checkpoint, prompts and evaluators (the stage's code deps).
+BASE_CODE = ("twinflow_core/benchmarks", "twinflow_core/sampler.py", "twinflow_core/checkpoint.py",
+             "twinflow_core/nets", "twinflow_core/text.py", "twinflow_core/data/shapes.py",
+             "twinflow_core/data/digits.py", "twinflow_core/data/prompt_sets.py")
 
 
 def split_section(section: dict) -> tuple[dict, dict]:
@@ -44,9 +56,11 @@ def write_outputs(result_metrics: dict, breakdown: dict, curves: list[dict], gri
     cols = ["model", "setting", "nfe", "geneval_shapes", "dpg_shapes", "digits", "fd", "diversity", "images_per_s"]
     used = [c for c in cols if any(c in r for r in curves)]
     # by_setting.csv: every setting run on all prompts; by_setting_refset.csv: every setting on the prompts the
-    # many-step reference ran on (written only when that is a subset).
+    # many-step reference ran on (when that is every prompt, the same rows: dvc.yaml declares both files).
     for fname, which in (("by_setting.csv", "all"), ("by_setting_refset.csv", "refset")):
         rows = [r for r in curves if r.get("prompts") == which]
+        if which == "refset" and not rows:
+            rows = [r for r in curves if r.get("prompts") == "all"]
         if not rows:
             continue
         with (plots / fname).open("w", newline="") as fh:
@@ -67,6 +81,55 @@ def write_outputs(result_metrics: dict, breakdown: dict, curves: list[dict], gri
         save_image_grid(images, path, captions=captions, ncol=8, title=f"{title}: prompt [benchmark verdict]")
 
 
+def _tree_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def base_cache_key(base_dir: str, cfg, image_size: int) -> str:
+    """sha256 over everything the base's evaluation depends on (see the module docstring)."""
+    import dataclasses
+    import hashlib
+
+    from twinflow_core.data.prepared import file_sha256
+
+    root = Path(__file__).resolve().parents[2]
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("nfe", "style")}
+    h = hashlib.sha256(json.dumps({"cfg": fields, "size": image_size}, sort_keys=True).encode())
+    for label, top in (("base", Path(base_dir)), ("prompts", Path(cfg.prompts_dir)),
+                       ("evaluators", Path(cfg.evaluators_dir)), *(("code", root / c) for c in BASE_CODE)):
+        for f in _tree_files(top):
+            h.update(f"{label}:{f.relative_to(top) if f != top else f.name}:{file_sha256(f)}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _save_base(path: Path, rb) -> None:
+    from twinflow_core.data.prepared import write_npz
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_npz(path.with_suffix(".npz"), {name: images for name, (images, _) in rb.grids.items()})
+    per = {k: {p: list(v) for p, v in vals.items()} for k, vals in rb.per_prompt.items()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"metrics": rb.metrics, "breakdown": rb.breakdown, "curves": rb.curves,
+                               "captions": {n: c for n, (_, c) in rb.grids.items()}, "per_prompt": per}))
+    tmp.replace(path)  # the json last: a cache entry with a json is complete
+
+
+def _load_base(path: Path):
+    import numpy as np
+
+    from twinflow_core.benchmarks.evaluate import Result
+
+    if not path.is_file() or not path.with_suffix(".npz").is_file():
+        return None
+    raw = json.loads(path.read_text())
+    with np.load(path.with_suffix(".npz")) as z:
+        grids = {n: (z[n], caps) for n, caps in raw["captions"].items()}
+    per = {k: {p: (v[0], float(v[1])) for p, v in vals.items()} for k, vals in raw["per_prompt"].items()}
+    return Result(raw["metrics"], raw["breakdown"], grids, raw["curves"], per)
+
+
 def run(params: dict) -> dict:
     from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation, domain_of, settings_for
     from twinflow_core.checkpoint import load_generator
@@ -83,16 +146,34 @@ def run(params: dict) -> dict:
     res = evaluation.run(model, settings_for(cfg, base=False), name="twinflow")
     metrics.update(res.metrics)
     breakdown, curves, grids = dict(res.breakdown), list(res.curves), dict(res.grids)
+    per_prompt = dict(res.per_prompt)
     if stage.get("base"):
         base = load_generator(stage["base"])
         if domain_of(base, cfg) != domain or base.image_size != model.image_size:
             raise ConfigError(f"evaluate.base: {stage['base']} is not the same domain / image size as "
                               f"{stage['checkpoint']}")
-        rb = evaluation.run(base, settings_for(cfg, base=True), prefix="base/", name="base")
+        cache_dir = stage.get("base_cache", "outputs/eval-base")
+        cache = Path(cache_dir) / f"{base_cache_key(stage['base'], cfg, base.image_size)}.json" if cache_dir else None
+        rb = _load_base(cache) if cache else None
+        if rb is not None:
+            print(f"evaluate base: read from {cache} (same base, prompts, evaluators, code and settings)")
+        else:
+            rb = evaluation.run(base, settings_for(cfg, base=True), prefix="base/", name="base")
+            if cache:
+                _save_base(cache, rb)
+        per_prompt.update(rb.per_prompt)
         metrics.update(rb.metrics)
         breakdown.update(rb.breakdown)
         curves += rb.curves
         grids.update(rb.grids)
+    if cfg.ratio_reference:
+        from twinflow_core.benchmarks.evaluate import paired_ratios
+
+        ratios = paired_ratios(per_prompt, cfg.ratio_reference)
+        if stage.get("base") and not any(k.endswith(f"@{cfg.ratio_reference}") for k in per_prompt):
+            raise ConfigError(f"evaluate.ratio_reference: {cfg.ratio_reference!r} is not a base setting of this "
+                              f"evaluation (have: {', '.join(s.label for s in settings_for(cfg, base=True))})")
+        metrics.update(ratios)
     official = stage.get("official") or {}
     if official.get("enabled"):
         from twinflow_core.benchmarks.evaluate import run_official
@@ -109,6 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)")
     args = parser.parse_args(argv)
+    from flows.quiet import quiet_third_party
+
+    quiet_third_party()
     try:
         from flows.stages.prepare import load_params
 

@@ -8,6 +8,12 @@ guidance), perceive, score, and return one flat dict of metrics whose names carr
     base/<the same>@1nfe ... base/<the same>@euler50, base/<the same>@euler50-cfg0.5,
     features-shapes/fd@real, features-shapes/diversity@real   (real renders vs real renders: the floor)
 
+Each benchmark score carries its standard error over prompts (`geneval-shapes/overall_se@1nfe`,
+`dpg-shapes/score_se@1nfe`, official rules; see uncertainty.py), and `paired_ratios` adds the paper's claim
+as numbers: `ratio/<bench>/<metric>@<setting>` = the model at <setting> / the base at the reference setting
+(`ratio_reference`, e.g. euler50-cfg0.5) on the same prompts, with `ratio/<bench>/<metric>_se@<setting>`
+(delta method, paired over prompts); `ratio/base/...@1nfe` is the base's own 1-step collapse on that scale.
+
 For digits: digits/accuracy@<setting>, features-digits/fd@<setting>, features-digits/diversity@<setting>.
 Frechet distances compare generated images with real images of the same prompts (fresh renders for shapes,
 sklearn scans for digits); `@real` compares two real sets of the same size, the lowest the FD can go here.
@@ -23,7 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from twinflow_core.benchmarks import dpg_score, geneval_score
+from twinflow_core.benchmarks import dpg_score, geneval_score, uncertainty
 from twinflow_core.benchmarks.features import diversity, frechet_distance
 from twinflow_core.errors import ConfigError, DataError
 
@@ -51,6 +57,7 @@ class EvalConfig:
     grid_prompts: int = 16
     seed: int = 0
     batch: int = 64                      # captions per generate() call (progress granularity)
+    ratio_reference: str = ""            # base setting the ratios divide by (e.g. euler50-cfg0.5); "": none
 
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "evaluate") -> "EvalConfig":
@@ -295,6 +302,7 @@ class Result:
     breakdown: dict                       # per setting: geneval summary, dpg summaries (no per-image data)
     grids: dict[str, tuple[np.ndarray, list[str]]]   # name -> (images, captions)
     curves: list[dict]                    # one row per (model, setting) for plots
+    per_prompt: dict = field(default_factory=dict)   # "<prefix><bench><suffix>@<label>" -> {prompt: (stratum, score)}
 
 
 class Evaluation:
@@ -333,7 +341,7 @@ class Evaluation:
         return out
 
     def score(self, images: np.ndarray, ps: PromptSet, prefix: str, label: str, idx: Sequence[int] | None = None,
-              suffix: str = "") -> tuple[dict, dict, list[str]]:
+              suffix: str = "", per_prompt: dict | None = None) -> tuple[dict, dict, list[str]]:
         """(metrics, breakdown, grid verdicts) of one generated set; `idx`: its entries' positions in the full
         prompt set (None: it is the full set), `suffix` is appended to the benchmark names."""
         at = f"@{label}"
@@ -349,10 +357,21 @@ class Evaluation:
             metrics.update(geneval_score.summary_metrics(summary, prefix + "geneval-shapes" + suffix, at))
             breakdown["geneval-shapes"] = summary
             verdicts = ["ok" if r["correct"] else "x" for r in rows]
+            per: dict[str, dict] = {}
+            for r, m in zip(rows, ps.geneval_meta):
+                per.setdefault(m["prompt"], {"tag": m["tag"], "ok": []})["ok"].append(float(bool(r["correct"])))
+            gp = {p: (v["tag"], sum(v["ok"]) / len(v["ok"])) for p, v in per.items()}
+            metrics[f"{prefix}geneval-shapes{suffix}/overall_se{at}"] = uncertainty.score_se(gp)[1]
+            if per_prompt is not None:
+                per_prompt[f"{prefix}geneval-shapes{suffix}/overall{at}"] = gp
             if ps.dpg_items:
                 dpg = score_dpg_shapes(images[g:], ps.dpg_items, self.questions, self.ev.detector)
                 metrics.update(dpg_score.summary_metrics(dpg["official"], dpg["corrected"],
                                                          prefix + "dpg-shapes" + suffix, at))
+                dp = {i: ("dpg", float(v)) for i, v in dpg["official"]["items"].items()}
+                metrics[f"{prefix}dpg-shapes{suffix}/score_se{at}"] = uncertainty.score_se(dp, 100.0)[1]
+                if per_prompt is not None:
+                    per_prompt[f"{prefix}dpg-shapes{suffix}/score{at}"] = dp
                 breakdown["dpg-shapes"] = {k: {kk: vv for kk, vv in v.items() if kk != "items"}
                                            for k, v in dpg.items() if k != "answers"}
         else:
@@ -371,6 +390,7 @@ class Evaluation:
         breakdown: dict = {}
         grids: dict = {}
         curves: list[dict] = []
+        per_prompt: dict = {}
         k = cfg.images_per_prompt if self.domain == "shapes" else 1
         # The many-step reference may run on fewer prompts; then every setting is also scored on exactly those
         # prompts, under the benchmark names with a "-refset" suffix, so that 1 NFE and 50 steps compare
@@ -384,18 +404,20 @@ class Evaluation:
                      f"{s.evaluations} evaluations each")
             images, ips = generate_set(generator, ps.captions, s, cfg.seed, cfg.batch, f"{name}@{s.label}")
             if use_ref:
-                m, b, verdicts = self.score(images, ps, prefix, s.label, ref_idx, suffix="-refset")
+                m, b, verdicts = self.score(images, ps, prefix, s.label, ref_idx, suffix="-refset",
+                                            per_prompt=per_prompt)
             else:
-                m, b, verdicts = self.score(images, ps, prefix, s.label)
+                m, b, verdicts = self.score(images, ps, prefix, s.label, per_prompt=per_prompt)
             m[f"{prefix}throughput/images_per_s@{s.label}"] = ips
             if not use_ref and ref_ps is not None:
-                m.update(self.score(images[ref_idx], ref_ps, prefix, s.label, ref_idx, suffix="-refset")[0])
+                m.update(self.score(images[ref_idx], ref_ps, prefix, s.label, ref_idx, suffix="-refset",
+                                    per_prompt=per_prompt)[0])
                 curves.append(self._curve_row(name or "model", s, m, prefix, "-refset"))
             metrics.update(m)
             breakdown[f"{prefix}{s.label}"] = b
             grids[f"{prefix.replace('/', '_')}{s.label}"] = self._grid(images, ps, verdicts, k)
             curves.append(self._curve_row(name or "model", s, m, prefix, "-refset" if use_ref else ""))
-        return Result(metrics, breakdown, grids, curves)
+        return Result(metrics, breakdown, grids, curves, per_prompt)
 
     def _grid(self, images, ps: PromptSet, verdicts, k: int):
         n_prompts = len(ps.captions) // k
@@ -416,6 +438,28 @@ class Evaluation:
             if key in m:
                 row[col] = round(float(m[key]), 6)
         return row
+
+
+def paired_ratios(per_prompt: dict, reference: str) -> dict[str, float]:
+    """`ratio/<M>@<s>` and `ratio/<M>_se@<s>` for every per-prompt score `<M>@<s>` (TwinFlow's and the base's
+    few-step ones) against `base/<M>@<reference>`; when the reference ran on a prompt subset (-refset names),
+    the subset's scores are the ones paired. A reference that scored 0 gives no ratio (the keys are absent)."""
+    out: dict[str, float] = {}
+    for key, values in per_prompt.items():
+        name, _, label = key.rpartition("@")
+        if label == reference:
+            continue
+        bench, _, metric = name.removeprefix("base/").partition("/")
+        model = "base/" if name.startswith("base/") else ""
+        ref = per_prompt.get(f"base/{bench}/{metric}@{reference}")
+        if ref is None:
+            continue
+        r, se = uncertainty.paired_ratio(values, ref)  # a ratio is scale-free: DPG's x100 cancels
+        if r != r:  # the reference scored 0: no ratio (eval.json stays plain JSON, without NaN)
+            continue
+        out[f"ratio/{model}{bench}/{metric}@{label}"] = r
+        out[f"ratio/{model}{bench}/{metric}_se@{label}"] = se
+    return out
 
 
 # ------------------------------------------------------------------------------------------- official

@@ -190,21 +190,28 @@ def answer_question(tuple_text: str, detections: Sequence[Detection], threshold:
 
     entity - whole (c): an object of class c; other - count (cs, ==n): exactly n; attribute - color (c, k):
     singular, some c is k; plural, every c is k; relation - spatial (a, b, rel): the most confident a is
-    `rel` the most confident b under GenEval's relative-position rule.
+    `rel` the most confident b under GenEval's relative-position rule. Any object phrase may carry a colour
+    ("blue circle", "blue triangles"): only objects of that colour count (dpg-shapes binds colour and class).
     """
     m = _TUPLE.match(tuple_text)
     if not m:
         raise DataError(f"dpg-shapes: cannot read question tuple {tuple_text!r}")
     broad, detailed, args = m[1], m[2], [a.strip() for a in m[3].split(",")]
     kept = [d for d in detections if d.score > threshold]
-    of = lambda word: [d for d in kept if d.cls == _singular(word)]  # noqa: E731
+
+    def of(phrase: str) -> list[Detection]:
+        """Detections named by 'circle', 'triangles' or, colour-bound, 'blue circle' / 'blue triangles'."""
+        words = phrase.split()
+        color = words[0] if len(words) == 2 else None
+        return [d for d in kept if d.cls == _singular(words[-1]) and (color is None or d.color == color)]
+
     if (broad, detailed) == ("entity", "whole"):
         ok = len(of(args[0])) >= 1
     elif (broad, detailed) == ("other", "count"):
         ok = len(of(args[0])) == int(args[1].lstrip("="))
     elif (broad, detailed) == ("attribute", "color"):
         objs = of(args[0])
-        plural = _singular(args[0]) != args[0]
+        plural = _singular(args[0].split()[-1]) != args[0].split()[-1]
         ok = bool(objs) and (all if plural else any)(d.color == args[1] for d in objs)
     elif (broad, detailed) == ("relation", "spatial"):
         a, b = of(args[0]), of(args[1])

@@ -1,0 +1,37 @@
+"""Third-party noise kept out of the stage logs, each at its source and by name (never a blanket filter).
+
+- Lightning's rank-zero "💡 Tip: ... try installing [litlogger] / [litmodels]" lines (advertising for its cloud
+  services, printed on every fit): a logging filter on `lightning.pytorch.utilities.rank_zero` that drops only
+  records starting with that tip marker; its other info lines (devices, precision) stay.
+- MLflow's sqlite tracking store configuring SQLAlchemy mappers with the deprecated `noload` strategy
+  (SADeprecationWarning from mlflow.store.*): a deprecation inside MLflow that a user can do nothing about.
+- MLflow's two pyfunc logging advice lines (UserWarning from mlflow.pyfunc: "Add type hints to the `predict`
+  method", "An input example was not provided"): the registered model takes a list of captions and its
+  signature is set explicitly (flows/tracking.py log_pipeline_run), so the advice does not apply.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+
+TIP_MARKER = "\N{ELECTRIC LIGHT BULB} Tip:"
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(TIP_MARKER)
+
+
+def quiet_third_party() -> None:
+    """Install the filters above (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in log.filters):
+            log.addFilter(_DropTips())
+    for advice in (r".*Add type hints to the `predict` method", r".*An input example was not provided"):
+        warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
+    try:
+        from sqlalchemy.exc import SADeprecationWarning
+    except ImportError:  # no SQLAlchemy: no MLflow sqlite store, nothing to filter
+        return
+    warnings.filterwarnings("ignore", category=SADeprecationWarning, module=r"mlflow\.store\.")

@@ -1,0 +1,42 @@
+"""The stage-log filters drop Lightning's advertising and MLflow's SQLAlchemy deprecation, and nothing else."""
+import logging
+import warnings
+
+from flows.quiet import TIP_MARKER, quiet_third_party
+
+
+def test_lightning_tips_are_dropped_other_info_kept(caplog):
+    quiet_third_party()
+    quiet_third_party()  # idempotent
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info(f"{TIP_MARKER} For seamless cloud logging, try installing [litlogger]")
+        log.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_only_mlflow_store_sqlalchemy_deprecations_are_ignored():
+    from sqlalchemy.exc import SADeprecationWarning
+
+    quiet_third_party()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()  # re-installs its filter in front of "always"
+        warnings.warn_explicit("noload is deprecated", SADeprecationWarning, "sqlalchemy_store.py", 1,
+                               module="mlflow.store.tracking.sqlalchemy_store")
+        warnings.warn_explicit("noload is deprecated", SADeprecationWarning, "x.py", 1, module="ours")
+        warnings.warn_explicit("other", DeprecationWarning, "sqlalchemy_store.py", 1,
+                               module="mlflow.store.tracking.sqlalchemy_store")
+    assert [(w.category, str(w.message)) for w in seen] == [(SADeprecationWarning, "noload is deprecated"),
+                                                           (DeprecationWarning, "other")]
+
+
+def test_mlflow_pyfunc_advice_is_ignored_other_user_warnings_kept():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        for msg in ("\x1b[33mAdd type hints to the `predict` method to enable data validation",
+                    "\x1b[1;33mAn input example was not provided when logging the model."):
+            warnings.warn_explicit(msg, UserWarning, "data_validation.py", 1, module="mlflow.pyfunc.utils.data_validation")
+        warnings.warn_explicit("Add type hints to the `predict` method", UserWarning, "x.py", 1, module="ours")
+    assert [str(w.message) for w in seen] == ["Add type hints to the `predict` method"]
