@@ -56,6 +56,9 @@ class ObjectiveConfig:
     residual_clip: float = 1.0
     dv_clip: float = 1.0
     near_ratio: float = 0.05  # mul rows: r = t - U*t*min(near_ratio, cor)
+    # official `use_image_free`: every row's data is replaced by the online model's own 1-step sample, and with a
+    # frozen teacher (EMA decay 1) the CFG rows' target becomes the pure teacher guidance f_u + w (f_c - f_u)
+    image_free: bool = False
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ObjectiveConfig":
@@ -230,6 +233,8 @@ class TwinFlowObjective:
             t[masks["e2e"]], r[masks["e2e"]] = 1.0, 0.0
             r[masks["mul"]] = t_near[masks["mul"]]
             x = x.clone()
+            if cfg.image_free:  # data-free distillation: the online model's own samples stand in for the data
+                x = one_step(inner, torch.randn_like(x), cond).to(x.dtype)
             if adv.any():
                 r[adv] = -t[adv]
                 x[adv] = one_step(inner, torch.randn_like(x[adv]), _rows(cond, adv)).to(x.dtype)
@@ -254,11 +259,15 @@ class TwinFlowObjective:
                     f_c = teacher(x_t[idx], t[idx], t[idx], _rows(cond, idx))
                     f_u = teacher(x_t[idx], t[idx], t[idx], _rows(uncond, idx))
                     boost = cfg.enhanced_ratio * (f_c - f_u)
-                    # frozen teacher (data-free distillation): target is pure teacher CFG
-                    target[idx] = (f_u + boost) if fixed_teacher else target[idx] + boost
+                    # official: v + w (f_c - f_u) in every mode but the image-free one with a frozen teacher, where
+                    # v (a velocity towards the model's own sample) is replaced by the teacher's f_u + w (f_c - f_u)
+                    pure_teacher = fixed_teacher and cfg.image_free
+                    target[idx] = (f_u + boost) if pure_teacher else target[idx] + boost
             use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0
             if use_rcgm and (masks["e2e"] | masks["any"]).any():
                 rows = ~adv
+                # official `model_4_rcgm`: the EMA copy, or the online model when the EMA is off (decay 0) or
+                # frozen (decay 1: the frozen copy guides only the CFG target; the rollout follows the online net)
                 rcgm_teacher = inner if fixed_teacher else teacher
                 target[rows] = rcgm_target(
                     rcgm_teacher, F.detach()[rows], target[rows], x_t[rows], t[rows], r[rows],
