@@ -15,6 +15,12 @@ Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflo
 
 Settings (`ObjectiveConfig.preset`): twinflow {1,1,1,1}; rcgm {1,1,1,0} without rectify (the official
 "RCGM in practice"); fm {mul} with consistc_ratio = enhanced_ratio = estimate_order = 0.
+Teachers (the EMA's decay d): CFG target from the EMA copy (0 < d < 1), the online net (d = 0) or the frozen
+copy (d = 1); RCGM rollout from the EMA copy, else the online net (also when frozen); fake samples and dv always
+from the online net. The CFG-baked target is v + w (f_c - f_u) in every mode; only `image_free` (official
+use_image_free: all data replaced by the model's own 1-step samples) with a frozen teacher makes it the pure
+teacher guidance f_u + w (f_c - f_u). tests/test_objective_reference.py checks all of this against an
+independent transcription of the official step.
 
 Deliberate differences from the official code, none of which change a loss value:
 - the RCGM residual's small-gap branch is selected with `where` instead of multiplying by 1/(t-r), so t == r
