@@ -150,7 +150,8 @@ obj = TwinFlowObjective(ObjectiveConfig.preset(preset, **over))
 ema = EMA(net, 0.99)
 opt = torch.optim.AdamW(net.parameters(), 1e-3)
 B, S = s.train.batch_size, s.model.image_size
-x = torch.randn(B, 3, S, S); ids = torch.randint(1, 40, (B, 24)); un = torch.zeros(B, 40, dtype=torch.long)
+# the null caption padded like the captions, as the tokenizer pads every caption to max_len in training
+x = torch.randn(B, 3, S, S); ids = torch.randint(1, 40, (B, 24)); un = torch.zeros(B, 24, dtype=torch.long)
 def step():
     loss, _ = obj(net, x, ids, uncond=un, ema=ema); opt.zero_grad(); loss.backward(); opt.step()
 # before the first step: what a step adds (activations, autograd buffers, the optimiser's moments) shows as

@@ -3,8 +3,12 @@
 decay in (0,1): an EMA copy, updated every step with a decay d that warms up from 0:
                 d <- d + (1-d)*(decay-d)/2 after each update (so d runs 0, 0.495, 0.620, ... -> decay).
 decay == 0:     no copy; the teacher is the online model (the official Qwen-Image-20B FSDP run, to save memory).
-decay == 1:     a frozen copy of the initial model: a fixed teacher (TwinFlowObjective then uses the
-                data-free target rule for the CFG rows).
+decay == 1:     a frozen copy of the initial model: a fixed teacher for the CFG target only (the RCGM rollout
+                then follows the online model, as the official `model_4_rcgm`); the pure-teacher CFG target
+                f_u + w (f_c - f_u) is the objective's `image_free` mode, not implied by the frozen teacher.
+Updated where the official step updates it: after the grad-carrying forward, before the teacher calls. The
+official step runs once per micro-batch (all its configs use grad_accumulation_steps 1); TwinFlowModule updates
+once per optimiser step, which is the same thing without accumulation (see training/module.py).
 """
 from __future__ import annotations
 

@@ -15,12 +15,22 @@ Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflo
 
 Settings (`ObjectiveConfig.preset`): twinflow {1,1,1,1}; rcgm {1,1,1,0} without rectify (the official
 "RCGM in practice"); fm {mul} with consistc_ratio = enhanced_ratio = estimate_order = 0.
+Teachers (the EMA's decay d): CFG target from the EMA copy (0 < d < 1), the online net (d = 0) or the frozen
+copy (d = 1); RCGM rollout from the EMA copy, else the online net (also when frozen); fake samples and dv always
+from the online net. The CFG-baked target is v + w (f_c - f_u) in every mode; only `image_free` (official
+use_image_free: all data replaced by the model's own 1-step samples) with a frozen teacher makes it the pure
+teacher guidance f_u + w (f_c - f_u). tests/test_objective_reference.py checks all of this against an
+independent transcription of the official step.
 
 Deliberate differences from the official code, none of which change a loss value:
 - the RCGM residual's small-gap branch is selected with `where` instead of multiplying by 1/(t-r), so t == r
   cannot give NaN (official issue #15);
 - the CFG and RCGM teacher calls run only on the rows whose target they change (the official code runs them on
-  the whole batch and discards the adv rows), and no CUDA RNG state is saved or restored (no dropout here);
+  the whole batch and discards the adv rows; the RCGM rollout also skips rows with t - r < delta, whose
+  residual does not use it), and no CUDA RNG state is saved or restored (no dropout here);
+- calls that share a network and a phase run as one forward of stacked rows: the CFG teacher's conditional and
+  unconditional branch, and dv's fake (-s) and real (+s) branch on the same y (`_paired_call`; two calls when
+  the conditionings cannot be stacked). Same values, up to float summation order in the batched kernels;
 - rectify is skipped when its weight is 0 (the official code computes it and multiplies by 0);
 - every no-grad call goes through the unwrapped module (`net.module` under DDP), so only the single
   grad-carrying forward passes through DDP's hooks.
@@ -56,6 +66,9 @@ class ObjectiveConfig:
     residual_clip: float = 1.0
     dv_clip: float = 1.0
     near_ratio: float = 0.05  # mul rows: r = t - U*t*min(near_ratio, cor)
+    # official `use_image_free`: every row's data is replaced by the online model's own 1-step sample, and with a
+    # frozen teacher (EMA decay 1) the CFG rows' target becomes the pure teacher guidance f_u + w (f_c - f_u)
+    image_free: bool = False
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "ObjectiveConfig":
@@ -136,6 +149,37 @@ def _rows(cond, idx):
     raise TypeError(f"unsupported conditioning type {type(cond).__name__}")
 
 
+_UNSTACKABLE = object()
+
+
+def _stack_rows(a, b):
+    """Rows of `a` then rows of `b` as one conditioning value, so that two calls can run as one forward; or
+    _UNSTACKABLE when they cannot be stacked (one is None, or their shapes beyond the batch differ)."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+            return _UNSTACKABLE
+        return torch.cat([a, b])
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        parts = {k: _stack_rows(a[k], b[k]) for k in a}
+        return _UNSTACKABLE if any(v is _UNSTACKABLE for v in parts.values()) else parts
+    if isinstance(a, (list, tuple)) and type(a) is type(b) and len(a) == len(b):
+        parts = [_stack_rows(u, w) for u, w in zip(a, b)]
+        return _UNSTACKABLE if any(v is _UNSTACKABLE for v in parts) else type(a)(parts)
+    return _UNSTACKABLE
+
+
+def _paired_call(net, x_a, t_a, r_a, cond_a, x_b, t_b, r_b, cond_b):
+    """net(x_a, t_a, r_a, cond_a) and net(x_b, ...) as one forward of stacked rows where the conditionings stack
+    (a cheaper step: one call of 2n rows instead of two of n); otherwise as two calls. Returns both outputs."""
+    cond = _stack_rows(cond_a, cond_b)
+    if cond is _UNSTACKABLE:
+        return net(x_a, t_a, r_a, cond_a), net(x_b, t_b, r_b, cond_b)
+    out = net(torch.cat([x_a, x_b]), torch.cat([t_a, t_b]), torch.cat([r_a, r_b]), cond)
+    return out[: x_a.shape[0]], out[x_a.shape[0]:]
+
+
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
@@ -177,18 +221,31 @@ def rcgm_target(teacher, F, v, x_t, t, r, cond, order: int, delta: float, clip: 
     """RCGM target sg(F) - clip(R): R is the residual of the consistency identity
     (t-r) u(x_t,t,r) = delta*v + (t_m - r) u(x_{t_m}, t_m, r), the right side rolled out by the teacher in `order`
     equal sub-steps from t_m = max(t - delta, r) to r. Rows with t - r < delta fall back to R = F - v."""
-    t_m = torch.maximum(t - delta, r)
-    x = x_t - delta * v
-    displacement = torch.zeros_like(F)
-    for i in range(order):
-        tau_c = t_m + (r - t_m) * (i / order)
-        tau_n = t_m + (r - t_m) * ((i + 1) / order)
-        step = _bcast(tau_c - tau_n, x)
-        G = teacher(x, tau_c, tau_n, cond)
-        x = x - step * G
-        displacement = displacement + step * G
     gap = _bcast(t - r, F)
     small = gap < delta
+    # the rollout only on the rows whose residual uses it (the official code rolls out every row and discards
+    # the small-gap ones; about half the mul rows are such rows)
+    need = ~small.view(-1)
+    displacement = torch.zeros_like(F)
+    if need.any():
+        all_rows = bool(need.all())
+        pick = (lambda a: a) if all_rows else (lambda a: a[need])
+        t_n, r_n = pick(t), pick(r)
+        t_m = torch.maximum(t_n - delta, r_n)
+        x = pick(x_t) - delta * pick(v)
+        part = torch.zeros_like(x)
+        cond_n = cond if all_rows else _rows(cond, need)
+        for i in range(order):
+            tau_c = t_m + (r_n - t_m) * (i / order)
+            tau_n = t_m + (r_n - t_m) * ((i + 1) / order)
+            step = _bcast(tau_c - tau_n, x)
+            G = teacher(x, tau_c, tau_n, cond_n)
+            x = x - step * G
+            part = part + step * G
+        if all_rows:
+            displacement = part.to(F.dtype)
+        else:
+            displacement[need] = part.to(F.dtype)
     residual = torch.where(small, F - v, (gap * F - displacement) / delta - v)
     return F - residual.clamp(-clip, clip)
 
@@ -199,7 +256,8 @@ def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float) -> tor
     z = torch.randn_like(x_fake)
     s = torch.rand(x_fake.shape[0], device=x_fake.device)
     y = _bcast(s, z) * z + (1 - _bcast(s, z)) * x_fake
-    return (net(y, -s, -s, cond) - net(y, s, s, cond)).float().clamp(-clip, clip)
+    fake, real = _paired_call(net, y, -s, -s, cond, y, s, s, cond)  # one forward of both branches
+    return (fake - real).float().clamp(-clip, clip)
 
 
 class TwinFlowObjective:
@@ -230,6 +288,8 @@ class TwinFlowObjective:
             t[masks["e2e"]], r[masks["e2e"]] = 1.0, 0.0
             r[masks["mul"]] = t_near[masks["mul"]]
             x = x.clone()
+            if cfg.image_free:  # data-free distillation: the online model's own samples stand in for the data
+                x = one_step(inner, torch.randn_like(x), cond).to(x.dtype)
             if adv.any():
                 r[adv] = -t[adv]
                 x[adv] = one_step(inner, torch.randn_like(x[adv]), _rows(cond, adv)).to(x.dtype)
@@ -251,14 +311,18 @@ class TwinFlowObjective:
                 # strict bounds as in the official code: e2e rows (t = 1) are not enhanced when hi = 1
                 idx = (t > lo) & (t < hi) & ~adv
                 if idx.any():
-                    f_c = teacher(x_t[idx], t[idx], t[idx], _rows(cond, idx))
-                    f_u = teacher(x_t[idx], t[idx], t[idx], _rows(uncond, idx))
+                    xi, ti = x_t[idx], t[idx]
+                    f_c, f_u = _paired_call(teacher, xi, ti, ti, _rows(cond, idx), xi, ti, ti, _rows(uncond, idx))
                     boost = cfg.enhanced_ratio * (f_c - f_u)
-                    # frozen teacher (data-free distillation): target is pure teacher CFG
-                    target[idx] = (f_u + boost) if fixed_teacher else target[idx] + boost
+                    # official: v + w (f_c - f_u) in every mode but the image-free one with a frozen teacher, where
+                    # v (a velocity towards the model's own sample) is replaced by the teacher's f_u + w (f_c - f_u)
+                    pure_teacher = fixed_teacher and cfg.image_free
+                    target[idx] = (f_u + boost) if pure_teacher else target[idx] + boost
             use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0
             if use_rcgm and (masks["e2e"] | masks["any"]).any():
                 rows = ~adv
+                # official `model_4_rcgm`: the EMA copy, or the online model when the EMA is off (decay 0) or
+                # frozen (decay 1: the frozen copy guides only the CFG target; the rollout follows the online net)
                 rcgm_teacher = inner if fixed_teacher else teacher
                 target[rows] = rcgm_target(
                     rcgm_teacher, F.detach()[rows], target[rows], x_t[rows], t[rows], r[rows],

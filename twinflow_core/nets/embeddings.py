@@ -66,3 +66,35 @@ class TimePairEmbedding(nn.Module):
             return self.emb_t(t) + self.emb_r(r) * gate
         sign = (t < 0).to(self.negative.dtype)[:, None]
         return self.emb_t(t.abs()) + self.emb_r(r.abs()) * gate + sign * self.negative
+
+
+R_EMBED_INITS = ("keep", "normal", "copy_t")
+
+
+def reinit_target_time_embedding(net: nn.Module, mode: str) -> int:
+    """Re-initialise the target-time (r) embedding of every TimePairEmbedding in `net`; returns how many.
+
+    A flow-matching base trains with r = t, where the gate (t - r) is 0, so its r embedding never gets a gradient
+    and enters TwinFlow fine-tuning as it was constructed. The official code re-initialises its second embedder
+    when TwinFlow training starts:
+    - "normal": weights N(0, 0.02), biases 0 (SD3.5 / SANA `init_time_embed_2_weights`);
+    - "copy_t": a copy of the t embedding (Qwen-Image);
+    - "keep": leave it as it is (here: PyTorch's default Linear init from the net's construction).
+    Draws from torch's global generator for "normal": seed it first for a reproducible start.
+    """
+    if mode not in R_EMBED_INITS:
+        raise ValueError(f"r embedding init {mode!r} is not one of {R_EMBED_INITS}")
+    found = [m for m in net.modules() if isinstance(m, TimePairEmbedding)]
+    if mode == "keep":
+        return len(found)
+    with torch.no_grad():
+        for pair in found:
+            if mode == "copy_t":
+                pair.emb_r.load_state_dict(pair.emb_t.state_dict())
+                continue
+            for layer in pair.emb_r.modules():
+                if isinstance(layer, nn.Linear):
+                    nn.init.normal_(layer.weight, mean=0.0, std=0.02)
+                    if layer.bias is not None:
+                        nn.init.zeros_(layer.bias)
+    return len(found)

@@ -100,7 +100,13 @@ class StageConfig:
     weight_decay: float = 0.0
     ema_decay: float = 0.99
     grad_clip: float = 1.0
-    cond_drop: float = 0.1               # fraction of captions replaced by the null caption (the CFG branch)
+    # fraction of captions replaced by the null caption (the CFG branch). Kept in the TwinFlow stage too, a
+    # deviation: the official loaders drop none there; here the baked-CFG target reads the unconditional branch
+    # of a small base fine-tuned with shared weights, and the drop keeps that branch trained
+    cond_drop: float = 0.1
+    # train from an init checkpoint: how its target-time (r) embedding starts (nets/embeddings.py
+    # reinit_target_time_embedding): keep | normal (official SD3.5/SANA, N(0, 0.02)) | copy_t (Qwen-Image)
+    r_embed_init: str = "keep"
     seed: int = 0
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     ckpt_every: int = untracked(100)     # resumable training state every N steps (and at the end)
@@ -218,6 +224,8 @@ def check(s: TrainingSections, where: str) -> None:
                               f"(the objective splits each batch into quarters)")
         if not 0.0 <= st.ema_decay <= 1.0 or not 0.0 <= st.cond_drop < 1.0:
             raise ConfigError(f"{p}: ema_decay must be in [0, 1] and cond_drop in [0, 1)")
+        if st.r_embed_init not in ("keep", "normal", "copy_t"):
+            raise ConfigError(f"{p}.r_embed_init: {st.r_embed_init!r} is not keep, normal or copy_t")
         if len(st.betas) != 2 or st.lr <= 0 or st.grad_clip <= 0:
             raise ConfigError(f"{p}: need lr > 0, grad_clip > 0 and two betas")
         if st.ckpt_every < 1:

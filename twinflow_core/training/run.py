@@ -96,6 +96,11 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         base = load_generator(st.init)
         net, tokenizer = base.net.train().requires_grad_(True), base.tokenizer
         net_name, net_kwargs = base.meta["net"], base.meta["net_kwargs"]
+        if st.r_embed_init != "keep":
+            from twinflow_core.nets.embeddings import reinit_target_time_embedding
+
+            torch.manual_seed(st.seed)
+            reinit_target_time_embedding(net, st.r_embed_init)
         missing = sorted(set(data_meta.get("vocabulary", [])) - set(tokenizer.vocabulary))
         if missing:
             raise DataError(f"{st.data}: caption words {missing[:5]} are unknown to the init checkpoint {st.init}")
