@@ -93,3 +93,26 @@ def save_tiny_sd3_pipeline(folder, words, seed: int = 0, sd35: bool = False, ima
     pipe = tiny_sd3_pipeline(words, seed=seed, sd35=sd35, image_size=image_size)
     pipe.save_pretrained(str(folder), safe_serialization=True)
     return Path(folder)
+
+
+def main(argv=None) -> None:
+    """python -m twinflow_core.adapters.tiny OUT [--words-from PREPARED_DATASET] [--sd35]: write a tiny random
+    SD3 pipeline folder (safetensors) whose tokenizers know the dataset's caption words."""
+    import argparse
+
+    from twinflow_core.data.prepared import read_meta
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("out")
+    ap.add_argument("--words-from", default="data/prepared/shapes")
+    ap.add_argument("--sd35", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-size", type=int, default=32)
+    args = ap.parse_args(argv)
+    words = read_meta(args.words_from).get("vocabulary") or []
+    folder = save_tiny_sd3_pipeline(args.out, words, seed=args.seed, sd35=args.sd35, image_size=args.image_size)
+    print(f"tiny SD3 pipeline ({len(words)} words) -> {folder}")
+
+
+if __name__ == "__main__":
+    main()
