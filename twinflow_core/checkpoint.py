@@ -152,6 +152,10 @@ def load_generator(directory, device: str | torch.device = "cpu") -> Generator:
 
     from twinflow_core.nets import build_net
 
+    if (Path(directory) / "twinflow_generator.json").is_file():  # a latent model: a diffusers pipeline folder
+        from twinflow_core.adapters.pipeline import load_latent_generator
+
+        return load_latent_generator(directory, device)
     meta = read_meta(directory)
     weights = Path(directory) / WEIGHTS
     if not weights.is_file():

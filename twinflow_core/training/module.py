@@ -42,12 +42,15 @@ class _StepEMA:
 
 class TwinFlowModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, objective: ObjectiveConfig, *, lr: float, betas, weight_decay: float,
-                 ema_decay: float, grad_clip: float, seed: int, accumulate: int, null_ids: torch.Tensor):
+                 ema_decay: float, grad_clip: float, seed: int, accumulate: int, null_ids: torch.Tensor,
+                 teacher=None):
         super().__init__()
         self.automatic_optimization = False
         self.net = net
         self.objective = TwinFlowObjective(objective)
-        self.ema = EMA(net, ema_decay)
+        # `teacher`: any object with EMA's interface (e.g. twinflow_core.adapters.lora.LoraTeacher, whose EMA is
+        # a second adapter inside the net); default the EMA copy / online / frozen copy of twinflow_core.ema
+        self.ema = teacher if teacher is not None else EMA(net, ema_decay)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.grad_clip, self.seed, self.accumulate = grad_clip, seed, accumulate
         self.register_buffer("null_ids", null_ids[:1].clone(), persistent=False)
@@ -61,7 +64,8 @@ class TwinFlowModule(L.LightningModule):
         return self.ema.teacher(self.net)
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        params = [p for p in self.net.parameters() if p.requires_grad]  # LoRA: the adapter only
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
 
     def on_fit_start(self):
         if self.ema.model is not None:
@@ -73,8 +77,8 @@ class TwinFlowModule(L.LightningModule):
         if local == 0:
             self._stats, self._t_step = {}, time.perf_counter()
         torch.manual_seed(mix_seed(self.seed, 3, step, micro))
-        x, ids = batch["x"], batch["ids"]
-        uncond = self.null_ids.expand(len(ids), -1)
+        x, ids = batch["x"], batch.get("cond", batch.get("ids"))  # latent batches carry prompt-embedding dicts
+        uncond = batch["uncond"] if "uncond" in batch else self.null_ids.expand(len(ids), -1)
         loss, stats = self.objective(self.net, x, ids, uncond=uncond, ema=_StepEMA(self.ema, local == 0))
         self.manual_backward(loss / self.accumulate)
         for k, v in stats.items():
