@@ -300,3 +300,18 @@ def rollback(client, name: str) -> str:
     client.set_model_version_tag(name, cur, "rolled_back",
                                  f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} by {getpass.getuser()}")
     return f"{name}: champion rolled back from v{cur} to v{target}"
+
+
+def lineage_ref(client, name: str, version: str) -> tuple[str, str]:
+    """(git ref, commit) of the run that made `version` (tags lineage.git_ref / lineage.git_ref_commit)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise TwinflowError(f"model {name!r} has no version {version}") from None
+    ref, commit = mv.tags.get("lineage.git_ref"), mv.tags.get("lineage.git_ref_commit")
+    if not ref or not commit:
+        raise TwinflowError(f"{name} v{version} names no git ref (registered before runs were saved as refs); "
+                            f"its commit was {mv.tags.get('lineage.git_commit', '?')[:10]}")
+    return ref, commit

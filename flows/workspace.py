@@ -87,9 +87,16 @@ def checkout_lock(root: Path, run_id: str) -> Iterator[int]:
     lock_path = root / LOCK_FILE
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    # a moment's patience: an isolated run copying the checkout's dvc.lock holds it shared for milliseconds
+    deadline = time.monotonic() + 3.0
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
         os.close(fd)
         raise CheckoutBusy(f"{root}: another run is using this checkout ({_holder(lock_path)}); wait for it, "
                            "or run with overrides (each such run gets a workspace of its own)") from None
@@ -114,10 +121,11 @@ def _uncommitted(root: Path) -> tuple[list[str], list[str]]:
     return carry, deleted
 
 
-def _dvc_local_config(checkout: Path, workspace: Path) -> None:
+def _dvc_local_config(checkout: Path, workspace: Path, share_cache: bool = True) -> None:
     """The workspace's .dvc/config.local: the checkout's (credentials stay out of git), plus the checkout's
-    cache (one cache: a stage made by either is reused by both) and its local remotes made absolute (a
-    relative remote url would otherwise resolve inside the workspace)."""
+    cache (one cache: a stage made by either is reused by both; not for a reproduction, which has its own)
+    and its local remotes made absolute (a relative remote url would otherwise resolve inside the
+    workspace)."""
     from configobj import ConfigObj
     from dvc.config import Config
 
@@ -125,8 +133,9 @@ def _dvc_local_config(checkout: Path, workspace: Path) -> None:
     local = ConfigObj(str(checkout / ".dvc" / "config.local")) if (checkout / ".dvc/config.local").is_file() \
         else ConfigObj()
     local.filename = str(workspace / ".dvc" / "config.local")
-    cache_dir = (resolved.get("cache") or {}).get("dir") or str(checkout / ".dvc" / "cache")
-    local.setdefault("cache", {})["dir"] = str(Path(cache_dir).resolve())
+    if share_cache:
+        cache_dir = (resolved.get("cache") or {}).get("dir") or str(checkout / ".dvc" / "cache")
+        local.setdefault("cache", {})["dir"] = str(Path(cache_dir).resolve())
     for name, remote in (resolved.get("remote") or {}).items():
         url = str(remote.get("url", ""))
         if url and "://" not in url and Path(url).is_absolute():
@@ -134,23 +143,44 @@ def _dvc_local_config(checkout: Path, workspace: Path) -> None:
     local.write()
 
 
+@contextmanager
+def _checkout_quiet(root: Path) -> Iterator[bool]:
+    """True while no in-place run holds the checkout (held shared, so none can start meanwhile)."""
+    lock_path = root / LOCK_FILE
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            quiet = True
+        except BlockingIOError:
+            quiet = False
+        yield quiet
+    finally:
+        os.close(fd)
+
+
 def create_isolated(checkout: Path, name: str, log: Callable[[str], None] = print) -> Workspace:
-    """A detached worktree of HEAD with the checkout's uncommitted changes, except dvc.lock (another run may
-    be writing it: this run starts from the committed one, and DVC's shared cache and run-cache restore
-    whatever was made before)."""
+    """A detached worktree of HEAD with the checkout's uncommitted changes (as `dvc exp run --temp` takes
+    them). The checkout's dvc.lock (and so its record of what is made) is carried only while no in-place run
+    is writing it; otherwise the committed one is used and DVC's shared cache and run-cache restore what
+    was made before."""
     path = checkout / RUNS_DIR / name
     if path.exists():
         raise WorkspaceError(f"{path}: a run workspace of that name exists already")
     path.parent.mkdir(parents=True, exist_ok=True)
     git(checkout, "worktree", "add", "--detach", "--quiet", str(path), "HEAD")
-    carry, deleted = _uncommitted(checkout)
-    for rel in carry:
-        if rel == "dvc.lock":
-            continue
-        (path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(checkout / rel, path / rel)
-    for rel in deleted:
-        (path / rel).unlink(missing_ok=True)
+    with _checkout_quiet(checkout) as quiet:
+        carry, deleted = _uncommitted(checkout)
+        for rel in carry:
+            if rel == "dvc.lock" and not quiet:
+                log("an in-place run is writing the checkout's dvc.lock: starting from the committed one")
+                continue
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(checkout / rel, path / rel)
+        for rel in deleted:
+            if rel != "dvc.lock" or quiet:
+                (path / rel).unlink(missing_ok=True)
     _dvc_local_config(checkout, path)
     log(f"run workspace: {path} (HEAD {git(checkout, 'rev-parse', '--short', 'HEAD')}"
         f"{f', {len(carry)} uncommitted file(s) carried' if carry else ''})")
@@ -210,3 +240,31 @@ def git_remote(path: Path, wanted: str = "") -> str | None:
     if "origin" in remotes:
         return "origin"
     return remotes[0] if len(remotes) == 1 else None
+
+
+# ---- a registered run, checked out again ----
+
+def restore_run(source: str, ref: str, commit: str, dest: Path, log: Callable[[str], None] = print,
+                dvc_config_from: Path | None = None) -> Path:
+    """`dest` holding the run's commit: cloned from `source` (a path or URL of a repository that has the
+    ref) when it is not a repository yet, the ref fetched, the commit checked out (detached). With
+    `dvc_config_from` (a local checkout), its DVC remotes (local paths made absolute) and config.local
+    are used, so `dvc pull` there reads the remote the run was pushed to."""
+    dest = Path(dest).resolve()
+    if dest.exists() and any(dest.iterdir()):
+        if not (dest / ".git").exists():
+            raise WorkspaceError(f"{dest}: exists, is not empty and is not a git repository")
+        if git(dest, "status", "--porcelain", "--untracked-files=no"):
+            raise WorkspaceError(f"{dest}: has uncommitted changes; commit or discard them first")
+    else:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        git(dest.parent, "clone", "--quiet", "--no-checkout", source, str(dest))
+    git(dest, "fetch", "--quiet", source, f"+{ref}:{ref}")
+    got = git(dest, "rev-parse", ref)
+    if got != commit:
+        raise WorkspaceError(f"{source}: {ref} is at {got[:10]}, the version names {commit[:10]}")
+    git(dest, "checkout", "--quiet", "--detach", commit)
+    if dvc_config_from is not None:
+        _dvc_local_config(dvc_config_from, dest, share_cache=False)
+    log(f"{dest}: {ref} checked out ({commit[:10]})")
+    return dest
