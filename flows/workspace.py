@@ -109,6 +109,13 @@ def checkout_lock(root: Path, run_id: str) -> Iterator[int]:
         os.close(fd)  # releases the flock (children that inherited it keep it until they exit)
 
 
+def ensure_free(root: Path) -> None:
+    """Raise CheckoutBusy now if an in-place run holds the checkout (a cheap check before the flow starts;
+    the flow itself takes the lock)."""
+    with checkout_lock(root, "(checking)"):
+        pass
+
+
 # ---- a workspace of its own ----
 
 def _uncommitted(root: Path) -> tuple[list[str], list[str]]:

@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     root, parsed = check_overrides(args.overrides, args.workdir)  # a bad override fails here, nothing ran
+    if not parsed and not args.isolate:
+        from flows.workspace import ensure_free
+
+        ensure_free(root)  # a busy checkout is refused in one line, before Prefect starts
     # The local ephemeral Prefect server can take >20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.pipeline import pipeline

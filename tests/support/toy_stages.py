@@ -4,7 +4,8 @@ They read params.yaml and write the outputs the real stages write (a real tiny g
 metrics/eval.json with the evaluate stage's metric names, a sample grid), in well under a second, so the
 flow, DVC caching, retries, faults and registration can be tested without minutes of training.
 Knobs in params.yaml `toy:`: fail (a stage that raises a DataError), flaky (a stage that fails with a
-connection error that many times first), scores. Every attempt is appended to attempts.log.
+connection error that many times first), scores, sleep_stage/sleep (a stage that takes that many seconds,
+so that runs overlap or can be interrupted mid-stage). Every attempt is appended to attempts.log.
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def main(stage: str) -> int:
     if toy.get("fail") == stage:
         print(f"twinflow_core.errors.DataError: data/prepared/toy/images.npy: row 3 is blank ({stage})")
         return 2
+    if toy.get("sleep_stage") == stage:
+        import time
+
+        time.sleep(float(toy.get("sleep", 0)))
     if toy.get("flaky_stage") == stage:
         tries = Path("attempts.log").read_text().split().count(stage)
         if tries <= int(toy.get("flaky", 0)):
