@@ -98,13 +98,13 @@ def _retrying(task_fn, cfg: dict):
 def pipeline(overrides: list[str] | None = None, workdir: str | None = None, push: bool = True,
              register_model: bool = True, tracking_uri: str | None = None, isolate: bool | None = None):
     """Run the TwinFlow pipeline. `overrides`: params.yaml keys to change, e.g. ["train.steps=200"].
-    `isolate`: work in a workspace of its own (default: exactly when there are overrides)."""
+    `isolate`: work in a workspace of its own (default: exactly when there are overrides or a remote init)."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
     start = time.monotonic()
     root, parsed = check_overrides(overrides, workdir)  # before anything runs
-    isolated = bool(parsed) if isolate is None else bool(isolate)
+    isolated = workspace.wants_isolation(root, parsed, isolate)
     run_label = f"{flow_run.name or 'run'}-{str(flow_run.id or '')[:8]}".strip("-")
     # MLflow's default store is the checkout's mlflow.db, wherever the stages run
     tracking_uri = tracking.resolve_tracking_uri(root, load_params(root / "params.yaml"), tracking_uri)

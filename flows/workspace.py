@@ -109,6 +109,21 @@ def checkout_lock(root: Path, run_id: str) -> Iterator[int]:
         os.close(fd)  # releases the flock (children that inherited it keep it until they exit)
 
 
+def wants_isolation(root: Path, parsed: dict, isolate: bool | None = None) -> bool:
+    """Whether a run gets a workspace of its own: as asked, else exactly when its params.yaml must differ
+    from the checkout's: overrides, or a remote pretrain.init / train.init (params.yaml is pointed at the
+    folder it is fetched into, flows.init_source)."""
+    if isolate is not None:
+        return bool(isolate)
+    if parsed:
+        return True
+    from flows import init_source
+    from flows.overrides import flatten, load_params
+
+    current = flatten(load_params(root / "params.yaml"))
+    return any(init_source.is_remote(current.get(key)) for key in init_source.INIT_KEYS)
+
+
 def ensure_free(root: Path) -> None:
     """Raise CheckoutBusy now if an in-place run holds the checkout (a cheap check before the flow starts;
     the flow itself takes the lock)."""

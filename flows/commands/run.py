@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     root, parsed = check_overrides(args.overrides, args.workdir)  # a bad override fails here, nothing ran
-    if not parsed and not args.isolate:
-        from flows.workspace import ensure_free
+    from flows.workspace import ensure_free, wants_isolation
 
+    if not wants_isolation(root, parsed, True if args.isolate else None):
         ensure_free(root)  # a busy checkout is refused in one line, before Prefect starts
     # The local ephemeral Prefect server can take >20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
