@@ -102,7 +102,7 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
     path = Path(path)
     text = path.read_text()
     before = yaml.safe_load(text) or {}
-    wanted = _with_overrides(before, parsed)
+    wanted = with_overrides(before, parsed)
     if wanted == before:
         return False
     new_text = _edit_lines(text, parsed)
@@ -116,7 +116,8 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
     return True
 
 
-def _with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
+def with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
+    """A copy of the params tree with the parsed overrides set."""
     import copy
 
     out = copy.deepcopy(tree)

@@ -27,7 +27,7 @@ from prefect.states import Completed
 
 from flows import dvc_ops, init_source, tracking, workspace
 from flows.faults import StageFailed, backoff_delays, retry_on_transient
-from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section
+from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section, with_overrides
 from flows.registry import REGISTER_DEFAULTS
 
 STAGES = ("prepare", "validate", "pretrain", "train", "evaluate")
@@ -106,8 +106,10 @@ def pipeline(overrides: list[str] | None = None, workdir: str | None = None, pus
     root, parsed = check_overrides(overrides, workdir)  # before anything runs
     isolated = workspace.wants_isolation(root, parsed, isolate)
     run_label = f"{flow_run.name or 'run'}-{str(flow_run.id or '')[:8]}".strip("-")
-    # MLflow's default store is the checkout's mlflow.db, wherever the stages run
-    tracking_uri = tracking.resolve_tracking_uri(root, load_params(root / "params.yaml"), tracking_uri)
+    # MLflow's default store is the checkout's mlflow.db, wherever the stages run (an override of
+    # register.tracking_uri counts, as it would in the run's params.yaml)
+    params_after = with_overrides(load_params(root / "params.yaml"), parsed)
+    tracking_uri = tracking.resolve_tracking_uri(root, params_after, tracking_uri)
     if isolated:
         ws = workspace.create_isolated(root, workspace.ref_name(run_label), logger.info)
         try:
