@@ -113,10 +113,15 @@ def wants_isolation(root: Path, parsed: dict, isolate: bool | None = None) -> bo
     """Whether a run gets a workspace of its own: as asked, else exactly when its params.yaml must differ
     from the checkout's: overrides, or a remote pretrain.init / train.init (params.yaml is pointed at the
     folder it is fetched into, flows.init_source)."""
+    if parsed:
+        if isolate is False:
+            from twinflow_core.errors import ConfigError
+
+            raise ConfigError(f"overrides {sorted(parsed)} with isolate=False: overrides are written only into a "
+                              "workspace of the run's own, never into the checkout's params.yaml")
+        return True
     if isolate is not None:
         return bool(isolate)
-    if parsed:
-        return True
     from flows import init_source
     from flows.overrides import flatten, load_params
 

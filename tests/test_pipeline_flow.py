@@ -27,6 +27,8 @@ def project(tmp_path, monkeypatch):
     for key, value in toy_env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # every stage attempt is logged in the project, also those of runs in a workspace of their own
+    monkeypatch.setenv("TOY_ATTEMPTS", str(tmp_path / "proj" / "attempts.log"))
     return make_toy_project(tmp_path / "proj")
 
 
@@ -124,8 +126,13 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
 def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harness):
     from flows.pipeline import pipeline
 
+    params_before = (project / "params.yaml").read_bytes()
     state = pipeline(workdir=str(project), overrides=["toy.fail=validate"], return_state=True)
     assert state.is_failed()
+    # the checkout is as it was; the failed run's workspace is kept to look at, with its override
+    assert (project / "params.yaml").read_bytes() == params_before and not (project / "dvc.lock").exists()
+    (kept,) = (project / ".dvc/tmp/twinflow-runs").iterdir()
+    assert yaml.safe_load((kept / "params.yaml").read_text())["toy"]["fail"] == "validate"
     err = state.result(raise_on_failure=False)
     assert str(err).startswith("stage 'validate' failed (exit 2): twinflow_core.errors.DataError: "
                                "data/prepared/toy/images.npy: row 3 is blank (validate)")

@@ -59,6 +59,20 @@ def test_override_of_a_block_list_falls_back_to_a_round_trip_that_keeps_comments
     assert yaml.safe_load(text) == {"sec": {"items": [3], "other": None, "name": "x"}}
 
 
+def test_a_run_is_isolated_exactly_when_its_params_must_differ_and_overrides_never_go_in_place(tmp_path):
+    from twinflow_core.errors import ConfigError
+
+    (tmp_path / "params.yaml").write_text("train:\n  init: checkpoints/base\n  steps: 4\n")
+    assert workspace.wants_isolation(tmp_path, {}) is False
+    assert workspace.wants_isolation(tmp_path, {}, isolate=True) is True
+    assert workspace.wants_isolation(tmp_path, {"train.steps": 5}) is True
+    with pytest.raises(ConfigError, match="never into the checkout's params.yaml"):
+        workspace.wants_isolation(tmp_path, {"train.steps": 5}, isolate=False)
+    # a remote init makes the run's params.yaml point at the folder it is fetched into: not the checkout's
+    (tmp_path / "params.yaml").write_text("train:\n  init: models:/twinflow-shapes@champion\n  steps: 4\n")
+    assert workspace.wants_isolation(tmp_path, {}) is True
+
+
 def test_checkout_lock_refuses_a_second_run_and_is_free_after_its_holder_is_killed(tmp_path):
     root = tmp_path / "proj"
     root.mkdir()
