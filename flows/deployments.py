@@ -35,6 +35,17 @@ def load_specs(path: Path = ROOT / "prefect.yaml") -> list[dict]:
     return specs
 
 
+def _concurrency(spec: dict):
+    """prefect.yaml `concurrency_limit` (an int, or {limit, collision_strategy}) as Prefect takes it."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+    limit = spec.get("concurrency_limit")
+    if limit is None or isinstance(limit, int):
+        return limit
+    return ConcurrencyLimitConfig(limit=int(limit["limit"]), collision_strategy=ConcurrencyLimitStrategy(
+        limit.get("collision_strategy", "ENQUEUE")))
+
+
 def build_deployments(specs: list[dict], workdir: str | None = None):
     """RunnerDeployments of the pipeline flow; `workdir` (the project to run in) becomes a default parameter."""
     from prefect.schedules import Cron
@@ -50,7 +61,7 @@ def build_deployments(specs: list[dict], workdir: str | None = None):
                      for s in spec.get("schedules") or []]
         deployments.append(pipeline.to_deployment(
             name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
-            parameters=params, schedules=schedules or None))
+            parameters=params, schedules=schedules or None, concurrency_limit=_concurrency(spec)))
     return deployments
 
 

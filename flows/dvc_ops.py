@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,8 @@ import yaml
 
 from flows.faults import StageFailed, TransientFault, is_transient_text
 
-_SKIPPED = re.compile(r"Stage '([^']+)' didn't change, skipping")
+# "didn't change": dvc.lock matches; "is cached": restored from DVC's run-cache (made before, anywhere)
+_SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change, skipping|is cached - skipping run)")
 _RAN = re.compile(r"Running stage '([^']+)'")
 # Lines that say *that* something failed but not *why*; the stage's own error line is preferred.
 _DVC_NOISE = re.compile(r"^(ERROR: failed to reproduce|ERROR: failed to run|Traceback|\s)")
@@ -60,16 +62,21 @@ def _first_error(lines: list[str]) -> str:
 
 
 def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], what: str,
-                  env: dict[str, str] | None = None, progress_every_s: float = 10.0) -> CommandResult:
+                  env: dict[str, str] | None = None, progress_every_s: float = 10.0,
+                  pass_fds: tuple[int, ...] = ()) -> CommandResult:
     """Run a command, sending each output line to `log` as it comes; raise on a non-zero exit.
 
     Progress bars redraw with carriage returns; only one such redraw every `progress_every_s` seconds
-    is logged, so a task log stays readable while still showing that work moves."""
+    is logged, so a task log stays readable while still showing that work moves.
+    The command runs in a process group of its own: when this process is interrupted (Ctrl-C, or the
+    SIGTERM that Prefect turns into an exception), the signal is passed to the whole group (dvc and the
+    stage it spawned) and awaited, so no stage goes on writing after its run has stopped.
+    `pass_fds`: descriptors the command inherits (the checkout lock, workspace.checkout_lock)."""
     start = time.monotonic()
     tail: deque[str] = deque(maxlen=60)
     result = CommandResult(args=args, seconds=0.0)
     proc = subprocess.Popen(args, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, bufsize=0)
+                            stderr=subprocess.STDOUT, bufsize=0, start_new_session=True, pass_fds=pass_fds)
     assert proc.stdout is not None
     buf = b""
     last_progress = 0.0
@@ -91,17 +98,21 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
             result.ran.append(m.group(1))
         log(line)
 
-    # bufsize=0 gives a raw pipe: read() returns whatever has arrived, so lines are logged live.
-    while chunk := proc.stdout.read(65536):
-        buf += chunk
-        while True:
-            idx = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0), default=-1)
-            if idx < 0:
-                break
-            seg, sep, buf = buf[:idx], buf[idx:idx + 1], buf[idx + 1:]
-            emit(seg, is_progress=(sep == b"\r"))
-    emit(buf, is_progress=False)
-    rc = proc.wait()
+    try:
+        # bufsize=0 gives a raw pipe: read() returns whatever has arrived, so lines are logged live.
+        while chunk := proc.stdout.read(65536):
+            buf += chunk
+            while True:
+                idx = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0), default=-1)
+                if idx < 0:
+                    break
+                seg, sep, buf = buf[:idx], buf[idx:idx + 1], buf[idx + 1:]
+                emit(seg, is_progress=(sep == b"\r"))
+        emit(buf, is_progress=False)
+        rc = proc.wait()
+    except BaseException as interrupt:
+        stop_group(proc, signal.SIGINT if isinstance(interrupt, KeyboardInterrupt) else signal.SIGTERM)
+        raise
     result.seconds = time.monotonic() - start
     result.tail = list(tail)
     if rc != 0:
@@ -116,9 +127,25 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
     return result
 
 
-def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None]) -> CommandResult:
+def stop_group(proc: subprocess.Popen, sig: int, grace_s: float = 30.0) -> None:
+    """Signal a command's process group, wait for it, kill it if it will not stop."""
+    for how in (sig, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, how)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None],
+                pass_fds: tuple[int, ...] = ()) -> CommandResult:
     """`dvc repro <stage>`: runs it (and any changed upstream stage) or reports it unchanged."""
-    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, log, f"stage '{stage}'")
+    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, log, f"stage '{stage}'",
+                         pass_fds=pass_fds)
 
 
 def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None) -> CommandResult:
@@ -129,6 +156,20 @@ def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None)
     if local_remote.is_dir() and not (local_remote / ".gitignore").exists():
         (local_remote / ".gitignore").write_text("*\n")
     return result
+
+
+def push_ref(cwd: str | Path, ref: str, log: Callable[[str], None], git_remote: str = "") -> str | None:
+    """The run's ref to the git remote (flows.workspace.git_remote), so a clone can fetch it; None when the
+    repository has no remote (the ref stays in the local repository, where `twinflow models reproduce`
+    finds it). Its DVC outputs went to the DVC remote by `push` just before."""
+    from flows.workspace import git_remote as pick_remote
+
+    remote = pick_remote(Path(cwd), git_remote)
+    if remote is None:
+        log(f"no git remote: {ref} stays in the local repository")
+        return None
+    run_streaming(["git", "push", remote, f"{ref}:{ref}"], cwd, log, f"git push {remote} {ref}")
+    return remote
 
 
 def lock_hashes(cwd: str | Path) -> dict[str, dict[str, str]]:

@@ -2,13 +2,14 @@
 
 An override may only change a key that params.yaml already has, with a value of a compatible type
 (an int may stand for a float, nothing else converts). Checking happens before any stage runs, so a typo
-fails in a second instead of after an hour of training. Applying an override rewrites params.yaml in
-place (comments kept), exactly as `dvc exp run -S` does, so `dvc repro` and dvc.lock see the same values
-the flow ran with.
+fails in a second instead of after an hour of training. Applying an override edits the params.yaml of
+the run's own workspace (never the checkout's: flows.workspace), changing only the overridden values, as
+`dvc exp run --temp -S` does, so `dvc repro` and dvc.lock there see the same values the flow ran with.
 """
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,28 +90,129 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
 
 
 def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
-    """Write parsed overrides into the params file, keeping its comments. Returns True if it changed."""
+    """Write parsed overrides into the params file; returns True if it changed.
+
+    Only the overridden values change: each is replaced on its own line, so comments, quoting, `null`s and
+    the layout of every other key stay byte for byte. A value that does not sit on one line (a block list)
+    falls back to a ruamel round trip, which keeps comments and writes nulls as `null`. Either way the result
+    is re-read and must equal the old content with the overrides applied, else nothing is written. The file
+    is replaced atomically (written beside it, then renamed), so an interrupted write leaves the old one."""
     if not parsed:
         return False
-    from ruamel.yaml import YAML  # comes with dvc; round-trips comments and key order
-
-    rt = YAML()
-    rt.preserve_quotes = True
     path = Path(path)
-    doc = rt.load(path.read_text())
-    changed = False
+    text = path.read_text()
+    before = yaml.safe_load(text) or {}
+    wanted = with_overrides(before, parsed)
+    if wanted == before:
+        return False
+    new_text = _edit_lines(text, parsed)
+    if new_text is None or yaml.safe_load(new_text) != wanted:
+        new_text = _round_trip(text, parsed)
+    if yaml.safe_load(new_text) != wanted:
+        raise ConfigError(f"{path}: could not write overrides {sorted(parsed)} without changing other keys")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(new_text)
+    os.replace(tmp, path)
+    return True
+
+
+def with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
+    """A copy of the params tree with the parsed overrides set."""
+    import copy
+
+    out = copy.deepcopy(tree)
+    for key, value in parsed.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return out
+
+
+def _yaml_scalar(value: Any) -> str:
+    """One-line YAML for a value: flow style for lists and mappings, `null` for None."""
+    if value is None:
+        return "null"
+    dumped = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    return dumped.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _edit_lines(text: str, parsed: dict[str, Any]) -> str | None:
+    """The text with each overridden value replaced where it stands (its key's line, up to a trailing
+    comment); None when a value is not a one-line value after its key."""
+    from ruamel.yaml import YAML
+
+    doc = YAML().load(text)
+    lines = text.split("\n")
     for key, value in parsed.items():
         node = doc
         *parents, leaf = key.split(".")
         for part in parents:
             node = node[part]
-        if node[leaf] != value:
-            node[leaf] = value
-            changed = True
-    if changed:
-        with path.open("w") as fh:
-            rt.dump(doc, fh)
-    return changed
+        if not hasattr(node, "lc"):
+            return None
+        key_line, _ = node.lc.key(leaf)
+        val_line, val_col = node.lc.value(leaf)
+        line = lines[val_line]
+        if val_line != key_line:
+            return None
+        rest = line[val_col:]
+        # the old value ends where a comment starts (" #" outside quotes) or at the end of the line
+        end = _value_end(rest)
+        if end is None:
+            return None
+        new = _yaml_scalar(value)
+        tail = rest[end:]
+        if tail.strip():  # keep a trailing comment in its column where the new value leaves room
+            new = new.ljust(end)
+        lines[val_line] = line[:val_col] + new + tail
+    return "\n".join(lines)
+
+
+def _value_end(rest: str) -> int | None:
+    """Where a one-line YAML value ends in `rest` (before spaces and a comment); None for a multi-line one."""
+    stripped = rest.rstrip()
+    if stripped.endswith(("|", ">", "|-", ">-")) or stripped == "":
+        return None
+    quote, depth = None, 0
+    for i, ch in enumerate(rest):
+        if quote:
+            if ch == quote:
+                quote = None
+            continue
+        if ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "#" and i > 0 and rest[i - 1] in " \t" and depth == 0:
+            return len(rest[:i].rstrip())
+    if quote or depth:
+        return None
+    return len(stripped)
+
+
+def _round_trip(text: str, parsed: dict[str, Any]) -> str:
+    import io
+
+    from ruamel.yaml import YAML  # comes with dvc; round-trips comments and key order
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null",
+                                                                                     "null"))
+    doc = rt.load(text)
+    for key, value in parsed.items():
+        node = doc
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    return buf.getvalue()
 
 
 def section(params: dict, name: str, defaults: dict) -> dict:

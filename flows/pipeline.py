@@ -1,55 +1,77 @@
-"""The Prefect flow: prepare -> validate -> pretrain -> train -> evaluate -> push -> register.
+"""The Prefect flow: prepare -> validate -> pretrain -> train -> evaluate -> save ref -> push -> register.
 
 Each stage task runs `dvc repro <stage>`, the same command a reproducer types, so an unchanged stage is
 skipped and dvc.lock records lineage; its output streams into the task's log. Flow parameters are config
-overrides (`train.steps=200`), checked against params.yaml before anything runs and then written into it
-(as `dvc exp run -S` does). Transient faults (network, S3, tracking server) are retried with exponential
-backoff; deterministic ones (bad data, a bad config, a failing stage) fail at once (flows.faults).
-After the stages, outputs are pushed to the DVC remote, then the run is tracked in MLflow and registered;
-a failed gate is a normal outcome: the flow completes with the verdict in its final message.
+overrides (`train.steps=200`), checked against params.yaml before anything runs.
+Where a run works (flows.workspace): without overrides, in the checkout itself under an exclusive lock (a
+second such run is refused with a one-line message naming the first); with overrides (or `isolate=True`),
+in a git worktree of its own under .dvc/tmp/twinflow-runs/, sharing the DVC cache, with the overrides
+written into that workspace's params.yaml only, as `dvc exp run --temp -S` does. The checkout's
+params.yaml is never written, so a failed, interrupted or killed run cannot leave a value behind.
+After the stages the workspace is saved as a DVC experiment ref (params.yaml, dvc.lock, the uncached
+outputs and the code that ran), outputs are pushed to the DVC remote (and the ref to the git remote, if
+there is one), then the run is tracked in MLflow and registered, its version naming that ref.
+Transient faults (network, S3, tracking server) are retried with exponential backoff; deterministic ones
+(bad data, a bad config, a failing stage) fail at once (flows.faults). A failed gate is a normal outcome:
+the flow completes with the verdict in its final message.
 """
 from __future__ import annotations
 
 import glob
+import json
 import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
-from flows import dvc_ops, init_source, tracking
+from flows import dvc_ops, init_source, tracking, workspace
 from flows.faults import StageFailed, backoff_delays, retry_on_transient
-from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section
+from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section, with_overrides
 from flows.registry import REGISTER_DEFAULTS
 
 STAGES = ("prepare", "validate", "pretrain", "train", "evaluate")
-PIPELINE_DEFAULTS = {"push": True, "dvc_remote": "", "retries": 3, "retry_delay_s": 10.0}
+# git_remote: where run refs are pushed ("" = origin, else the only remote, else none: the ref stays local)
+PIPELINE_DEFAULTS = {"push": True, "dvc_remote": "", "git_remote": "", "retries": 3, "retry_delay_s": 10.0}
 
 
 @task(name="stage", task_run_name="{stage}")
-def run_stage(stage: str, root: str) -> dict:
+def run_stage(stage: str, root: str, lock_fd: int | None = None) -> dict:
     logger = get_run_logger()
-    result = dvc_ops.repro_stage(stage, root, logger.info)
+    result = dvc_ops.repro_stage(stage, root, logger.info, pass_fds=(lock_fd,) if lock_fd is not None else ())
     ran = stage in result.ran
     logger.info(f"stage {stage}: {'ran' if ran else 'unchanged, skipped'} ({result.seconds:.1f} s)")
     return {"stage": stage, "ran": ran, "seconds": round(result.seconds, 2), "also_ran": result.ran}
 
 
 @task(name="dvc-push", task_run_name="dvc-push")
-def push_outputs(root: str, remote: str) -> dict:
+def push_outputs(root: str, remote: str, ref: str = "", git_remote: str = "") -> dict:
+    """The outputs of dvc.lock to the DVC remote, then the run's ref to the git remote when there is one."""
     logger = get_run_logger()
     result = dvc_ops.push(root, logger.info, remote or None)
-    return {"seconds": round(result.seconds, 2)}
+    pushed_to = dvc_ops.push_ref(root, ref, logger.info, git_remote) if ref else None
+    return {"seconds": round(result.seconds, 2), "ref_pushed_to": pushed_to}
+
+
+@task(name="save-ref", task_run_name="save-ref")
+def save_ref(root: str, name: str, message: str) -> dict:
+    """The workspace as a DVC experiment ref (params.yaml, dvc.lock, uncached outputs, code)."""
+    ref, commit = workspace.save_run_ref(Path(root), name, message)
+    get_run_logger().info(f"run saved as {ref} ({commit[:10]}): `dvc exp apply {commit[:10]}` brings it "
+                          "into a checkout")
+    return {"ref": ref, "commit": commit}
 
 
 @task(name="register", task_run_name="register")
-def register_run(root: str, flow_run_id: str, run_name: str, tracking_uri: str | None) -> dict:
+def register_run(root: str, flow_run_id: str, run_name: str, tracking_uri: str | None,
+                 project: str | None = None, git_ref: dict | None = None) -> dict:
     """Track this pipeline run in MLflow and register its generator (once per weights+scores)."""
     from flows.registry import register_outputs
 
     logger = get_run_logger()
     return register_outputs(Path(root), flow_run_id=flow_run_id, run_name=run_name,
-                            tracking_uri=tracking_uri, log=logger.info)
+                            tracking_uri=tracking_uri, log=logger.info,
+                            project=Path(project) if project else None, git_ref=git_ref)
 
 
 def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> dict:
@@ -74,37 +96,33 @@ def _retrying(task_fn, cfg: dict):
 
 @flow(name="twinflow-pipeline", log_prints=True)
 def pipeline(overrides: list[str] | None = None, workdir: str | None = None, push: bool = True,
-             register_model: bool = True, tracking_uri: str | None = None):
-    """Run the TwinFlow pipeline. `overrides`: params.yaml keys to change, e.g. ["train.steps=200"]."""
+             register_model: bool = True, tracking_uri: str | None = None, isolate: bool | None = None):
+    """Run the TwinFlow pipeline. `overrides`: params.yaml keys to change, e.g. ["train.steps=200"].
+    `isolate`: work in a workspace of its own (default: exactly when there are overrides or a remote init)."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
     start = time.monotonic()
     root, parsed = check_overrides(overrides, workdir)  # before anything runs
-    parsed = localise_inits(root, parsed, tracking_uri, logger.info)
-    if apply_overrides(root / "params.yaml", parsed):
-        logger.info(f"params.yaml updated with overrides: {parsed}")
-    params = load_params(root / "params.yaml")
-    cfg = section(params, "pipeline", PIPELINE_DEFAULTS)
-    declared = dvc_ops.stage_names(root)
-    missing = [s for s in STAGES if s not in declared]
-    if missing:
-        raise StageFailed(f"{root / 'dvc.yaml'}: stage(s) {missing} not declared (have {declared})")
-
-    summary: dict = {"root": str(root), "overrides": parsed, "stages": [],
-                     "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
-    stage_task = _retrying(run_stage, cfg)
-    for stage in STAGES:
-        summary["stages"].append(stage_task(stage, str(root)))
-    if push and cfg["push"]:
-        summary["push"] = _retrying(push_outputs, cfg)(str(root), str(cfg["dvc_remote"] or ""))
-    reg = section(params, "register", REGISTER_DEFAULTS)
-    summary["samples"] = sorted(str(Path(p)) for p in glob.glob(str(root / "reports" / "samples_*.png")))
-    summary["scores"] = tracking.read_scores(root / reg["metrics"])
-    if register_model:
-        summary["registration"] = _retrying(register_run, cfg)(
-            str(root), str(flow_run.id), str(flow_run.name), tracking_uri)
-    summary["seconds"] = round(time.monotonic() - start, 2)
+    isolated = workspace.wants_isolation(root, parsed, isolate)
+    run_label = f"{flow_run.name or 'run'}-{str(flow_run.id or '')[:8]}".strip("-")
+    # MLflow's default store is the checkout's mlflow.db, wherever the stages run (an override of
+    # register.tracking_uri counts, as it would in the run's params.yaml)
+    params_after = with_overrides(load_params(root / "params.yaml"), parsed)
+    tracking_uri = tracking.resolve_tracking_uri(root, params_after, tracking_uri)
+    if isolated:
+        ws = workspace.create_isolated(root, workspace.ref_name(run_label), logger.info)
+        try:
+            summary = _run_in(ws, parsed, push, register_model, tracking_uri, run_label, logger, start)
+        except BaseException:
+            logger.error(f"run workspace kept for a look: {ws.path} (remove it with "
+                         f"`git worktree remove --force {ws.path}`); {root / 'params.yaml'} is untouched")
+            raise
+        workspace.remove_isolated(ws)  # its outputs are in the DVC cache and the ref, its record in MLflow
+    else:
+        with workspace.checkout_lock(root, str(flow_run.id)) as fd:
+            ws = workspace.Workspace(checkout=root, path=root, isolated=False, lock_fd=fd)
+            summary = _run_in(ws, parsed, push, register_model, tracking_uri, run_label, logger, start)
     registration = summary.get("registration")
     if registration and registration["verdict"] != "passed":
         # Not a crash: the version is registered as challenger with its verdict; champion is unchanged.
@@ -112,4 +130,44 @@ def pipeline(overrides: list[str] | None = None, workdir: str | None = None, pus
                                  f"v{registration['version']} stays challenger, champion "
                                  f"{'v' + registration['champion'] if registration['champion'] else 'none'}",
                          data=summary)
+    return summary
+
+
+def _run_in(ws: workspace.Workspace, parsed: dict, push: bool, register_model: bool, tracking_uri: str,
+            run_label: str, logger, start: float) -> dict:
+    """The stages, the run's ref, push and registration, all in `ws.path`."""
+    from prefect.runtime import flow_run
+
+    root = ws.path
+    parsed = localise_inits(root, parsed, tracking_uri, logger.info)
+    if apply_overrides(root / "params.yaml", parsed):
+        logger.info(f"{root / 'params.yaml'} updated with overrides: {parsed}")
+    params = load_params(root / "params.yaml")
+    cfg = section(params, "pipeline", PIPELINE_DEFAULTS)
+    declared = dvc_ops.stage_names(root)
+    missing = [s for s in STAGES if s not in declared]
+    if missing:
+        raise StageFailed(f"{root / 'dvc.yaml'}: stage(s) {missing} not declared (have {declared})")
+
+    summary: dict = {"root": str(root), "checkout": str(ws.checkout), "isolated": ws.isolated,
+                     "overrides": parsed, "stages": [],
+                     "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
+    stage_task = _retrying(run_stage, cfg)
+    for stage in STAGES:
+        summary["stages"].append(stage_task(stage, str(root), ws.lock_fd))
+    summary["git_ref"] = save_ref(str(root), run_label, f"twinflow run {run_label} (flow run {flow_run.id})"
+                                  + (f"\n\noverrides: {json.dumps(parsed, sort_keys=True)}" if parsed else ""))
+    if push and cfg["push"]:
+        summary["push"] = _retrying(push_outputs, cfg)(str(root), str(cfg["dvc_remote"] or ""),
+                                                      summary["git_ref"]["ref"], str(cfg["git_remote"] or ""))
+    reg = section(params, "register", REGISTER_DEFAULTS)
+    grids = sorted(Path(p).relative_to(root) for p in glob.glob(str(root / "reports" / "samples_*.png")))
+    # an isolated workspace is removed after a successful run: its grids are in the ref (and in MLflow)
+    summary["samples"] = [f"{summary['git_ref']['commit'][:10]}:{g}" if ws.isolated else str(root / g)
+                          for g in grids]
+    summary["scores"] = tracking.read_scores(root / reg["metrics"])
+    if register_model:
+        summary["registration"] = _retrying(register_run, cfg)(
+            str(root), str(flow_run.id), str(flow_run.name), tracking_uri, str(ws.checkout), summary["git_ref"])
+    summary["seconds"] = round(time.monotonic() - start, 2)
     return summary

@@ -166,11 +166,17 @@ def existing_registration(client, version, gate: GateConfig) -> Registration:
 
 
 def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None = None,
-                     tracking_uri: str | None = None, log: Callable[[str], None] = print) -> dict:
+                     tracking_uri: str | None = None, log: Callable[[str], None] = print,
+                     project: Path | None = None, git_ref: dict | None = None) -> dict:
     """The pipeline's last step: one MLflow run for this pipeline run (params, metrics, artifacts,
     lineage tags) and, unless these weights and scores were registered before, a new model version
-    gated as above. A down tracking server raises TransientFault naming it; nothing is deleted."""
+    gated as above. A down tracking server raises TransientFault naming it; nothing is deleted.
+    `root` is where the stages ran; `project` the checkout it came from (default: root), whose sqlite
+    store and mlartifacts/ a local MLflow uses. `git_ref` {"ref", "commit"}: the run's saved workspace
+    (flows.workspace.save_run_ref), recorded as lineage.git_ref / lineage.git_ref_commit so that
+    `twinflow models reproduce` can check the version out again."""
     start = time.monotonic()
+    project = project or root
     params = load_params(root / "params.yaml")
     reg = section(params, "register", REGISTER_DEFAULTS)
     gate = GateConfig.from_params(params, where=str(root / "params.yaml"))
@@ -178,13 +184,15 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
     checkpoint = root / reg["checkpoint"]
     if not (checkpoint / "model.safetensors").is_file():
         raise StageFailed(f"{checkpoint}: no model.safetensors to register (did the train stage run?)")
-    uri = tracking.resolve_tracking_uri(root, params, tracking_uri)
+    uri = tracking.resolve_tracking_uri(project, params, tracking_uri)
     tracking.check_reachable(uri)
     try:
         tracking.configure(uri)
-        experiment_id = tracking.ensure_experiment(reg["experiment"], root, uri)
+        experiment_id = tracking.ensure_experiment(reg["experiment"], project, uri)
         lineage = {**LINEAGE_OUTPUTS, "checkpoint": reg["checkpoint"], "metrics": reg["metrics"]}
         tags = {**tracking.lineage_tags(dvc_ops.lock_hashes(root), lineage), **tracking.git_state(root)}
+        if git_ref:
+            tags.update({"lineage.git_ref": git_ref["ref"], "lineage.git_ref_commit": git_ref["commit"]})
         if flow_run_id:
             tags["lineage.prefect_flow_run_id"] = flow_run_id
         key = tracking.registration_key(tags, checkpoint, root / reg["metrics"])
@@ -296,3 +304,18 @@ def rollback(client, name: str) -> str:
     client.set_model_version_tag(name, cur, "rolled_back",
                                  f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} by {getpass.getuser()}")
     return f"{name}: champion rolled back from v{cur} to v{target}"
+
+
+def lineage_ref(client, name: str, version: str) -> tuple[str, str]:
+    """(git ref, commit) of the run that made `version` (tags lineage.git_ref / lineage.git_ref_commit)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version(name, str(version))
+    except MlflowException:
+        raise TwinflowError(f"model {name!r} has no version {version}") from None
+    ref, commit = mv.tags.get("lineage.git_ref"), mv.tags.get("lineage.git_ref_commit")
+    if not ref or not commit:
+        raise TwinflowError(f"{name} v{version} names no git ref (registered before runs were saved as refs); "
+                            f"its commit was {mv.tags.get('lineage.git_commit', '?')[:10]}")
+    return ref, commit

@@ -22,6 +22,16 @@ def test_prefect_yaml_defines_nightly_cron_with_timezone_and_on_demand():
     assert not specs["on-demand"].get("schedules")
 
 
+def test_deployments_carry_concurrency_limits_and_on_demand_runs_isolated():
+    from flows.deployments import build_deployments
+
+    built = {d.name: d for d in build_deployments(load_specs())}
+    assert built["nightly"].concurrency_limit == 1  # works in the checkout: one at a time
+    assert built["nightly"].concurrency_options.collision_strategy.value == "ENQUEUE"
+    assert built["on-demand"].concurrency_limit == 2
+    assert built["on-demand"].parameters["isolate"] is True and "isolate" not in built["nightly"].parameters
+
+
 @pytest.mark.slow
 def test_served_deployment_run_through_the_api_completes(tmp_path):
     from mlflow.tracking import MlflowClient

@@ -4,6 +4,7 @@ push, the failed-gate outcome, and which faults are retried."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,13 @@ def project(tmp_path, monkeypatch):
     for key, value in toy_env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # every stage attempt is logged in the project, also those of runs in a workspace of their own
+    monkeypatch.setenv("TOY_ATTEMPTS", str(tmp_path / "proj" / "attempts.log"))
     return make_toy_project(tmp_path / "proj")
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
 
 
 def attempts(root: Path) -> list[str]:
@@ -60,9 +67,11 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
 
     from flows.pipeline import pipeline
 
+    params_before = (project / "params.yaml").read_bytes()
     state = pipeline(workdir=str(project), return_state=True)
     assert state.is_completed(), state.message
     summary = state.result()
+    assert summary["isolated"] is False and summary["root"] == str(project)
     assert [s["stage"] for s in summary["stages"]] == ["prepare", "validate", "pretrain", "train", "evaluate"]
     assert all(s["ran"] for s in summary["stages"])
     reg = summary["registration"]
@@ -76,6 +85,11 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
     assert mv.tags["lineage.data_md5"] == next(o["md5"] for o in lock["stages"]["prepare"]["outs"])
     assert mv.tags["lineage.prefect_flow_run_id"] == summary["flow_run_id"]
     assert len(mv.tags["lineage.git_commit"]) == 40
+    # the version names the run's DVC experiment ref, which holds this dvc.lock and params.yaml
+    ref = mv.tags["lineage.git_ref"]
+    assert ref.startswith("refs/exps/") and ref == summary["git_ref"]["ref"]
+    assert git(project, "rev-parse", ref) == mv.tags["lineage.git_ref_commit"]
+    assert git(project, "show", f"{ref}:dvc.lock") == (project / "dvc.lock").read_text().strip()
     # pushed: the checkpoint's files are in the local remote
     pushed = [p for p in (project / ".dvc-remote").rglob("*") if p.is_file()]
     assert len(pushed) >= 4
@@ -88,15 +102,22 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
     assert again["registration"]["created"] is False and again["registration"]["version"] == "1"
     assert attempts(project) == ["prepare", "validate", "pretrain", "train", "evaluate"]
 
-    # an override reruns only what depends on it; a failing gate completes with the verdict
+    # an override reruns only what depends on it, in a workspace of its own (the checkout's params.yaml
+    # is never written); a failing gate completes with the verdict
+    lock_before = (project / "dvc.lock").read_bytes()
     state = pipeline(workdir=str(project), overrides=["toy.geneval=0.3"], return_state=True)
     assert state.is_completed()
     assert state.message.startswith("gate failed: geneval-shapes/overall@1nfe 0.3 < 0.5")
     assert "v2 stays challenger, champion v1" in state.message
     summary = state.result()
     assert [s["stage"] for s in summary["stages"] if s["ran"]] == ["evaluate"]
-    assert yaml.safe_load((project / "params.yaml").read_text())["toy"]["geneval"] == 0.3
-    assert "# toy project params" in (project / "params.yaml").read_text()  # comments kept
+    assert summary["isolated"] is True and not Path(summary["root"]).exists()  # removed after success
+    assert (project / "params.yaml").read_bytes() == params_before
+    assert (project / "dvc.lock").read_bytes() == lock_before
+    run_params = git(project, "show", f"{summary['git_ref']['ref']}:params.yaml")
+    assert yaml.safe_load(run_params)["toy"]["geneval"] == 0.3
+    assert run_params.startswith("# toy project params")  # comments kept
+    assert summary["samples"] == [f"{summary['git_ref']['commit'][:10]}:reports/samples_1nfe.png"]
     client = MlflowClient(uri, uri)
     assert sorted(client.get_model_version("tiny-gen", "2").aliases) == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-gen", "champion").version) == "1"
@@ -105,8 +126,13 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
 def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harness):
     from flows.pipeline import pipeline
 
+    params_before = (project / "params.yaml").read_bytes()
     state = pipeline(workdir=str(project), overrides=["toy.fail=validate"], return_state=True)
     assert state.is_failed()
+    # the checkout is as it was; the failed run's workspace is kept to look at, with its override
+    assert (project / "params.yaml").read_bytes() == params_before and not (project / "dvc.lock").exists()
+    (kept,) = (project / ".dvc/tmp/twinflow-runs").iterdir()
+    assert yaml.safe_load((kept / "params.yaml").read_text())["toy"]["fail"] == "validate"
     err = state.result(raise_on_failure=False)
     assert str(err).startswith("stage 'validate' failed (exit 2): twinflow_core.errors.DataError: "
                                "data/prepared/toy/images.npy: row 3 is blank (validate)")

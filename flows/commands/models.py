@@ -7,6 +7,8 @@
     twinflow models release NAME VERSION              team server: copy VERSION into NAME-production and make
                                                       it `champion` there (a release manager's account only;
                                                       infra/README.md, flows/release.py)
+    twinflow models reproduce NAME VERSION DIR        the version's run (its git ref) checked out in DIR,
+                                                      its outputs `dvc pull`ed: `dvc status` there is clean
 
 The store is the pipeline's: --tracking-uri, else $MLFLOW_TRACKING_URI, else params.yaml
 `register.tracking_uri`, else sqlite:///<project>/mlflow.db. The gate comes from params.yaml `gate:`.
@@ -35,6 +37,12 @@ def register(subparsers) -> None:
     rl = sub.add_parser("release", help="copy VERSION into NAME-production as its champion (release managers)")
     rl.add_argument("name")
     rl.add_argument("version")
+    rp = sub.add_parser("reproduce", help="check out a version's run in DIR and `dvc pull` its outputs")
+    rp.add_argument("name")
+    rp.add_argument("version")
+    rp.add_argument("dir", help="folder to restore into: new (cloned), or a clone without local changes")
+    rp.add_argument("--repo", default=None,
+                    help="git repository holding the run refs (default: this checkout; a URL for a team remote)")
     parser.set_defaults(func=run)
 
 
@@ -89,5 +97,28 @@ def run(args: argparse.Namespace) -> int:
         print(release.promote_to_production(client, args.name, args.version,
                                             account=os.environ.get("MLFLOW_TRACKING_USERNAME")))
         return 0
+    if args.action == "reproduce":
+        return _reproduce(args, registry, client)
     print(registry.rollback(client, args.name))
     return 0
+
+
+def _reproduce(args: argparse.Namespace, registry, client) -> int:
+    """The run's ref -> DIR, `dvc pull`, then `dvc status` must be clean (exit 1 when it is not)."""
+    import subprocess
+    import sys
+
+    from flows import dvc_ops, workspace
+
+    ref, commit = registry.lineage_ref(client, args.name, args.version)
+    checkout = Path(args.params).resolve().parent
+    source = args.repo or workspace.git(checkout, "rev-parse", "--show-toplevel")
+    dest = workspace.restore_run(source, ref, commit, Path(args.dir), print,
+                                 dvc_config_from=checkout if (checkout / ".dvc").is_dir() else None)
+    dvc_ops.run_streaming([sys.executable, "-m", "dvc", "pull"], dest, print, "dvc pull")
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=dest, env=dvc_ops.tool_env(),
+                            capture_output=True, text=True)
+    clean = status.returncode == 0 and "up to date" in status.stdout
+    print(f"{args.name} v{args.version}: {dest} holds {ref} ({commit[:10]}); dvc status: "
+          + ("clean, `dvc repro` has nothing to do" if clean else "NOT clean:\n" + status.stdout.strip()))
+    return 0 if clean else 1

@@ -3,6 +3,10 @@ know: 1-NFE scores beside the reference, the gate verdict, the model version and
 sample grid is, and how to open the MLflow and Prefect UIs.
 
 Overrides change params.yaml keys (`twinflow run train.steps=200`); an unknown key fails at once.
+Without overrides the run works in this checkout (one at a time: a second is refused, naming the first);
+with overrides (or --isolate) it works in a git worktree of its own and leaves this checkout's files as
+they were. Either way the run is saved as a DVC experiment ref (`dvc exp list`), which its registered
+version names (`twinflow models reproduce NAME VERSION DIR` checks it out again).
 Exit status: 0 done and gate passed, 3 done but the gate failed (version left as challenger),
 2 a user-fixable error (bad override, bad data, a failing stage), 1 anything else.
 """
@@ -24,6 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: sqlite mlflow.db here)")
     parser.add_argument("--no-push", action="store_true", help="skip `dvc push` to the remote")
     parser.add_argument("--no-register", action="store_true", help="stop after evaluate (no MLflow)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="work in a workspace of its own even without overrides (default: only with them)")
     parser.set_defaults(func=run)
 
 
@@ -32,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     root, parsed = check_overrides(args.overrides, args.workdir)  # a bad override fails here, nothing ran
+    from flows.workspace import ensure_free, wants_isolation
+
+    if not wants_isolation(root, parsed, True if args.isolate else None):
+        ensure_free(root)  # a busy checkout is refused in one line, before Prefect starts
     # The local ephemeral Prefect server can take >20 s to start on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     from flows.pipeline import pipeline
 
     state = pipeline(overrides=list(args.overrides), workdir=str(root), push=not args.no_push,
-                     register_model=not args.no_register, tracking_uri=args.tracking_uri, return_state=True)
+                     register_model=not args.no_register, tracking_uri=args.tracking_uri,
+                     isolate=True if args.isolate else None, return_state=True)
     wall = time.monotonic() - start
     if not state.is_completed():
         err = state.result(raise_on_failure=False)
@@ -133,8 +144,15 @@ def render_summary(summary: dict) -> str:
             f"  {reg['decision']}" if reg.get("decision") else "",
             f'  load it: mlflow.pyfunc.load_model("models:/{reg["model_name"]}@champion").predict(["a red circle"])',
         ]
+    ref = summary.get("git_ref") or {}
+    if ref:
+        where = (f"worked in its own workspace (removed; {summary['checkout']} untouched)" if summary.get("isolated")
+                 else "worked in this checkout")
+        lines.append(f"run: {where}; saved as {ref['ref']} ({ref['commit'][:10]}); "
+                     f"`dvc exp apply {ref['commit'][:10]}` brings it here")
     for path in summary.get("samples", []):
-        lines.append(f"samples: {path}")
+        # an isolated run's grids live in its ref: "<commit>:<path>"
+        lines.append(f"samples: {path}" + (f"   (git show {path} > {path.split('/')[-1]})" if ":" in path else ""))
     uri = reg.get("tracking_uri", "")
     if uri:
         if uri.startswith(("http://", "https://")):

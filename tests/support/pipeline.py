@@ -88,7 +88,7 @@ def make_toy_project(root: Path, **toy) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     params = {
         "toy": {"size": 16, "seed": 0, "fail": "", "flaky_stage": "", "flaky": 0, "geneval": 0.8, "dpg": 80.0,
-                **toy},
+                "sleep_stage": "", "sleep": 0, **toy},
         "gate": GATE,
         "register": {"model_name": "tiny-gen", "experiment": "tests"},
         "pipeline": {"push": True, "dvc_remote": "", "retries": 2, "retry_delay_s": 0.1},

@@ -4,11 +4,15 @@ They read params.yaml and write the outputs the real stages write (a real tiny g
 metrics/eval.json with the evaluate stage's metric names, a sample grid), in well under a second, so the
 flow, DVC caching, retries, faults and registration can be tested without minutes of training.
 Knobs in params.yaml `toy:`: fail (a stage that raises a DataError), flaky (a stage that fails with a
-connection error that many times first), scores. Every attempt is appended to attempts.log.
+connection error that many times first), scores, sleep_stage/sleep (a stage that takes that many seconds,
+so that runs overlap or can be interrupted mid-stage).
+Attempts go to $TOY_ATTEMPTS when set (a run in a workspace of its own logs to its project's file), else
+to attempts.log where the stage runs. Every attempt is appended to attempts.log.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -18,14 +22,19 @@ import yaml
 def main(stage: str) -> int:
     params = yaml.safe_load(Path("params.yaml").read_text())
     toy = params["toy"]
-    with open("attempts.log", "a") as fh:
+    log = os.environ.get("TOY_ATTEMPTS", "attempts.log")
+    with open(log, "a") as fh:
         fh.write(stage + "\n")
     print(f"toy stage {stage}: starting")
     if toy.get("fail") == stage:
         print(f"twinflow_core.errors.DataError: data/prepared/toy/images.npy: row 3 is blank ({stage})")
         return 2
+    if toy.get("sleep_stage") == stage:
+        import time
+
+        time.sleep(float(toy.get("sleep", 0)))
     if toy.get("flaky_stage") == stage:
-        tries = Path("attempts.log").read_text().split().count(stage)
+        tries = Path(log).read_text().split().count(stage)
         if tries <= int(toy.get("flaky", 0)):
             print("requests.exceptions.ConnectionError: HTTPSConnectionPool(host='s3.example'): "
                   "Max retries exceeded (Connection refused)")
