@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from twinflow_core.errors import TwinflowError
+from twinflow_core.errors import USAGE_EXIT, TwinflowError, exit_code
+from twinflow_core.redaction import redact
 
 # name -> module; the order is the order of `twinflow --help`.
 COMMAND_MODULES = {
@@ -41,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return USAGE_EXIT
     try:
         result = args.func(args)
     except TwinflowError as err:
-        print(f"twinflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        # one line, the family's exit status (twinflow_core/errors.py), never a credential
+        message = " ".join(redact(str(err)).split("\n"))
+        print(f"twinflow {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(err)
     return int(result or 0)
 
 
