@@ -24,7 +24,7 @@ from flows.faults import StageFailed, TransientFault, is_transient
 from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion
 from flows.overrides import load_params, section
 from flows.tracking import mlflow_key
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import ConfigError, GateRefused, TrackingError, TwinflowError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
@@ -256,10 +256,10 @@ def promote(client, name: str, version: str, gate: GateConfig, force: bool = Fal
     try:
         mv = client.get_model_version(name, str(version))
     except MlflowException:
-        raise TwinflowError(f"model {name!r} has no version {version}") from None
+        raise TrackingError(f"model {name!r} has no version {version}") from None
     verdict = check_gate(scores_of(mv), gate)
     if not verdict.passed and not force:
-        raise TwinflowError(f"{name} v{version} fails the gate ({verdict.text()}); "
+        raise GateRefused(f"{name} v{version} fails the gate ({verdict.text()}); "
                             "promote anyway with --force --reason \"...\"")
     previous = champion_version(client, name)
     _set_champion(client, name, str(version))
@@ -279,13 +279,13 @@ def rollback(client, name: str) -> str:
     """Champion back to the one before it in `champion_history`."""
     current = champion_version(client, name)
     if current is None:
-        raise TwinflowError(f"model {name!r} has no champion to roll back")
+        raise TrackingError(f"model {name!r} has no champion to roll back")
     cur = str(current.version)
     history = _history(client, name)
     while history and history[-1] == cur:
         history.pop()
     if not history:
-        raise TwinflowError(f"{name}: v{cur} is the first champion; there is none to roll back to")
+        raise TrackingError(f"{name}: v{cur} is the first champion; there is none to roll back to")
     target = history[-1]
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))

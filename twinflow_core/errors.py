@@ -7,6 +7,7 @@ whose family says what kind of input was wrong (the README's "Exit codes" sectio
     13 checkpoint | 14 tracking server / model registry | 15 benchmark outputs
     16 a pipeline stage failed (with the stage's own status when it is one of the above)
     17 a transient fault outlived its retries (network, S3, tracking server down)
+    18 the Python running a stage lacks the project's environment (flows/stages/__init__.py)
 
 A subclass is chosen by the input at fault, not by the module that noticed it: a checkpoint that will not load is a
 CheckpointError wherever it is read. Subclasses of DataError stay DataErrors, so `except DataError` still catches them.
@@ -58,6 +59,12 @@ class BenchmarkOutputError(DataError):
     kind = "benchmark"
 
 
+class GateRefused(TwinflowError):
+    """A release action the promotion gate refuses (promote a version whose scores fail it): the gate's status."""
+    exit_code = GATE_FAILED_EXIT
+    kind = "gate"
+
+
 EXIT_CODES = {
     0: "done", 1: "unexpected failure (a bug: traceback)", USAGE_EXIT: "bad command-line arguments",
     GATE_FAILED_EXIT: "done, gate failed: the new version stays challenger",
@@ -66,6 +73,7 @@ EXIT_CODES = {
     TrackingError.exit_code: "tracking server / model registry",
     BenchmarkOutputError.exit_code: "benchmark outputs",
     16: "a pipeline stage failed", 17: "a transient fault outlived its retries",
+    18: "the project's environment is missing (run `source tools/env.sh`)",
 }
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from twinflow_core.errors import DataError
+
 
 def main(stage: str) -> int:
     params = yaml.safe_load(Path("params.yaml").read_text())
@@ -23,7 +25,7 @@ def main(stage: str) -> int:
     print(f"toy stage {stage}: starting")
     if toy.get("fail") == stage:
         print(f"twinflow_core.errors.DataError: data/prepared/toy/images.npy: row 3 is blank ({stage})")
-        return 2
+        return DataError.exit_code  # as a real stage does for bad data
     if toy.get("flaky_stage") == stage:
         tries = Path("attempts.log").read_text().split().count(stage)
         if tries <= int(toy.get("flaky", 0)):

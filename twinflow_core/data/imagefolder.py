@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from twinflow_core.data.sample import Sample
-from twinflow_core.errors import DataError
+from twinflow_core.errors import DataError, StorageError
 
 METADATA = "metadata.jsonl"
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
@@ -66,28 +66,28 @@ class Folder:
         try:
             return fn()
         except (bex.NoCredentialsError, bex.PartialCredentialsError):
-            raise DataError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            raise StorageError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY, or data.imagefolder.storage_options)") from None
         except PermissionError:
-            raise DataError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+            raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
         except FileNotFoundError:
             if what is None:
-                raise DataError(f"{where}: bucket {self.bucket!r} does not exist"
+                raise StorageError(f"{where}: bucket {self.bucket!r} does not exist"
                                 f"{' at ' + self.endpoint if self.endpoint else ''}") from None
-            raise DataError(f"{where}: not found") from None
+            raise StorageError(f"{where}: not found") from None
         except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
                 ConnectionError, TimeoutError) as err:
-            raise DataError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'} "
+            raise StorageError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'} "
                             f"({type(err).__name__})") from None
         except OSError as err:
             text = str(err)
             if "NoSuchBucket" in text:
-                raise DataError(f"{where}: bucket {self.bucket!r} does not exist") from None
+                raise StorageError(f"{where}: bucket {self.bucket!r} does not exist") from None
             if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")):
-                raise DataError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+                raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
             if any(s in text for s in ("connect", "Connect", "timed out")):
-                raise DataError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'}") from None
-            raise DataError(f"{where}: S3 error {type(err).__name__}") from None
+                raise StorageError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'}") from None
+            raise StorageError(f"{where}: S3 error {type(err).__name__}") from None
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}"
