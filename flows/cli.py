@@ -23,8 +23,15 @@ COMMAND_MODULES = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look), exit 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twinflow", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="twinflow", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMAND_MODULES.items():
         try:
@@ -37,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(command: str, err: TwinflowError) -> tuple[str, int]:
+    """The one line printed for a user-fixable error (credentials redacted) and its exit family."""
+    message = " ".join(redact(str(err)).split("\n"))
+    return f"twinflow {command}: error: {message}", exit_code(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except TwinflowError as err:
         # one line, the family's exit status (twinflow_core/errors.py), never a credential
-        message = " ".join(redact(str(err)).split("\n"))
-        print(f"twinflow {args.command}: error: {message}", file=sys.stderr)
-        return exit_code(err)
+        line, code = error_line(args.command, err)
+        print(line, file=sys.stderr)
+        return code
     return int(result or 0)
 
 

@@ -97,12 +97,13 @@ class Folder:
             path = self.root / METADATA
             if not path.is_file():
                 raise DataError(f"{path}: not found (an image folder needs {METADATA} with file_name and text)")
-            return path.read_text(encoding="utf-8")
+            return _utf8(path.read_bytes(), str(path))
         files = self.files()
         if METADATA not in files:
             raise DataError(f"{self.where(METADATA)}: not found (an image folder needs {METADATA} "
                             "with file_name and text)")
-        return self._s3(lambda: self.fs.cat_file(f"{self.prefix}/{METADATA}"), self.where(METADATA)).decode("utf-8")
+        return _utf8(self._s3(lambda: self.fs.cat_file(f"{self.prefix}/{METADATA}"), self.where(METADATA)),
+                     self.where(METADATA))
 
     def files(self) -> set[str]:
         """Relative names of every file under the folder."""
@@ -130,6 +131,16 @@ class Folder:
                     # Fetch it alone: either it arrives now, or the error gets its name.
                     data = self._s3(lambda: self.fs.cat_file(path), self.where(rel))
                 yield rel, data
+
+
+def _utf8(data: bytes, where: str) -> str:
+    """metadata.jsonl is UTF-8 (as Hugging Face's imagefolder reads it); anything else names its line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{where} line {line}: not UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8") \
+            from None
 
 
 def parse_metadata(text: str, where: str) -> list[tuple[int, str, str]]:
