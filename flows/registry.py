@@ -25,6 +25,7 @@ from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion
 from flows.overrides import load_params, section
 from flows.tracking import mlflow_key
 from twinflow_core.errors import ConfigError, GateRefused, TrackingError, TwinflowError
+from twinflow_core.redaction import redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
@@ -208,11 +209,11 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
     except Exception as err:  # noqa: BLE001 - classified, then re-raised naming the store
         if isinstance(err, TwinflowError) or not is_transient(err):
             raise
-        raise TransientFault(f"MLflow at {uri} failed during registration: "
-                             f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+        raise TransientFault(f"MLflow at {redact(uri)} failed during registration: "
+                             f"{type(err).__name__}: {redact(str(err).splitlines()[0])[:200]}") from err
     log(f"{result.name} v{result.version}: gate {result.verdict.label}; {result.decision}")
     return {
-        "tracking_uri": uri, "mlflow_run_id": run_id, "experiment_id": experiment_id,
+        "tracking_uri": redact(uri), "mlflow_run_id": run_id, "experiment_id": experiment_id,
         "model_name": result.name, "version": result.version, "created": result.created,
         "verdict": result.verdict.label, "reasons": result.verdict.reasons, "promoted": result.promoted,
         "champion": result.champion, "aliases": result.aliases, "decision": result.decision,

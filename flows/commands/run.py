@@ -110,7 +110,9 @@ def render_summary(summary: dict) -> str:
         ]
     for path in summary.get("samples", []):
         lines.append(f"samples: {path}")
-    uri = reg.get("tracking_uri", "")
+    from twinflow_core.redaction import redact
+
+    uri = redact(reg.get("tracking_uri", ""))  # never print a credential
     if uri:
         if uri.startswith(("http://", "https://")):
             lines.append(f"MLflow UI: {uri}/#/models/{reg['model_name']}")
