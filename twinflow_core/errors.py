@@ -67,7 +67,7 @@ class GateRefused(TwinflowError):
 
 EXIT_CODES = {
     0: "done", 1: "unexpected failure (a bug: traceback)", USAGE_EXIT: "bad command-line arguments",
-    GATE_FAILED_EXIT: "done, gate failed: the new version stays challenger",
+    GATE_FAILED_EXIT: "the promotion gate failed: the new version stays challenger (or a promote is refused)",
     ConfigError.exit_code: "configuration or override", DataError.exit_code: "input data",
     StorageError.exit_code: "object storage (S3, DVC remote)", CheckpointError.exit_code: "checkpoint",
     TrackingError.exit_code: "tracking server / model registry",
