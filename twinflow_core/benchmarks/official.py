@@ -153,9 +153,9 @@ def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> di
     path = Path(path)
     if not path.is_file():
         raise BenchmarkOutputError(f"DPG detail file not found: {path}")
-    by_item: dict[str, list[dpg_score.Question]] = {}
-    for q in rows:
-        by_item.setdefault(q.item_id, []).append(q)
+    # the questions the official script asks (its first CSV row is never asked), in the order it asks them: a
+    # question whose text repeats the skipped row's maps to its own id, not to the skipped one
+    by_item = {item: list(qs.values()) for item, qs in dpg_score.group_questions(rows, "official").items()}
     tiles: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -165,7 +165,8 @@ def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> di
             raise BenchmarkOutputError(f"{path}:{n}: not a DPG detail line")
         question, answer = m["rest"].rsplit(", ", 1)
         item = os.path.basename(m["path"]).split(".")[0]
-        tiles.setdefault(item, {}).setdefault(m["crop"], []).append((question, answer.strip()))
+        # the answer exactly as written: officially 'yes ' (a trailing space) is not 'yes', so it scores 0
+        tiles.setdefault(item, {}).setdefault(m["crop"], []).append((question, answer))
     answers: dict[str, list[dict[int, str]]] = {}
     for item, crops in tiles.items():
         questions = by_item.get(item, [])
@@ -188,8 +189,11 @@ def dpg_rescore(answers: Mapping[str, Sequence[Mapping[int, str]]], rows: Sequen
     the corrected numbers only."""
     official = dpg_score.summarize(rows, answers, "official")
     grouped = dpg_score.group_questions(rows, "corrected")
+    # corrected rules score only images with an answer for every question and every parent present; the others
+    # are listed, never a reason to stop (the official script scores the rest and so must this)
     complete = {k: v for k, v in answers.items()
-                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)}
+                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)
+                and all(p == 0 or p in grouped[k] for q in grouped[k].values() for p in q.dependency)}
     corrected = dpg_score.summarize(rows, complete, "corrected") if complete else None
     out = {"official": official, "corrected": corrected,
            "metrics": dpg_score.summary_metrics(official, corrected, "dpg")}
