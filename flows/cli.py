@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from twinflow_core.errors import TwinflowError
+from twinflow_core.errors import USAGE_EXIT, TwinflowError, exit_code
+from twinflow_core.redaction import redact
 
 # name -> module; the order is the order of `twinflow --help`.
 COMMAND_MODULES = {
@@ -39,9 +40,16 @@ examples:
   twinflow COMMAND --help                        the options of one command"""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what is wrong, where to look), exit 2, like every other error."""
+
+    def error(self, message: str):
+        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="twinflow", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="twinflow", description=DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMAND_MODULES.items():
         try:
@@ -54,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(command: str, err: TwinflowError) -> tuple[str, int]:
+    """The one line printed for a user-fixable error (credentials redacted) and its exit family."""
+    message = " ".join(redact(str(err)).split("\n"))
+    return f"twinflow {command}: error: {message}", exit_code(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -62,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_third_party()  # before any command imports Lightning or MLflow
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
+        return USAGE_EXIT
     try:
         result = args.func(args)
     except TwinflowError as err:
-        print(f"twinflow {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        # one line, the family's exit status (twinflow_core/errors.py), never a credential
+        line, code = error_line(args.command, err)
+        print(line, file=sys.stderr)
+        return code
     return int(result or 0)
 
 

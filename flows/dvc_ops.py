@@ -123,7 +123,7 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
         message = f"{what} failed (exit {exited[-1] if exited else rc}): {reason}"
         if is_transient_text(text):
             raise TransientFault(message + " [transient: will be retried]")
-        raise StageFailed(message)
+        raise StageFailed(message, int(exited[-1]) if exited else None)
     return result
 
 

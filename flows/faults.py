@@ -23,7 +23,8 @@ TRANSIENT_PATTERNS = [
 # Failures that no retry can fix, even if their text also mentions a connection (e.g. a DataError
 # whose message quotes a URL). TwinflowError subclasses are user-fixable by definition.
 DETERMINISTIC_PATTERNS = [
-    r"\bDataError\b", r"\bConfigError\b", r"\bGateFailed\b", r"validation failed", r"ValidationError",
+    r"\bDataError\b", r"\bConfigError\b", r"\bCheckpointError\b", r"\bBenchmarkOutputError\b", r"\bGateFailed\b",
+    r"validation failed", r"ValidationError",
     r"NoSuchBucket", r"AccessDenied", r"InvalidAccessKeyId", r"SignatureDoesNotMatch",
     r"No such file or directory", r"ModuleNotFoundError", r"SyntaxError", r"is not a DVC stage|does not exist",
 ]
@@ -32,11 +33,23 @@ _DETERMINISTIC = re.compile("|".join(DETERMINISTIC_PATTERNS))
 
 
 class StageFailed(TwinflowError):
-    """A pipeline step failed for a reason a retry will not fix; the message carries its error."""
+    """A pipeline step failed for a reason a retry will not fix; the message carries its error.
+
+    `exit_code` is the stage's own status when it is one of the input families (10..15 of twinflow_core.errors),
+    so `twinflow run` exits 11 for bad data found by `prepare` as `prepare` itself does; else 16."""
+    exit_code = 16
+    kind = "stage"
+
+    def __init__(self, message: str, stage_status: int | None = None):
+        super().__init__(message)
+        if stage_status is not None and 10 <= stage_status <= 15:
+            self.exit_code = stage_status
 
 
 class TransientFault(TwinflowError):
     """A pipeline step failed on something outside it (network, S3, tracking server): worth a retry."""
+    exit_code = 17
+    kind = "transient"
 
 
 def is_transient_text(text: str) -> bool:

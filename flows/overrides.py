@@ -231,28 +231,12 @@ def repo_root(workdir: str | None = None) -> Path:
 
 
 def check_overrides(overrides: list[str] | None, workdir: str | None = None) -> tuple[Path, dict]:
-    """Fail on a bad override (unknown key, wrong type) before anything runs; returns (root, parsed)."""
+    """Fail on a bad override (unknown key, wrong type, out of range) before anything runs; returns (root, parsed)."""
     root = repo_root(workdir)
     params = load_params(root / "params.yaml")
     parsed = parse_overrides(overrides, params, where=str(root / "params.yaml"))
-    from flows.gating import GateConfig
+    from flows.config_check import check_resolved
 
-    GateConfig.from_params({**params, **_parsed_gate(parsed, params)}, where=str(root / "params.yaml"))
+    # every section, ranges and cross-field rules included, by the stages' own validators; nothing written yet
+    check_resolved(params, parsed, where=str(root / "params.yaml"))
     return root, parsed
-
-
-def _parsed_gate(parsed: dict, params: dict) -> dict:
-    """The gate section as it will be after overrides, so a bad gate value also fails up front."""
-    gate = dict(params.get("gate") or {})
-    for key, value in parsed.items():
-        if key.startswith("gate.min."):
-            gate.setdefault("min", {})
-            gate["min"] = {**gate["min"], key[len("gate.min."):]: value}
-        elif key.startswith("gate.ratio."):  # gate.ratio.<metric>.<of|min>
-            metric, _, field = key[len("gate.ratio."):].rpartition(".")
-            ratio = dict(gate.get("ratio") or {})
-            ratio[metric] = {**(ratio.get(metric) or {}), field: value}
-            gate["ratio"] = ratio
-        elif key.startswith("gate."):
-            gate[key[len("gate."):]] = value
-    return {"gate": gate}

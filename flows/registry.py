@@ -24,7 +24,8 @@ from flows.faults import StageFailed, TransientFault, is_transient
 from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion, ratio_values
 from flows.overrides import load_params, section
 from flows.tracking import mlflow_key
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import ConfigError, GateRefused, TrackingError, TwinflowError
+from twinflow_core.redaction import redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
@@ -220,11 +221,11 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
     except Exception as err:  # noqa: BLE001 - classified, then re-raised naming the store
         if isinstance(err, TwinflowError) or not is_transient(err):
             raise
-        raise TransientFault(f"MLflow at {uri} failed during registration: "
-                             f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+        raise TransientFault(f"MLflow at {redact(uri)} failed during registration: "
+                             f"{type(err).__name__}: {redact(str(err).splitlines()[0])[:200]}") from err
     log(f"{result.name} v{result.version}: gate {result.verdict.label}; {result.decision}")
     return {
-        "tracking_uri": uri, "mlflow_run_id": run_id, "experiment_id": experiment_id,
+        "tracking_uri": redact(uri), "mlflow_run_id": run_id, "experiment_id": experiment_id,
         "model_name": result.name, "version": result.version, "created": result.created,
         "verdict": result.verdict.label, "reasons": result.verdict.reasons, "promoted": result.promoted,
         "champion": result.champion, "aliases": result.aliases, "decision": result.decision,
@@ -268,10 +269,10 @@ def promote(client, name: str, version: str, gate: GateConfig, force: bool = Fal
     try:
         mv = client.get_model_version(name, str(version))
     except MlflowException:
-        raise TwinflowError(f"model {name!r} has no version {version}") from None
+        raise TrackingError(f"model {name!r} has no version {version}") from None
     verdict = check_gate(scores_of(mv), gate)
     if not verdict.passed and not force:
-        raise TwinflowError(f"{name} v{version} fails the gate ({verdict.text()}); "
+        raise GateRefused(f"{name} v{version} fails the gate ({verdict.text()}); "
                             "promote anyway with --force --reason \"...\"")
     previous = champion_version(client, name)
     _set_champion(client, name, str(version))
@@ -291,13 +292,13 @@ def rollback(client, name: str) -> str:
     """Champion back to the one before it in `champion_history`."""
     current = champion_version(client, name)
     if current is None:
-        raise TwinflowError(f"model {name!r} has no champion to roll back")
+        raise TrackingError(f"model {name!r} has no champion to roll back")
     cur = str(current.version)
     history = _history(client, name)
     while history and history[-1] == cur:
         history.pop()
     if not history:
-        raise TwinflowError(f"{name}: v{cur} is the first champion; there is none to roll back to")
+        raise TrackingError(f"{name}: v{cur} is the first champion; there is none to roll back to")
     target = history[-1]
     client.set_registered_model_alias(name, CHAMPION, target)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))

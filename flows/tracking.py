@@ -18,6 +18,7 @@ from typing import Any
 from flows.faults import TransientFault
 from flows.overrides import flatten
 from twinflow_core.errors import ConfigError
+from twinflow_core.redaction import redact
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_DIR = Path(__file__).resolve().parents[1] / "twinflow_core"
@@ -40,7 +41,7 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         if uri.startswith("sqlite:///"):
             parent = Path(uri[len("sqlite:///"):]).parent
             if not parent.is_dir():
-                raise ConfigError(f"MLflow store {uri}: folder {parent} does not exist")
+                raise ConfigError(f"MLflow store {redact(uri)}: folder {parent} does not exist")
         return
     import requests
 
@@ -49,13 +50,13 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     except requests.RequestException as err:
         why = ("connection refused" if "refused" in str(err).lower() else
                "timed out" if isinstance(err, requests.Timeout) else type(err).__name__)
-        raise TransientFault(f"MLflow tracking server {uri} is unreachable ({why}); nothing was registered "
+        raise TransientFault(f"MLflow tracking server {redact(uri)} is unreachable ({why}); nothing was registered "
                              "and the stage outputs are kept: run again once it is back (cached stages are "
                              "skipped, the model is registered once)") from None
     if response.status_code >= 500:
-        raise TransientFault(f"MLflow tracking server {uri} answered {response.status_code} on /health")
+        raise TransientFault(f"MLflow tracking server {redact(uri)} answered {response.status_code} on /health")
     if response.status_code != 200:
-        raise ConfigError(f"{uri} answered {response.status_code} on /health: is it an MLflow server?")
+        raise ConfigError(f"{redact(uri)} answered {response.status_code} on /health: is it an MLflow server?")
 
 
 def configure(uri: str) -> None:
@@ -162,7 +163,8 @@ def log_pipeline_run(*, repo: Path, experiment_id: str, run_name: str, params: d
     flat = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(params).items()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         # log_params takes at most 100 at a time
-        items = [(mlflow_key(k), str(v)[:6000]) for k, v in flat.items()]
+        # params pass through the redaction helper: a tracking URI or endpoint with credentials is kept, masked
+        items = [(mlflow_key(k), redact(str(v))[:6000]) for k, v in flat.items()]
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i:i + 100]))
         mlflow.log_metrics({mlflow_key(k): v for k, v in scores.items()})

@@ -11,3 +11,23 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+from support.checkout_guard import changed, snapshot, tracked_files  # noqa: E402
+
+_TRACKED = tracked_files()
+_STATE = snapshot(_TRACKED)
+
+
+@pytest.fixture(autouse=True)
+def _checkout_untouched():
+    """Fail the test that modifies, deletes or re-creates a tracked file of the checkout (use tmp_path copies)."""
+    global _STATE
+    yield
+    now = snapshot(_TRACKED)
+    touched = changed(_STATE, now)
+    _STATE = now  # report each change once, against the test that made it
+    if touched:
+        pytest.fail(f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy",
+                    pytrace=False)

@@ -232,7 +232,7 @@ def test_validate_stage_fails_with_one_line_and_a_report(good, tmp_path, capsys)
     (root / "params.yaml").write_text(yaml.safe_dump(small_params()))
     assert main(["--root", str(root)]) == 0
     capsys.readouterr()
-    assert main(["--root", str(root), "--set", "data.image_size=28"]) == 2
+    assert main(["--root", str(root), "--set", "data.image_size=28"]) == 11
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("validate: error: shapes: ")
     assert "expect_column_values_to_be_in_set(width)" in err[0] and "reports/data/shapes/validation.md" in err[0]
@@ -243,7 +243,7 @@ def test_prepare_stage_bad_config_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"name": "shapes", "imge_size": 3}}))
     r = subprocess.run([sys.executable, "-m", "flows.stages.prepare", "--root", str(tmp_path)], cwd=REPO,
                        capture_output=True, text=True)
-    assert r.returncode == 2
+    assert r.returncode == 10
     assert r.stderr.strip().splitlines() == ["prepare: error: data: unknown key(s) ['imge_size']; known: "
                                              "['digits', 'image_size', 'imagefolder', 'name', 'seed', "
                                              "'shapes', 'shard_size', 'source']"]

@@ -154,7 +154,7 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
     params["evaluate"]["ratio_reference"] = "euler2-cfg2"
     params["evaluate"]["nfe"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 10
 
 
 def test_digits_domain_with_a_tiny_random_net(tmp_path):

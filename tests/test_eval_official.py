@@ -62,7 +62,7 @@ def test_geneval_summary_command_gives_official_numbers(tmp_path, capsys):
 def test_geneval_summary_bad_file_is_one_line_error(tmp_path, capsys):
     bad = tmp_path / "r.jsonl"
     bad.write_text('{"tag": "colors"}\n')
-    assert cli(["eval", "geneval-summary", str(bad)]) == 2
+    assert cli(["eval", "geneval-summary", str(bad)]) == 15
     err = capsys.readouterr().err
     assert "r.jsonl:1" in err and err.count("\n") == 1
 
@@ -205,7 +205,7 @@ def test_runner_calls_stand_in_dpg_and_rescores(tmp_path, capsys):
     detail = out.with_name("dpg_results_detail.txt")
     assert cli(["eval", "dpg-summary", str(detail), "--csv", str(tmp_path / "q.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["dpg/score"] == 100.0
-    assert cli(["eval", "dpg-summary", str(detail)]) == 2
+    assert cli(["eval", "dpg-summary", str(detail)]) == 10
     assert "needs --csv" in capsys.readouterr().err
 
 

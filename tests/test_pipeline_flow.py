@@ -53,10 +53,10 @@ def task_runs(flow_run_id) -> dict[str, int]:
 
 def test_unknown_override_fails_before_anything_runs(project, capsys):
     before = (project / "params.yaml").read_text()
-    assert main(["run", "--workdir", str(project), "toy.sizee=3"]) == 2
+    assert main(["run", "--workdir", str(project), "toy.sizee=3"]) == 10
     err = capsys.readouterr().err
     assert "unknown key 'toy.sizee'" in err and "did you mean 'toy.size'" in err
-    assert main(["run", "--workdir", str(project), "toy.size=many"]) == 2
+    assert main(["run", "--workdir", str(project), "toy.size=many"]) == 10
     assert "toy.size is int" in capsys.readouterr().err
     assert (project / "params.yaml").read_text() == before
     assert not (project / "dvc.lock").exists() and attempts(project) == []
@@ -134,7 +134,7 @@ def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harnes
     (kept,) = (project / ".dvc/tmp/twinflow-runs").iterdir()
     assert yaml.safe_load((kept / "params.yaml").read_text())["toy"]["fail"] == "validate"
     err = state.result(raise_on_failure=False)
-    assert str(err).startswith("stage 'validate' failed (exit 2): twinflow_core.errors.DataError: "
+    assert str(err).startswith("stage 'validate' failed (exit 11): twinflow_core.errors.DataError: "
                                "data/prepared/toy/images.npy: row 3 is blank (validate)")
     assert attempts(project) == ["prepare", "validate"]  # no retry, nothing after it ran
     assert task_runs(state.state_details.flow_run_id)["validate"] == 1

@@ -76,9 +76,9 @@ def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "champion" in out and "failed" in out and "geneval-shapes/overall@1nfe=0.3" in out
 
-    assert main(args + ["promote", NAME, "2"]) == 2
+    assert main(args + ["promote", NAME, "2"]) == 3
     assert "fails the gate" in capsys.readouterr().err
-    assert main(args + ["promote", NAME, "2", "--force"]) == 2
+    assert main(args + ["promote", NAME, "2", "--force"]) == 10
     assert "--force needs --reason" in capsys.readouterr().err
     assert main(args + ["promote", NAME, "2", "--force", "--reason", "hotfix for demo"]) == 0
     assert _aliases(client, 2) == ["champion"]  # challenger stays on the newest version, v4
@@ -90,7 +90,7 @@ def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "4"
     assert main(args + ["rollback", NAME]) == 0
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
-    assert main(args + ["rollback", NAME]) == 2
+    assert main(args + ["rollback", NAME]) == 14
     assert "first champion" in capsys.readouterr().err
 
     # promote re-checks the gate with passing scores: no force needed
@@ -150,7 +150,7 @@ def test_models_command_against_tracking_server(tmp_path, capsys):
         assert images.shape == (1, 8, 8, 3)
     finally:
         stop(proc)
-    assert main(["models", "--tracking-uri", uri, "list"]) == 2
+    assert main(["models", "--tracking-uri", uri, "list"]) == 17
     assert "unreachable" in capsys.readouterr().err
 
 

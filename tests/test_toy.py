@@ -72,7 +72,7 @@ def test_bad_npy_gives_one_line_error(tmp_path, content, message):
         np.save(path, content)
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "toy", "--data", str(path), "--steps", "2",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode == 2
+    assert proc.returncode == 11
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
 
@@ -80,4 +80,4 @@ def test_bad_npy_gives_one_line_error(tmp_path, content, message):
 def test_unknown_data_name_is_a_clear_error(tmp_path):
     from flows.cli import main
 
-    assert main(["toy", "--data", "spirals", "--steps", "2", "--out", str(tmp_path)]) == 2
+    assert main(["toy", "--data", "spirals", "--steps", "2", "--out", str(tmp_path)]) == 11

@@ -66,13 +66,13 @@ def test_stage_rejects_a_bad_params_file_before_any_work(tmp_path):
     params.write_text(yaml.safe_dump({"pretrain": {"steps": 5, "lr": "fast"}}))
     proc = subprocess.run([sys.executable, "-m", "flows.stages.pretrain", "--params", str(params)], cwd=ROOT,
                           env=stage_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+    assert proc.returncode == 10
     assert proc.stderr.strip() == ("pretrain: error: " + str(params) +
                                    ": pretrain.lr: Value 'fast' of type 'str' could not be converted to Float")
     params.write_text(yaml.safe_dump({"train": {"steps": 5}}))
     proc = subprocess.run([sys.executable, "-m", "flows.stages.train", "--params", str(params), "--set",
                            "train.bogus=1"], cwd=ROOT, env=stage_env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "train.bogus" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 10 and "train.bogus" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_params_yaml_is_the_composition_of_conf():

@@ -97,6 +97,6 @@ def test_train_stage_runs_from_an_s3_base(tmp_path, s3_env):
 
     bad = subprocess.run(stage_cmd("train", params, "train.init=s3://gone/shapes/v1"), cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2
+    assert bad.returncode == 12
     assert bad.stderr.strip().splitlines() == [
         f"train: error: s3://gone/shapes/v1: bucket 'gone' does not exist at {s3_env}"]

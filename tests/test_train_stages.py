@@ -63,6 +63,6 @@ def test_train_with_a_missing_base_is_a_one_line_error(tmp_path):
     params = smoke_params(tmp_path, data)
     proc = subprocess.run(stage_cmd("train", params, f"train.init={tmp_path}/nowhere"), cwd=ROOT, env=stage_env(),
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
+    assert proc.returncode == 13
     assert proc.stderr.strip().splitlines() == [
         f"train: error: generator checkpoint {tmp_path}/nowhere: no model.json (expected model.safetensors + model.json)"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twinflow_core.errors import DataError
+from twinflow_core.errors import CheckpointError, DataError
 from twinflow_core.text import Tokenizer
 
 FORMAT = "twinflow-generator/1"
@@ -66,13 +66,13 @@ def save_generator(directory, net: torch.nn.Module, net_name: str, net_kwargs: d
 def read_meta(directory) -> dict:
     path = Path(directory) / META
     if not path.is_file():
-        raise DataError(f"generator checkpoint {directory}: no {META} (expected {WEIGHTS} + {META})")
+        raise CheckpointError(f"generator checkpoint {directory}: no {META} (expected {WEIGHTS} + {META})")
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from None
     if meta.get("format") != FORMAT:
-        raise DataError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
+        raise CheckpointError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
     return meta
 
 
@@ -131,11 +131,11 @@ def fetch_generator(url: str, dest, endpoint_url: str | None = None, storage_opt
     partial.mkdir(parents=True)
     try:
         if not url.startswith("s3://") and not Path(url).is_dir():
-            raise DataError(f"generator checkpoint {url}: not a directory")
+            raise CheckpointError(f"generator checkpoint {url}: not a directory")
         folder = Folder(url, endpoint_url, storage_options)
         missing = [name for name in (META, WEIGHTS) if name not in folder.files()]
         if missing:
-            raise DataError(f"generator checkpoint {url}: missing {', '.join(missing)} (expected {WEIGHTS} + {META})")
+            raise CheckpointError(f"generator checkpoint {url}: missing {', '.join(missing)} (expected {WEIGHTS} + {META})")
         for name, data in folder.read_many([META, WEIGHTS]):
             (partial / name).write_bytes(data)
         read_meta(partial)
@@ -159,11 +159,17 @@ def load_generator(directory, device: str | torch.device = "cpu") -> Generator:
     meta = read_meta(directory)
     weights = Path(directory) / WEIGHTS
     if not weights.is_file():
-        raise DataError(f"generator checkpoint {directory}: missing {WEIGHTS}")
+        raise CheckpointError(f"generator checkpoint {directory}: missing {WEIGHTS}")
     net = build_net(meta["net"], **meta["net_kwargs"])
     try:
-        net.load_state_dict(load_file(str(weights)), strict=True)
+        state = load_file(str(weights))  # safetensors: a plain tensor format, nothing in it is executed
+    except Exception as err:  # noqa: BLE001 - SafetensorsError, OSError: truncated, not safetensors (a pickle)
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({first}); truncated, or another "
+                              f"format (pickled .pt/.ckpt files are refused: they can run code)") from None
+    try:
+        net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         first = str(err).splitlines()[0]
-        raise DataError(f"{weights}: weights do not fit net {meta['net']!r} with the stored kwargs ({first})") from None
+        raise CheckpointError(f"{weights}: weights do not fit net {meta['net']!r} with the stored kwargs ({first})") from None
     return Generator(net.to(device).eval(), Tokenizer.from_dict(meta["tokenizer"]), meta)

@@ -153,7 +153,9 @@ def render_summary(summary: dict) -> str:
     for path in summary.get("samples", []):
         # an isolated run's grids live in its ref: "<commit>:<path>"
         lines.append(f"samples: {path}" + (f"   (git show {path} > {path.split('/')[-1]})" if ":" in path else ""))
-    uri = reg.get("tracking_uri", "")
+    from twinflow_core.redaction import redact
+
+    uri = redact(reg.get("tracking_uri", ""))  # never print a credential
     if uri:
         if uri.startswith(("http://", "https://")):
             lines.append(f"MLflow UI: {uri}/#/models/{reg['model_name']}")

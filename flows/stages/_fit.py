@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flows import init_source
 from flows.tracking import resolve_tracking_uri
-from twinflow_core.errors import TwinflowError
+from twinflow_core.errors import TwinflowError, exit_code
 
 
 def parse_args(stage: str, argv) -> argparse.Namespace:
@@ -82,7 +82,7 @@ def run_stage(stage: str, argv=None) -> int:
         summary = fit(stage, sections, loggers=loggers, on_grid=hooks, launch=launch)
     except TwinflowError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     if not summary.pop("is_global_zero"):
         return 0
     out = Path(summary["out"])

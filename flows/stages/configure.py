@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
 SECTIONS = ("model", "objective", "pretrain", "train")
 HEADER_LINE = ("# --- training (issue 5): written by `python -m flows.stages.configure` from conf/ (Hydra);"
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
         path.write_text(rewrite(text, wanted, data))
     except TwinflowError as err:
         print(f"configure: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     print(f"configure: wrote {', '.join(SECTIONS)} to {path}" + (f" (changed: {', '.join(diffs)})" if diffs else
                                                                    " (no change)"))
     return 0

@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
 STAGE_KEYS = ("checkpoint", "base", "metrics", "breakdown", "plots_dir", "reports_dir", "official", "base_cache")
 # What the base's evaluation reads besides its checkpoint, prompts and evaluators (the stage's code deps).
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         metrics = run(load_params(args.params, args.overrides))
     except TwinflowError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     keys = [k for k in metrics if k.endswith("@1nfe") and "/" in k and k.count("/") <= 2
             and ("overall" in k or "score@" in k or "accuracy" in k or "/fd@" in k)]
     print(json.dumps({"seconds": round(metrics["evaluate/seconds"], 1), **{k: round(metrics[k], 4) for k in keys}}))

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from twinflow_core.errors import ConfigError, TwinflowError
+from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
 
 def load_params(path: str | Path, overrides: list[str] | None = None) -> dict:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         run(load_params(Path(args.root) / args.params, args.overrides), args.root)
     except TwinflowError as err:
         print(f"prepare: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     return 0
 
 

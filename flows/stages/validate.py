@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from flows.stages.prepare import load_params, parse_args
-from twinflow_core.errors import DataError, TwinflowError
+from twinflow_core.errors import DataError, TwinflowError, exit_code
 
 
 @dataclass
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         passed, report, summary = validate(params, args.root)
     except TwinflowError as err:
         print(f"validate: error: {err}", file=sys.stderr)
-        return 2
+        return exit_code(err)
     if not passed:
         if summary.get("structure_error"):
             what = summary["structure_error"]
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             names = [f"{r['expectation']}({r['kwargs'].get('column', '')})" for r in summary["failed"]]
             what = f"{len(names)} expectation(s) failed: {', '.join(names)}"
         print(f"validate: error: {summary['dataset']}: {what}; see {report}", file=sys.stderr)
-        return 2
+        return DataError.exit_code
     print(f"validate: {summary['dataset']}: all expectations met ({summary['n']} rows); report {report}")
     return 0
 

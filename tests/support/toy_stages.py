@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from twinflow_core.errors import DataError
+
 
 def main(stage: str) -> int:
     params = yaml.safe_load(Path("params.yaml").read_text())
@@ -28,7 +30,7 @@ def main(stage: str) -> int:
     print(f"toy stage {stage}: starting")
     if toy.get("fail") == stage:
         print(f"twinflow_core.errors.DataError: data/prepared/toy/images.npy: row 3 is blank ({stage})")
-        return 2
+        return DataError.exit_code  # as a real stage does for bad data
     if toy.get("sleep_stage") == stage:
         import time
 

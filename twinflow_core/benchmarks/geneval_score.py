@@ -11,9 +11,10 @@ object crop); scoring only reads it for the objects a `color` clause looks at.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from twinflow_core.errors import DataError
 
@@ -24,6 +25,12 @@ THRESHOLD = 0.3
 COUNTING_THRESHOLD = 0.9
 MAX_OBJECTS = 16
 POSITION_THRESHOLD = 0.1
+# The official colour classifier's labels, in its order: a failed colour clause's reason lists the colours seen in
+# this order ("; and 1 red, 1 blue"). A colour outside the list (the shapes world's own) is appended after them.
+OFFICIAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
+# The official detector's boxes and scores are float32 arrays, and numpy compares them with a Python threshold in
+# float32; every threshold and position comparison here is made in float32 too, so boundary cases agree.
+F32 = np.float32
 
 
 @dataclass(frozen=True)
@@ -48,7 +55,7 @@ def select_objects(detections: Iterable[Detection], tag: str, *, threshold: floa
     thr = counting_threshold if tag == "counting" else threshold
     by_class: dict[str, list[Detection]] = {}
     for det in detections:
-        if det.score > thr:
+        if F32(det.score) > F32(thr):
             by_class.setdefault(det.cls, []).append(det)
     # Official: argsort of scores, reversed. Ties have no defined order there; here they keep input order.
     return {cls: sorted(dets, key=lambda d: -d.score)[:max_objects] for cls, dets in by_class.items()}
@@ -59,17 +66,14 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float],
     """Relations of A relative to B. The centre offset is shrunk on each axis by
     threshold x (size_a + size_b) (so touching or overlapping objects need a clear offset), then divided by
     the *unshrunk* offset's length; a component beyond +-0.5 names the relation. Image y grows downwards."""
-    ca = ((box_a[0] + box_a[2]) / 2.0, (box_a[1] + box_a[3]) / 2.0)
-    cb = ((box_b[0] + box_b[2]) / 2.0, (box_b[1] + box_b[3]) / 2.0)
-    dims = [(abs(box_a[2] - box_a[0]) + abs(box_b[2] - box_b[0])),
-            (abs(box_a[3] - box_a[1]) + abs(box_b[3] - box_b[1]))]
-    offset = (ca[0] - cb[0], ca[1] - cb[1])
-    revised = [math.copysign(max(abs(o) - position_threshold * d, 0.0), o) if o != 0 else 0.0
-               for o, d in zip(offset, dims)]
-    if all(abs(r) < 1e-3 for r in revised):
+    boxes = np.asarray([box_a[:4], box_b[:4]], dtype=F32).reshape(2, 2, 2)  # [object, corner, (x, y)]
+    centre_a, centre_b = boxes.mean(axis=1)
+    size_a, size_b = np.abs(boxes[:, 1] - boxes[:, 0])
+    offset = centre_a - centre_b
+    revised = np.maximum(np.abs(offset) - F32(position_threshold) * (size_a + size_b), F32(0)) * np.sign(offset)
+    if bool(np.all(np.abs(revised) < F32(1e-3))):
         return set()
-    norm = math.hypot(*offset)
-    dx, dy = revised[0] / norm, revised[1] / norm
+    dx, dy = (revised / np.linalg.norm(offset)).tolist()
     rels = set()
     if dx < -0.5:
         rels.add("left of")
@@ -107,7 +111,10 @@ def evaluate_objects(objects: Mapping[str, Sequence[Detection]], metadata: Mappi
                 n_ok = colors.count(req["color"])
                 if n_ok < count:
                     correct = matched = False
-                    reasons.append(f"expected {req['color']} {cls}>={count}, found {n_ok} {req['color']}")
+                    seen = [c for c in OFFICIAL_COLORS if c in colors]
+                    seen += sorted({c for c in colors if c is not None} - set(OFFICIAL_COLORS))
+                    reasons.append(f"expected {req['color']} {cls}>={count}, found {n_ok} {req['color']}; and "
+                                   + ", ".join(f"{colors.count(c)} {c}" for c in seen))
             if "position" in req and matched:
                 rel, k = req["position"]
                 # The official code indexes the groups already visited (a Python index, so -1 is the

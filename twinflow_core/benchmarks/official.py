@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from twinflow_core.benchmarks import dpg_score, geneval_score
-from twinflow_core.errors import ConfigError, DataError
+from twinflow_core.errors import BenchmarkOutputError, ConfigError, DataError
 
 # ----------------------------------------------------------------------------------------------- layouts
 
@@ -85,7 +85,7 @@ def read_geneval_results(path: str | Path) -> list[dict]:
     """Rows of an official results.jsonl (pandas records, one JSON object per line)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"GenEval results not found: {path}")
+        raise BenchmarkOutputError(f"GenEval results not found: {path}")
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
@@ -93,9 +93,9 @@ def read_geneval_results(path: str | Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{n}: not JSON ({err.msg})") from None
+            raise BenchmarkOutputError(f"{path}:{n}: not JSON ({err.msg})") from None
         if not isinstance(row, dict) or not {"tag", "correct", "metadata"} <= row.keys():
-            raise DataError(f"{path}:{n}: a GenEval result row needs tag, correct and metadata")
+            raise BenchmarkOutputError(f"{path}:{n}: a GenEval result row needs tag, correct and metadata")
         rows.append(row)
     return rows
 
@@ -106,7 +106,7 @@ def geneval_summary(path: str | Path) -> dict:
     try:
         summary = geneval_score.summarize(rows)
     except DataError as err:
-        raise DataError(f"{path}: {err}") from None
+        raise BenchmarkOutputError(f"{path}: {err}") from None
     summary["metrics"] = geneval_score.summary_metrics(summary, "geneval")
     return summary
 
@@ -119,7 +119,7 @@ def parse_dpg_results_txt(path: str | Path) -> dict:
     (L1 / L2 category scores, `DPG-Bench score: x`)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"DPG results not found: {path}")
+        raise BenchmarkOutputError(f"DPG results not found: {path}")
     images: dict[str, list[float]] = {}
     l1: dict[str, float] = {}
     l2: dict[str, float] = {}
@@ -140,7 +140,7 @@ def parse_dpg_results_txt(path: str | Path) -> dict:
             parts = line.split(", ")
             images[os.path.basename(parts[0]).split(".")[0]] = [_float(v, path, n) for v in parts[1:]]
     if score is None:
-        raise DataError(f"{path}: no 'DPG-Bench score:' line (did the official run finish?)")
+        raise BenchmarkOutputError(f"{path}: no 'DPG-Bench score:' line (did the official run finish?)")
     recomputed = 100.0 * float(np.mean([v[-1] for v in images.values()])) if images else None
     metrics = dpg_score.summary_metrics({"score": score, "l1": l1, "l2": l2}, None, "dpg")
     return {"score": score, "l1": l1, "l2": l2, "n_images": len(images),
@@ -152,20 +152,21 @@ def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> di
     back to proposition ids by question text within the item (repeats taken in CSV order)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"DPG detail file not found: {path}")
-    by_item: dict[str, list[dpg_score.Question]] = {}
-    for q in rows:
-        by_item.setdefault(q.item_id, []).append(q)
+        raise BenchmarkOutputError(f"DPG detail file not found: {path}")
+    # the questions the official script asks (its first CSV row is never asked), in the order it asks them: a
+    # question whose text repeats the skipped row's maps to its own id, not to the skipped one
+    by_item = {item: list(qs.values()) for item, qs in dpg_score.group_questions(rows, "official").items()}
     tiles: dict[str, dict[str, list[tuple[str, str]]]] = {}
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         m = _CROP.match(line)
         if not m or ", " not in m["rest"]:
-            raise DataError(f"{path}:{n}: not a DPG detail line")
+            raise BenchmarkOutputError(f"{path}:{n}: not a DPG detail line")
         question, answer = m["rest"].rsplit(", ", 1)
         item = os.path.basename(m["path"]).split(".")[0]
-        tiles.setdefault(item, {}).setdefault(m["crop"], []).append((question, answer.strip()))
+        # the answer exactly as written: officially 'yes ' (a trailing space) is not 'yes', so it scores 0
+        tiles.setdefault(item, {}).setdefault(m["crop"], []).append((question, answer))
     answers: dict[str, list[dict[int, str]]] = {}
     for item, crops in tiles.items():
         questions = by_item.get(item, [])
@@ -188,8 +189,11 @@ def dpg_rescore(answers: Mapping[str, Sequence[Mapping[int, str]]], rows: Sequen
     the corrected numbers only."""
     official = dpg_score.summarize(rows, answers, "official")
     grouped = dpg_score.group_questions(rows, "corrected")
+    # corrected rules score only images with an answer for every question and every parent present; the others
+    # are listed, never a reason to stop (the official script scores the rest and so must this)
     complete = {k: v for k, v in answers.items()
-                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)}
+                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)
+                and all(p == 0 or p in grouped[k] for q in grouped[k].values() for p in q.dependency)}
     corrected = dpg_score.summarize(rows, complete, "corrected") if complete else None
     out = {"official": official, "corrected": corrected,
            "metrics": dpg_score.summary_metrics(official, corrected, "dpg")}
@@ -209,7 +213,7 @@ def read_answers_jsonl(path: str | Path) -> dict[str, list[dict[int, str]]]:
             r = json.loads(line)
             out.setdefault(str(r["item_id"]), {}).setdefault(int(r["tile"]), {})[int(r["proposition_id"])] = str(r["answer"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise DataError(f"{path}:{n}: bad answer row ({err})") from None
+            raise BenchmarkOutputError(f"{path}:{n}: bad answer row ({err})") from None
     return {item: [tiles[t] for t in sorted(tiles)] for item, tiles in out.items()}
 
 
@@ -217,7 +221,7 @@ def _float(text: str, path: Path, n: int) -> float:
     try:
         return float(text)
     except ValueError:
-        raise DataError(f"{path}:{n}: expected a number, got {text.strip()!r}") from None
+        raise BenchmarkOutputError(f"{path}:{n}: expected a number, got {text.strip()!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- runner

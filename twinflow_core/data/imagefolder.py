@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from twinflow_core.data.sample import Sample
-from twinflow_core.errors import DataError
+from twinflow_core.errors import DataError, StorageError
 
 METADATA = "metadata.jsonl"
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
@@ -66,28 +66,28 @@ class Folder:
         try:
             return fn()
         except (bex.NoCredentialsError, bex.PartialCredentialsError):
-            raise DataError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            raise StorageError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY, or data.imagefolder.storage_options)") from None
         except PermissionError:
-            raise DataError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+            raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
         except FileNotFoundError:
             if what is None:
-                raise DataError(f"{where}: bucket {self.bucket!r} does not exist"
+                raise StorageError(f"{where}: bucket {self.bucket!r} does not exist"
                                 f"{' at ' + self.endpoint if self.endpoint else ''}") from None
-            raise DataError(f"{where}: not found") from None
+            raise StorageError(f"{where}: not found") from None
         except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError,
                 ConnectionError, TimeoutError) as err:
-            raise DataError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'} "
+            raise StorageError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'} "
                             f"({type(err).__name__})") from None
         except OSError as err:
             text = str(err)
             if "NoSuchBucket" in text:
-                raise DataError(f"{where}: bucket {self.bucket!r} does not exist") from None
+                raise StorageError(f"{where}: bucket {self.bucket!r} does not exist") from None
             if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")):
-                raise DataError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+                raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
             if any(s in text for s in ("connect", "Connect", "timed out")):
-                raise DataError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'}") from None
-            raise DataError(f"{where}: S3 error {type(err).__name__}") from None
+                raise StorageError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'}") from None
+            raise StorageError(f"{where}: S3 error {type(err).__name__}") from None
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}"
@@ -97,12 +97,13 @@ class Folder:
             path = self.root / METADATA
             if not path.is_file():
                 raise DataError(f"{path}: not found (an image folder needs {METADATA} with file_name and text)")
-            return path.read_text(encoding="utf-8")
+            return _utf8(path.read_bytes(), str(path))
         files = self.files()
         if METADATA not in files:
             raise DataError(f"{self.where(METADATA)}: not found (an image folder needs {METADATA} "
                             "with file_name and text)")
-        return self._s3(lambda: self.fs.cat_file(f"{self.prefix}/{METADATA}"), self.where(METADATA)).decode("utf-8")
+        return _utf8(self._s3(lambda: self.fs.cat_file(f"{self.prefix}/{METADATA}"), self.where(METADATA)),
+                     self.where(METADATA))
 
     def files(self) -> set[str]:
         """Relative names of every file under the folder."""
@@ -130,6 +131,16 @@ class Folder:
                     # Fetch it alone: either it arrives now, or the error gets its name.
                     data = self._s3(lambda: self.fs.cat_file(path), self.where(rel))
                 yield rel, data
+
+
+def _utf8(data: bytes, where: str) -> str:
+    """metadata.jsonl is UTF-8 (as Hugging Face's imagefolder reads it); anything else names its line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{where} line {line}: not UTF-8 (byte {data[err.start]:#04x}); save the file as UTF-8") \
+            from None
 
 
 def parse_metadata(text: str, where: str) -> list[tuple[int, str, str]]:

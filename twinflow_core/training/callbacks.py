@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from twinflow_core.errors import CheckpointError
+
 STATE_GLOB = "step-*.ckpt"
 
 
@@ -25,6 +27,22 @@ def state_path(directory: Path, step: int) -> Path:
 def latest_state(directory: Path) -> Path | None:
     states = sorted(Path(directory).glob(STATE_GLOB)) if Path(directory).is_dir() else []
     return states[-1] if states else None
+
+
+def check_state(path: Path) -> Path:
+    """A resume state must be a whole torch zip archive (every member's CRC checked, nothing unpickled); else a
+    CheckpointError naming the file and how to discard it, instead of a traceback from deep inside Lightning."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        bad = f"{type(err).__name__}: {err}"
+    if bad is not None:
+        raise CheckpointError(f"{path}: resume state is corrupt ({bad}); delete it (rm {path}) to resume from the "
+                              f"one before, or the folder {path.parent} to start the stage over")
+    return path
 
 
 class ProgressLines(L.Callback):
@@ -59,7 +77,14 @@ class PeriodicState(L.Callback):
         if final.exists():
             return
         tmp = final.with_suffix(".tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        try:
+            trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        except OSError as err:  # disk full, quota, a vanished mount: the previous state is untouched
+            tmp.unlink(missing_ok=True)
+            kept = latest_state(self.directory)
+            raise CheckpointError(f"{tmp}: writing the training state failed ({err.strerror or err}); "
+                                  f"the previous state {kept or '(none yet)'} is intact: free space and rerun "
+                                  f"to resume from it") from None
         if trainer.is_global_zero:
             os.replace(tmp, final)
             for old in sorted(self.directory.glob(STATE_GLOB))[: -self.keep]:

@@ -10,6 +10,7 @@ change invalidates the stage that makes the checkpoint and nothing else.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +20,9 @@ STAGES = ("pretrain", "train")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+# lower bounds of a stage's integer fields (0 means "auto" / "never" for micro_batch, sample_every, threads)
+STAGE_MINIMUMS = {"trainer.devices": 1, "trainer.num_nodes": 1, "steps": 1, "batch_size": 1, "micro_batch": 0,
+                  "ckpt_every": 1, "log_every": 1, "sample_every": 0, "threads": 0}
 
 
 def untracked(default, **kwargs):
@@ -210,10 +214,10 @@ def check(s: TrainingSections, where: str) -> None:
             raise ConfigError(f"{p}.trainer.strategy: {tr.strategy!r} not in {STRATEGIES}")
         if tr.precision not in PRECISIONS:
             raise ConfigError(f"{p}.trainer.precision: {tr.precision!r} not in {PRECISIONS}")
-        if tr.devices < 1 or tr.num_nodes < 1:
-            raise ConfigError(f"{p}.trainer: devices and num_nodes must be >= 1")
-        if st.steps < 1 or st.batch_size < 1:
-            raise ConfigError(f"{p}: steps and batch_size must be >= 1")
+        for key, low in STAGE_MINIMUMS.items():
+            value = attrgetter(key)(st)
+            if value < low:
+                raise ConfigError(f"{p}.{key}: expected >= {low}, got {value}")
         world = tr.devices * tr.num_nodes
         micro = st.micro_batch or st.batch_size // world
         if micro < 1 or st.batch_size % (world * micro):
@@ -222,14 +226,17 @@ def check(s: TrainingSections, where: str) -> None:
         if micro % 4:
             raise ConfigError(f"{p}: micro_batch {micro} (rows per forward) must be divisible by 4 "
                               f"(the objective splits each batch into quarters)")
-        if not 0.0 <= st.ema_decay <= 1.0 or not 0.0 <= st.cond_drop < 1.0:
-            raise ConfigError(f"{p}: ema_decay must be in [0, 1] and cond_drop in [0, 1)")
+        if not 0.0 <= st.ema_decay <= 1.0:
+            raise ConfigError(f"{p}.ema_decay: expected 0..1, got {st.ema_decay}")
+        if not 0.0 <= st.cond_drop < 1.0:
+            raise ConfigError(f"{p}.cond_drop: expected 0 <= cond_drop < 1, got {st.cond_drop}")
+        if st.lr <= 0 or st.grad_clip <= 0 or st.weight_decay < 0:
+            raise ConfigError(f"{p}: need lr > 0, grad_clip > 0, weight_decay >= 0; got lr {st.lr}, "
+                              f"grad_clip {st.grad_clip}, weight_decay {st.weight_decay}")
+        if len(st.betas) != 2 or not all(0.0 <= b < 1.0 for b in st.betas):
+            raise ConfigError(f"{p}.betas: expected two values in [0, 1), got {st.betas}")
         if st.r_embed_init not in ("keep", "normal", "copy_t"):
             raise ConfigError(f"{p}.r_embed_init: {st.r_embed_init!r} is not keep, normal or copy_t")
-        if len(st.betas) != 2 or st.lr <= 0 or st.grad_clip <= 0:
-            raise ConfigError(f"{p}: need lr > 0, grad_clip > 0 and two betas")
-        if st.ckpt_every < 1:
-            raise ConfigError(f"{p}.ckpt_every must be >= 1")
         if tr.strategy == "fsdp" and 0.0 < st.ema_decay < 1.0:
             raise ConfigError(f"{p}: the fsdp strategy keeps no EMA copy (as the official FSDP run); "
                               f"set ema_decay: 0")

@@ -79,7 +79,8 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     from twinflow_core.checkpoint import load_generator, read_meta
     from twinflow_core.data.prepared import read_meta as read_data_meta
     from twinflow_core.nets import build_net
-    from twinflow_core.training.callbacks import ExportGenerator, PeriodicState, ProgressLines, SampleGrid, latest_state
+    from twinflow_core.training.callbacks import (ExportGenerator, PeriodicState, ProgressLines, SampleGrid,
+                                                  check_state, latest_state)
     from twinflow_core.training.data import PreparedDataModule
     from twinflow_core.training.module import TwinFlowModule
 
@@ -126,6 +127,8 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     key = run_key(sections, stage)
     resume_dir = Path(st.resume_dir) / f"{stage}-{key}"
     resume_from = latest_state(resume_dir)
+    if resume_from is not None:
+        check_state(resume_from)  # a corrupt state is a one-line error naming it, before Lightning reads it
     out = Path(st.out)
     extra = {"stage": stage, "objective": objective.to_dict(), "data": {"path": st.data, "name": data_meta.get("name"),
              "image_size": data_meta.get("image_size")}, "init": st.init, "config": tracked_config(sections, stage),

@@ -1,0 +1,48 @@
+"""The up-front check of the whole configuration (flows/config_check.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.config_check import PIPELINE_SCHEMA, REGISTER_SCHEMA, check_params, resolved
+from twinflow_core.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
+    from flows.registry import REGISTER_DEFAULTS
+
+    check_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    assert set(REGISTER_SCHEMA) == set(REGISTER_DEFAULTS)
+    text = (REPO / "flows" / "pipeline.py").read_text()  # not imported: it pulls in prefect
+    defaults = eval(text.split("PIPELINE_DEFAULTS = ", 1)[1].split("\n", 1)[0])  # noqa: S307 - a dict literal
+    assert set(PIPELINE_SCHEMA) == set(defaults)
+
+
+@pytest.mark.parametrize("key, value, says", [
+    ("train.steps", 0, "train.steps: expected >= 1, got 0"),
+    ("pretrain.ema_decay", 1.5, "pretrain.ema_decay: expected 0..1"),
+    ("train.cond_drop", 1.0, "train.cond_drop: expected 0 <= cond_drop < 1"),
+    ("pretrain.betas", [0.9], "pretrain.betas: expected two values"),
+    ("train.threads", -1, "train.threads: expected >= 0"),
+    ("data.shard_size", 0, "data.shard_size: expected >= 1"),
+    ("register.model_name", "", "register.model_name: must not be empty"),
+    ("pipeline.push", "yes", "pipeline.push: expected bool"),
+    ("validate.max_caption_words", "many", "validate.max_caption_words: expected int"),
+])
+def test_each_range_names_its_key(key, value, says):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    with pytest.raises(ConfigError) as err:
+        check_params(resolved(params, {key: value}), "params.yaml")
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_override_may_mend_a_bad_value_in_the_file():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["train"]["steps"] = -5
+    with pytest.raises(ConfigError):
+        check_params(params)
+    check_params(resolved(params, {"train.steps": 5}))
