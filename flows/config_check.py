@@ -21,6 +21,7 @@ from twinflow_core.errors import ConfigError
 PIPELINE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "push": ((bool,), None),
     "dvc_remote": ((str,), None),
+    "git_remote": ((str,), None),
     "retries": ((int,), (0, 20)),
     "retry_delay_s": ((int, float), (0.0, 3600.0)),
 }

@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from twinflow_core.errors import DataError
+from twinflow_core.errors import DataError, TrackingError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 INIT_KEYS = ("pretrain.init", "train.init")
@@ -62,7 +62,7 @@ def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
         except MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise DataError(f"init {ref}: not found in the MLflow store {tracking_uri} ({first})") from None
+            raise TrackingError(f"init {ref}: not found in the MLflow store {tracking_uri} ({first})") from None
         metas = sorted(local.rglob("model.json")) if local.is_dir() else []
         if not metas:
             raise DataError(f"init {ref}: the MLflow artifact holds no generator checkpoint (model.json)")

@@ -147,10 +147,10 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["samples_1nfe.png", "samples_2nfe.png", "samples_base"]
     assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
         "1nfe.png", "euler2-cfg2.png", "euler2.png"]
-    # a ratio reference the base does not run, or a bad config: one line, exit 2
+    # a ratio reference the base does not run, or a bad config: one line, the config family (exit 10)
     params["evaluate"]["ratio_reference"] = "euler50-cfg0.5"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["--params", str(tmp_path / "params.yaml")]) == 2
+    assert main(["--params", str(tmp_path / "params.yaml")]) == 10
     params["evaluate"]["ratio_reference"] = "euler2-cfg2"
     params["evaluate"]["nfe"] = [0]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -34,25 +34,25 @@ def test_grid_from_a_local_checkpoint_is_reproducible_and_seeded(tmp_path, capsy
                  "--seeds", "0", "--out", str(tmp_path / "e.png")]) == 0
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["a purple hexagon"], "word 'purple' is not in the vocabulary"),
-    (["a red circle", "--nfe", "0"], "--nfe must be >= 1"),
-    (["a red circle", "--cfg", "0.5"], "--cfg applies to --style euler only"),
+@pytest.mark.parametrize("extra, message, code", [
+    (["a purple hexagon"], "word 'purple' is not in the vocabulary", 11),  # a prompt is input data
+    (["a red circle", "--nfe", "0"], "--nfe must be >= 1", 2),  # argument values: the usage family
+    (["a red circle", "--cfg", "0.5"], "--cfg applies to --style euler only", 2),
 ])
-def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
+def test_bad_input_is_one_line_in_its_exit_family(tmp_path, capsys, extra, message, code):
     ck = make_checkpoint(tmp_path / "ck")
-    assert main(["generate", *extra, "--model", str(ck), "--out", str(tmp_path / "o.png")]) == 2
+    assert main(["generate", *extra, "--model", str(ck), "--out", str(tmp_path / "o.png")]) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith("twinflow generate: error:") and message in err and "\n" not in err
     assert not (tmp_path / "o.png").exists()
 
 
 def test_a_missing_model_folder_or_registry_entry_is_named(tmp_path, capsys):
-    assert main(["generate", "a red circle", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o.png")]) == 2
+    assert main(["generate", "a red circle", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o.png")]) == 13
     assert "no such generator folder" in capsys.readouterr().err
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert main(["generate", "a red circle", "--model", "models:/absent@champion", "--tracking-uri", uri,
-                 "--out", str(tmp_path / "o.png")]) == 2
+                 "--out", str(tmp_path / "o.png")]) == 14
     assert "--model models:/absent@champion: not found in the MLflow store" in capsys.readouterr().err
 
 

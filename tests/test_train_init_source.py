@@ -12,7 +12,7 @@ from flows import init_source
 from tests.support.pipeline import make_checkpoint, make_outputs, scores
 from tests.support.s3 import SECRET, moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 from tests.support.training import ROOT, make_dataset, smoke_params, stage_cmd, stage_env
-from twinflow_core.errors import DataError
+from twinflow_core.errors import DataError, TrackingError
 
 NAME = "tiny-gen"  # make_outputs' registered model name
 
@@ -63,7 +63,7 @@ def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     # a local init is left alone, and nothing is fetched
     assert localise_inits(root, {"train.init": "checkpoints/base"}, uri, logged.append) == {"train.init": "checkpoints/base"}
 
-    with pytest.raises(DataError) as err:
+    with pytest.raises(TrackingError) as err:  # the registry is the input at fault (exit 14)
         localise_inits(root, {"train.init": "models:/no-such-model@champion"}, uri, logged.append)
     assert str(err.value).startswith(f"init models:/no-such-model@champion: not found in the MLflow store {uri}")
     from flows.faults import TransientFault

@@ -59,6 +59,12 @@ class BenchmarkOutputError(DataError):
     kind = "benchmark"
 
 
+class UsageError(TwinflowError):
+    """A command-line argument whose value is checked after parsing (argparse's own errors exit the same way)."""
+    exit_code = USAGE_EXIT
+    kind = "usage"
+
+
 class GateRefused(TwinflowError):
     """A release action the promotion gate refuses (promote a version whose scores fail it): the gate's status."""
     exit_code = GATE_FAILED_EXIT

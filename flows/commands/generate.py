@@ -37,11 +37,11 @@ def register(subparsers) -> None:
 def _load(ref: str, tracking_uri: str | None):
     from flows.init_source import is_remote
     from twinflow_core.checkpoint import load_generator
-    from twinflow_core.errors import DataError
+    from twinflow_core.errors import CheckpointError, TwinflowError
 
     if not is_remote(ref):
         if not Path(ref).is_dir():
-            raise DataError(f"--model {ref}: no such generator folder (or give s3://... or models:/NAME@ALIAS)")
+            raise CheckpointError(f"--model {ref}: no such generator folder (or give s3://... or models:/NAME@ALIAS)")
         return load_generator(ref)
     from flows import init_source, tracking
     from flows.overrides import load_params
@@ -51,21 +51,21 @@ def _load(ref: str, tracking_uri: str | None):
     with tempfile.TemporaryDirectory(prefix="twinflow-generate-") as tmp:
         try:
             init_source.fetch(ref, Path(tmp) / "model", uri)
-        except DataError as err:  # its messages name the reference as a training init
-            raise DataError(str(err).replace("init ", "--model ", 1)) from None
+        except TwinflowError as err:  # its messages name the reference as a training init
+            raise type(err)(str(err).replace("init ", "--model ", 1)) from None
         return load_generator(Path(tmp) / "model")
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from twinflow_core.errors import DataError
+    from twinflow_core.errors import UsageError
     from twinflow_core.viz import save_image_grid
 
     if args.nfe < 1:
-        raise DataError(f"--nfe must be >= 1, got {args.nfe}")
+        raise UsageError(f"--nfe must be >= 1, got {args.nfe}")
     if args.cfg and args.style != "euler":
-        raise DataError("--cfg applies to --style euler only (the any-step sampler bakes guidance in)")
+        raise UsageError("--cfg applies to --style euler only (the any-step sampler bakes guidance in)")
     gen = _load(args.model, args.tracking_uri)
     by_seed = [gen.generate(args.prompts, nfe=args.nfe, seed=s, style=args.style, cfg_scale=args.cfg)
                for s in args.seeds]
