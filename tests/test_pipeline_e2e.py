@@ -21,6 +21,7 @@ TINY = [
     "model.heads=2", "model.time_dim=32",
     "pretrain.steps=4", "pretrain.batch_size=16", "pretrain.ckpt_every=2", "pretrain.sample_every=0",
     "pretrain.progress=false",
+    "train.init=checkpoints/base", "evaluate.base=checkpoints/base",  # a fresh tiny base, not the committed one
     "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "train.sample_every=0", "train.progress=false",
     "evaluate.images_per_prompt=2",  # the default guided 50-step reference: 16 images of a tiny net
     "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2",
