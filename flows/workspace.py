@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from twinflow_core.errors import TwinflowError
+from twinflow_core.errors import USAGE_EXIT, TwinflowError
 
 LOCK_FILE = Path(".dvc/tmp/twinflow-run.lock")
 RUNS_DIR = Path(".dvc/tmp/twinflow-runs")
@@ -37,7 +37,9 @@ EXP_REF_PREFIX = "refs/exps"
 
 
 class CheckoutBusy(TwinflowError):
-    """Another flow run holds the checkout."""
+    """Another flow run holds the checkout: refused before anything ran, like a usage error (exit 2)."""
+    exit_code = USAGE_EXIT
+    kind = "usage"
 
 
 class WorkspaceError(TwinflowError):

@@ -87,6 +87,7 @@ def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):
             with get_client(sync_client=True) as pc:
                 assert pc.read_flow_run(flow_run_id).state.is_completed()
         mlflow.set_tracking_uri(mlflow_uri)
+        mlflow.set_registry_uri(mlflow_uri)  # an earlier test in this process may have set another registry
         images = mlflow.pyfunc.load_model("models:/twinflow-shapes@champion").predict(
             ["a red circle", "two blue squares"])
         assert images.dtype.name == "uint8" and images.shape[0] == 2 and images.shape[-1] == 3

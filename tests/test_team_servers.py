@@ -212,11 +212,13 @@ def test_a_deployment_run_on_the_team_servers_and_a_second_clone_pulls_its_outpu
     finally:
         for key in creds:
             os.environ.pop(key, None)
-    # a second clone of the run's commit pulls the outputs from S3
-    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
-    subprocess.run(["git", "commit", "-qm", "run"], cwd=project, check=True)
+    # a second clone of the run's commit (the on-demand deployment isolates runs: its dvc.lock is in the run's
+    # ref, which the version names) pulls the outputs from S3
+    ref, commit = mv.tags["lineage.git_ref"], mv.tags["lineage.git_ref_commit"]
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    subprocess.run(["git", "fetch", "-q", "origin", f"{ref}:{ref}"], cwd=clone, check=True)
+    subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
     pulled = subprocess.run(dvc + ["pull"], cwd=clone, env={**os.environ, **AWS}, capture_output=True, text=True)
     assert pulled.returncode == 0, pulled.stderr[-3000:]
     status = subprocess.run(dvc + ["status"], cwd=clone, env={**os.environ, **toy_env(), **AWS},

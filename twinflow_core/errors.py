@@ -1,7 +1,7 @@
 """Errors a user can fix. Each carries a one-line message naming what is wrong and where, and an exit status
 whose family says what kind of input was wrong (the README's "Exit codes" section lists them):
 
-    0 done | 1 a bug or an unexpected failure (traceback) | 2 bad command-line arguments (argparse's own)
+    0 done | 1 a bug or an unexpected failure (traceback) | 2 bad command-line arguments (argparse's own), or a busy checkout
     3 done, but the promotion gate kept the new version as challenger (flows/commands/run.py)
     10 configuration or override | 11 input data | 12 object storage (S3, a DVC remote)
     13 checkpoint | 14 tracking server / model registry | 15 benchmark outputs
@@ -72,7 +72,7 @@ class GateRefused(TwinflowError):
 
 
 EXIT_CODES = {
-    0: "done", 1: "unexpected failure (a bug: traceback)", USAGE_EXIT: "bad command-line arguments",
+    0: "done", 1: "unexpected failure (a bug: traceback)", USAGE_EXIT: "bad command-line arguments, or the checkout is busy with another run",
     GATE_FAILED_EXIT: "the promotion gate failed: the new version stays challenger (or a promote is refused)",
     ConfigError.exit_code: "configuration or override", DataError.exit_code: "input data",
     StorageError.exit_code: "object storage (S3, DVC remote)", CheckpointError.exit_code: "checkpoint",
