@@ -63,11 +63,31 @@ def servers(moto_endpoint, tmp_path_factory):
                 wait_http(url + "/health", 300, mlflow_proc)
             except Exception:
                 raise AssertionError((tmp / "mlflow.log").read_text()[-3000:]) from None
+            _create_accounts(url)  # here, not in a test: each test of this module may run alone
             yield {"mlflow": url, "port": port, "prefect": api, "s3": moto_endpoint, "tmp": tmp}
         finally:
             stop(mlflow_proc)
             if prefect_proc is not None:
                 stop(prefect_proc)
+
+
+def _create_accounts(url: str) -> None:
+    """The pipeline's, the release manager's and a reader's accounts, made by the admin."""
+    from mlflow.server.auth.client import AuthServiceClient
+
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {key: os.environ.get(key) for key in names}
+    os.environ.update(dict(zip(names, ("admin", ADMIN_PW))))
+    try:
+        admin = AuthServiceClient(url)
+        for user, password in USERS.items():
+            admin.create_user(user, password)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _as(monkeypatch, user: str, password: str):
@@ -87,7 +107,6 @@ def _get(url: str, host: str, user: str, password: str) -> int:
 
 def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     import boto3
-    from mlflow.server.auth.client import AuthServiceClient
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -106,11 +125,6 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
     assert _get(search, f"mlflow:{servers['port']}", "admin", ADMIN_PW) == 200
     assert _get(search, f"elsewhere:{servers['port']}", "admin", ADMIN_PW) == 403
-
-    _as(monkeypatch, "admin", ADMIN_PW)
-    admin = AuthServiceClient(url)
-    for user, password in USERS.items():
-        admin.create_user(user, password)
 
     # the release manager creates the production model first (so it, not the pipeline, holds MANAGE on it)
     _as(monkeypatch, "release", USERS["release"])
