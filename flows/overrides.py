@@ -116,17 +116,22 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
     return True
 
 
+def set_dotted(tree, parsed: dict[str, Any]) -> None:
+    """Set each `a.b.c` key of `parsed` in a nested mapping (a dict or a ruamel document), in place."""
+    for key, value in parsed.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+
+
 def with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
     """A copy of the params tree with the parsed overrides set."""
     import copy
 
     out = copy.deepcopy(tree)
-    for key, value in parsed.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    set_dotted(out, parsed)
     return out
 
 
@@ -204,12 +209,7 @@ def _round_trip(text: str, parsed: dict[str, Any]) -> str:
     rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null",
                                                                                      "null"))
     doc = rt.load(text)
-    for key, value in parsed.items():
-        node = doc
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    set_dotted(doc, parsed)
     buf = io.StringIO()
     rt.dump(doc, buf)
     return buf.getvalue()

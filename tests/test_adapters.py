@@ -17,12 +17,7 @@ CASES = [("sd3", False), ("sd3", True), ("qwen_image", False), ("sana", False)]
 IDS = ["sd3", "sd35", "qwen_image", "sana"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support.threads import one_thread  # noqa: E402,F401  (autouse)
 
 
 def make(family, sd35=False, seed=0):

@@ -17,12 +17,7 @@ from twinflow_core.errors import ConfigError  # noqa: E402
 WORDS = ["a", "red", "blue", "circle", "square", "on", "left", "right"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support.threads import one_thread  # noqa: E402,F401  (autouse)
 
 
 def lora_net(family="sd3", ema=False, rank=4):

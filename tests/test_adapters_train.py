@@ -19,12 +19,7 @@ WORDS = ["a", "red", "blue", "circle", "square", "on", "left", "right"]
 CAPTIONS = ["a red circle", "a blue square", "a red square on left", "a blue circle on right"] * 2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from support.threads import one_thread  # noqa: E402,F401  (autouse)
 
 
 @pytest.fixture(scope="module")
