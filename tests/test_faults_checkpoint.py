@@ -17,7 +17,8 @@ from twinflow_core.training.callbacks import PeriodicState, check_state, latest_
 class _Trainer(SimpleNamespace):
     """What PeriodicState uses of a Lightning Trainer, with a save that can fail like a full disk."""
 
-    def save_checkpoint(self, path):
+    def save_checkpoint(self, path, weights_only=None):
+        assert weights_only is False  # a full state (optimizer, loops) for an exact resume, and no log line per save
         if self.disk_full:
             Path(path).write_bytes(b"PK\x03\x04 half a state")  # the partial file a full disk leaves
             raise OSError(errno.ENOSPC, "No space left on device")

@@ -90,9 +90,13 @@ def test_configure_rewrites_only_its_sections(tmp_path):
     text = rewrite(original, wanted, data)
     new, old = yaml.safe_load(text), yaml.safe_load(original)
     assert new["train"]["steps"] == 7 and new["data"]["name"] == "digits"
+    # digits fine-tunes its own fresh base, and is judged against it, not against the committed shapes base
+    assert new["evaluate"]["base"] == new["train"]["init"] == new["pretrain"]["out"] != old["evaluate"]["base"]
     assert new["data"].get("source", "digits") == "digits"  # source defaults to name when absent
-    for key in set(old) - {"model", "objective", "pretrain", "train", "data"}:
+    for key in set(old) - {"model", "objective", "pretrain", "train", "data", "evaluate"}:
         assert new[key] == old[key]
+    assert {k: v for k, v in new["evaluate"].items() if k != "base"} == \
+        {k: v for k, v in old["evaluate"].items() if k != "base"}
     assert {k: v for k, v in new["data"].items() if k not in ("name", "source", "image_size")} == \
         {k: v for k, v in old["data"].items() if k not in ("name", "source", "image_size")}
     # comments of other sections survive

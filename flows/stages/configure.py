@@ -6,7 +6,9 @@
 conf/ holds the presets and the schema; params.yaml holds the resolved values DVC tracks, key by key, so
 `dvc repro` reruns exactly the stages whose values changed. This command is the one way from the first to the
 second (other sections of params.yaml and all comments are kept). When the chosen `data` preset names another
-dataset it also sets data.name, data.source and data.image_size, the keys of the data section training depends on.
+dataset it also sets data.name, data.source and data.image_size, the keys of the data section training depends on,
+and evaluate.base follows a local train.init: the many-step reference is the model TwinFlow started from (the
+digits experiment fine-tunes its own fresh pretrain, so it must not be judged against the shapes base).
 `--check` writes nothing and exits 1 when params.yaml differs from the composition (CI and tests use it).
 """
 from __future__ import annotations
@@ -29,10 +31,22 @@ def composed_params(overrides: list[str]) -> tuple[dict, dict]:
     return {name: to_dict(getattr(sections, name)) for name in SECTIONS}, extra["data"]
 
 
+def reference_base(wanted: dict) -> str | None:
+    """The evaluate.base that goes with the composed train section: its init when that is a local folder (a remote
+    init is fetched by the flow, and a run from scratch keeps the base params.yaml names)."""
+    from flows.init_source import is_remote
+
+    init = wanted["train"].get("init")
+    return None if init is None or is_remote(init) else str(init)
+
+
 def differences(params: dict, wanted: dict, data: dict) -> list[str]:
     diffs = [name for name in SECTIONS if params.get(name) != wanted[name]]
     current = params.get("data") or {}
     diffs += [f"data.{k}" for k in ("name", "source", "image_size") if k in current and current.get(k) != data[k]]
+    base = reference_base(wanted)
+    if base is not None and (params.get("evaluate") or {}).get("base") != base:
+        diffs.append("evaluate.base")
     return diffs
 
 
@@ -68,8 +82,8 @@ def main(argv=None) -> int:
 
 
 def rewrite(text: str, wanted: dict, data: dict) -> str:
-    """params.yaml text with our sections replaced in place (appended when new) and data.name/source/image_size set;
-    every other line, comments included, is kept as it was."""
+    """params.yaml text with our sections replaced in place (appended when new), data.name/source/image_size and
+    evaluate.base (reference_base) set; every other line, comments included, is kept as it was."""
     import re
 
     import yaml
@@ -89,6 +103,8 @@ def rewrite(text: str, wanted: dict, data: dict) -> str:
             pending = []
     body = yaml.safe_dump({k: wanted[k] for k in SECTIONS}, sort_keys=False, default_flow_style=None, width=110)
     ours = [HEADER_LINE, *body.rstrip("\n").split("\n")]
+    base = reference_base(wanted)
+    edits = {"data": data, "evaluate": {} if base is None else {"base": base}}
     kept: list[str] = []
     placed = False
     for key, block in blocks:
@@ -101,7 +117,7 @@ def rewrite(text: str, wanted: dict, data: dict) -> str:
                 trailing.append(block.pop())
             kept.extend(trailing)
             continue
-        kept.extend(_set_data_key(ln, data) if key == "data" else ln for ln in block)
+        kept.extend(_set_keys(ln, edits[key]) if key in edits else ln for ln in block)
     kept.extend(pending)
     if not placed:
         while kept and kept[-1].strip() == "":
@@ -110,13 +126,14 @@ def rewrite(text: str, wanted: dict, data: dict) -> str:
     return "\n".join(kept) + "\n"
 
 
-def _set_data_key(line: str, data: dict) -> str:
+def _set_keys(line: str, values: dict) -> str:
+    """The line with the value of a direct child key of its section replaced (its comment kept)."""
     import re
 
-    for key in ("name", "source", "image_size"):
+    for key, value in values.items():
         m = re.match(rf"^(  {key}:\s*)(\S+)(.*)$", line)
-        if m and m.group(2) != str(data[key]):
-            return f"{m.group(1)}{data[key]}{m.group(3)}"
+        if m and m.group(2) != str(value):
+            return f"{m.group(1)}{value}{m.group(3)}"
     return line
 
 

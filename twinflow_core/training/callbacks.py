@@ -78,7 +78,9 @@ class PeriodicState(L.Callback):
             return
         tmp = final.with_suffix(".tmp")
         try:
-            trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+            # collective: every rank calls it, rank 0 writes. weights_only=False said outright: an exact resume needs
+            # the optimizer, loops and callbacks too, and left unset Lightning logs a line at every save
+            trainer.save_checkpoint(tmp, weights_only=False)
         except OSError as err:  # disk full, quota, a vanished mount: the previous state is untouched
             tmp.unlink(missing_ok=True)
             kept = latest_state(self.directory)
