@@ -190,3 +190,49 @@ def test_no_cuda_only_rng_calls_in_core():
     root = Path(twinflow_core.__file__).parent
     offenders = [p for p in root.rglob("*.py") if "cuda.get_rng_state" in p.read_text() or "cuda.set_rng_state" in p.read_text()]
     assert offenders == []
+
+
+class _NoCaptionReuse(torch.nn.Module):
+    """The same UNet without `encode_condition`: every call encodes its captions (the plain path). Not `.module`,
+    so the objective does not unwrap it."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.inner = net
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+@pytest.mark.parametrize("ema_decay", [0.9, 0.0, 1.0])
+def test_caption_encodings_reused_across_no_grad_calls_give_the_same_loss_and_gradients(ema_decay):
+    """The UNet's captions are encoded once per network and step for the teacher's CFG + RCGM calls and for dv's two
+    branches: the loss and every gradient equal the path that encodes at each call, with fewer caption rows encoded."""
+    import copy
+
+    torch.manual_seed(0)
+    net = build_net("unet", image_size=8, channels=[8, 16], attn_levels=[1], vocab_size=10, max_len=6,
+                    text_dim=16, text_layers=1, heads=2, time_dim=16, out_skip=True)
+    plain = _NoCaptionReuse(copy.deepcopy(net))
+    torch.manual_seed(1)
+    x, ids = torch.randn(16, 3, 8, 8), torch.randint(1, 10, (16, 6))
+    null = torch.zeros_like(ids)
+    objective = TwinFlowObjective(ObjectiveConfig.preset("twinflow", enhanced_ratio=0.5))
+    results = []
+    for model in (net, plain):
+        calls = []
+        ema = EMA(model, ema_decay)
+        for m in [model] + ([ema.model] if ema.model is not None else []):
+            encoder = m.text if hasattr(m, "text") else m.inner.text
+            encoder.register_forward_hook(lambda _m, inputs, _out: calls.append(inputs[0].shape[0]))
+        torch.manual_seed(2)
+        loss, stats = objective(model, x, ids, uncond=null, ema=ema)
+        loss.backward()
+        results.append((loss.item(), stats, {n: p.grad.clone() for n, p in model.named_parameters()}, sum(calls)))
+    (l_new, s_new, g_new, n_new), (l_old, s_old, g_old, n_old) = results
+    assert l_new == pytest.approx(l_old, rel=1e-6) and s_new == pytest.approx(s_old, rel=1e-5, abs=1e-7)
+    assert "loss/rectify" in s_new and "loss/adv" in s_new  # every branch ran
+    for name, grad in g_new.items():
+        old = g_old["inner." + name]
+        assert torch.allclose(grad, old, rtol=1e-5, atol=1e-6 * max(old.abs().max().item(), 1e-12)), name
+    assert n_new < n_old

@@ -31,6 +31,9 @@ Deliberate differences from the official code, none of which change a loss value
 - calls that share a network and a phase run as one forward of stacked rows: the CFG teacher's conditional and
   unconditional branch, and dv's fake (-s) and real (+s) branch on the same y (`_paired_call`; two calls when
   the conditionings cannot be stacked). Same values, up to float summation order in the batched kernels;
+- a network that offers `encode_condition` (the in-house UNet) encodes captions once for the no-grad calls that
+  share them: the teacher's CFG and RCGM calls when one network serves both (EMA or online teacher), and dv's two
+  branches; same values, up to float summation order;
 - rectify is skipped when its weight is 0 (the official code computes it and multiplies by 0);
 - every no-grad call goes through the unwrapped module (`net.module` under DDP), so only the single
   grad-carrying forward passes through DDP's hooks.
@@ -180,6 +183,13 @@ def _paired_call(net, x_a, t_a, r_a, cond_a, x_b, t_b, r_b, cond_b):
     return out[: x_a.shape[0]], out[x_a.shape[0]:]
 
 
+def _encoded(net: nn.Module, cond):
+    """`cond` encoded by `net` for reuse over several no-grad calls, when the network can (`encode_condition`);
+    else `cond` itself (the diffusers adapters take precomputed prompt embeddings already)."""
+    encode = getattr(net, "encode_condition", None)
+    return cond if cond is None or encode is None else encode(cond)
+
+
 def _bcast(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return t.view(-1, *([1] * (like.dim() - 1)))
 
@@ -256,6 +266,7 @@ def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float) -> tor
     z = torch.randn_like(x_fake)
     s = torch.rand(x_fake.shape[0], device=x_fake.device)
     y = _bcast(s, z) * z + (1 - _bcast(s, z)) * x_fake
+    cond = _encoded(net, cond)  # both branches read the same captions
     fake, real = _paired_call(net, y, -s, -s, cond, y, s, s, cond)  # one forward of both branches
     return (fake - real).float().clamp(-clip, clip)
 
@@ -306,27 +317,35 @@ class TwinFlowObjective:
 
         with torch.no_grad():
             target = v.clone()
-            if cfg.enhanced_ratio != 0.0 and uncond is not None:
+            use_cfg = cfg.enhanced_ratio != 0.0 and uncond is not None
+            use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0 and bool((masks["e2e"] | masks["any"]).any())
+            # official `model_4_rcgm`: the EMA copy, or the online model when the EMA is off (decay 0) or
+            # frozen (decay 1: the frozen copy guides only the CFG target; the rollout follows the online net)
+            rcgm_teacher = inner if fixed_teacher else teacher
+            rows = ~adv  # the rows whose target the CFG and RCGM teachers change
+            cond_rows = _rows(cond, rows)
+            if use_cfg and use_rcgm and rcgm_teacher is teacher:
+                cond_rows = _encoded(teacher, cond_rows)  # one network reads these captions in all its calls
+            if use_cfg:
                 lo, hi = cfg.enhanced_range
                 # strict bounds as in the official code: e2e rows (t = 1) are not enhanced when hi = 1
-                idx = (t > lo) & (t < hi) & ~adv
+                idx = (t > lo) & (t < hi) & rows
                 if idx.any():
                     xi, ti = x_t[idx], t[idx]
-                    f_c, f_u = _paired_call(teacher, xi, ti, ti, _rows(cond, idx), xi, ti, ti, _rows(uncond, idx))
+                    c_idx = _rows(cond_rows, idx[rows])
+                    u_idx = _rows(uncond, idx)
+                    if isinstance(c_idx, tuple) and not isinstance(u_idx, tuple):
+                        u_idx = _encoded(teacher, u_idx)  # encoded like the captions, so both branches stack
+                    f_c, f_u = _paired_call(teacher, xi, ti, ti, c_idx, xi, ti, ti, u_idx)
                     boost = cfg.enhanced_ratio * (f_c - f_u)
                     # official: v + w (f_c - f_u) in every mode but the image-free one with a frozen teacher, where
                     # v (a velocity towards the model's own sample) is replaced by the teacher's f_u + w (f_c - f_u)
                     pure_teacher = fixed_teacher and cfg.image_free
                     target[idx] = (f_u + boost) if pure_teacher else target[idx] + boost
-            use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0
-            if use_rcgm and (masks["e2e"] | masks["any"]).any():
-                rows = ~adv
-                # official `model_4_rcgm`: the EMA copy, or the online model when the EMA is off (decay 0) or
-                # frozen (decay 1: the frozen copy guides only the CFG target; the rollout follows the online net)
-                rcgm_teacher = inner if fixed_teacher else teacher
+            if use_rcgm:
                 target[rows] = rcgm_target(
                     rcgm_teacher, F.detach()[rows], target[rows], x_t[rows], t[rows], r[rows],
-                    _rows(cond, rows), cfg.estimate_order, cfg.delta, cfg.residual_clip,
+                    cond_rows, cfg.estimate_order, cfg.delta, cfg.residual_clip,
                 ).to(target.dtype)
             weight = time_weight(t, r) if cfg.time_weighting else torch.ones_like(t)
             weight[adv] = 1.0

@@ -56,6 +56,12 @@ class CaptionEncoder(nn.Module):
         return h, pad, h[:, 0]
 
 
+class EncodedCaption(tuple):
+    """(tokens, padding mask, pooled) of CaptionEncoder, passed as `cond` so that several calls of the same network on
+    the same captions encode them once (the objective's no-grad calls; see TextUNet.encode_condition). A tuple, so
+    that the objective's row selection and stacking treat it like any other structured conditioning."""
+
+
 class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb_dim: int):
         super().__init__()
@@ -196,11 +202,15 @@ class TextUNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    def encode_condition(self, cond: torch.Tensor) -> EncodedCaption:
+        """Caption ids (B, L) encoded once, for forwards that reuse them (same weights, same rows)."""
+        return EncodedCaption(self.text(cond))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond=None) -> torch.Tensor:
         b = x.shape[0]
         if cond is None:
             cond = torch.zeros(b, 1, dtype=torch.long, device=x.device)  # the null caption
-        text, pad, pooled = self.text(cond)
+        text, pad, pooled = cond if isinstance(cond, EncodedCaption) else self.text(cond)
         t, r = (t.expand(b) if t.dim() == 0 else t), (r.expand(b) if r.dim() == 0 else r)
         emb = self.time(t, r)
         emb = emb + self.text_to_emb(pooled)
