@@ -175,6 +175,13 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
         with get_client(sync_client=True) as prefect:
             pool = prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-team", type="process"))
             assert prefect.read_work_pool("twinflow-team").id == pool.id
+            # and takes the kubernetes pool template of flows/launch_templates.py as a kubernetes pool's base
+            from flows import launch_templates
+
+            template = launch_templates.render("k8s-pool", ROOT / "params.yaml")
+            prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-k8s", type="kubernetes",
+                                                              base_job_template=template))
+            assert prefect.read_work_pool("twinflow-k8s").base_job_template == template
 
 
 def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_pulls_its_outputs(
