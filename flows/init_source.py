@@ -10,6 +10,9 @@ beside the weights names the URI and the weights' sha256. The pipeline (`twinflo
 fetches before `dvc repro` and writes the local folder into params.yaml, so dvc.lock records what was trained
 from; the stage entry points (`python -m flows.stages.train --set train.init=URI`) fetch the same way.
 The run key of the stage hashes the weights, not the URI: the same weights from another place are the same run.
+The pipeline then puts the fetched folder under DVC (`track`: checkpoints/<stage>-init.dvc, weights in the cache),
+so the run's git ref names it and `dvc push` sends it with the run's outputs: `twinflow models reproduce` pulls the
+very weights a version was trained from (clean `dvc status`), even after an alias has moved or the URI is gone.
 
 Under a multi-process launch (fetch_for_launch) every rank starts at once, on one node or many: local rank 0 of
 each node fetches, under a file lock, into a folder of that node (checkpoints/<stage>-init-node<N> when the
@@ -101,6 +104,18 @@ def localise(values: dict, root: Path, tracking_uri: str | None, log=print) -> d
             fetch(ref, Path(root) / rel, tracking_uri)
             out[key] = str(rel)
     return out
+
+
+def track(root: Path, rel: str | Path, log=print) -> Path:
+    """`dvc add` the fetched init folder `rel` in the project `root`: <rel>.dvc beside it (kept in git by the
+    run's ref; the folder itself stays git-ignored) and its files in the DVC cache, pushed with the run."""
+    import sys
+
+    from flows import dvc_ops
+
+    dvc_ops.run_streaming([sys.executable, "-m", "dvc", "add", "--quiet", str(rel)], root, log,
+                          f"dvc add {rel}")
+    return Path(root) / f"{rel}.dvc"
 
 
 @contextmanager

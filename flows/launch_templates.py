@@ -107,53 +107,99 @@ def pytorchjob(stage: str, nodes: int, devices: int, s: dict) -> dict:
                      "pytorchReplicaSpecs": specs}}
 
 
+# The kubernetes worker's own base job template, as Prefect 3.9.1 prints it (`prefect work-pool
+# get-default-base-job-template --type kubernetes`, from prefect/server/api/collections_data/views/
+# aggregate-worker-metadata.json; the worker is prefect-kubernetes, src/integrations/prefect-kubernetes/
+# prefect_kubernetes/worker.py in github.com/PrefectHQ/prefect). Ours keeps every variable and field of it and
+# adds the GPUs, the shared volume and the working directory. Two of its rules bind us: the worker refuses a
+# manifest whose pod spec lacks `parallelism: 1`, `completions: 1`, `restartPolicy: Never` or whose first
+# container is not named `prefect-job` (it also streams the run's output from that container by name).
+K8S_POOL_CONTAINER = "prefect-job"
+
+
+def _pool_variables(stage: str, s: dict) -> dict:
+    """The per-run variables (a JSON schema): the kubernetes worker's, with this project's defaults."""
+    def var(kind, title, description, default=None, **extra):
+        spec = {"title": title, "description": description, **extra}
+        spec["type" if not isinstance(kind, list) else "anyOf"] = kind if not isinstance(kind, list) else [
+            {"type": k} for k in kind]
+        if default is not None:
+            spec["default"] = default
+        return spec
+
+    return {"type": "object", "properties": {
+        "name": var("string", "Name", "Prefix of the job's name.", f"twinflow-{stage}"),
+        "env": var("object", "Environment Variables", "Environment of the flow-run container.", {},
+                   additionalProperties={"type": ["string", "null"]}),
+        "labels": var("object", "Labels", "Labels of the job.", {}, additionalProperties={"type": "string"}),
+        "command": var("string", "Command", "The flow-run command (default: Prefect's)."),
+        "namespace": var("string", "Namespace", "Namespace of the job.", s["namespace"]),
+        "image": var("string", "Image", "The worker image (infra/worker.Dockerfile).", s["image"]),
+        "service_account_name": var("string", "Service Account Name", "Service account of the pod."),
+        "image_pull_policy": var("string", "Image Pull Policy", "When the image is pulled.", "IfNotPresent",
+                                 enum=["IfNotPresent", "Always", "Never"]),
+        "finished_job_ttl": var("integer", "Finished Job TTL", "Seconds a finished job is kept.", 86400),
+        "job_watch_timeout_seconds": var("integer", "Job Watch Timeout Seconds",
+                                         "Seconds the worker watches the job (none: until it ends)."),
+        "pod_watch_timeout_seconds": var("integer", "Pod Watch Timeout Seconds",
+                                         "Seconds the worker waits for the pod to start.", 600),
+        "stream_output": var("boolean", "Stream Output", "Stream the run's output to the worker.", True),
+        # a block document reference, as the worker reads it (none: the pod's in-cluster service account)
+        "cluster_config": {"title": "Cluster Config", "description": "A kubernetes-cluster-config block.",
+                           "allOf": [{"$ref": "#/definitions/KubernetesClusterConfig"}]},
+        "cpu_request": var("string", "CPU Request", "e.g. 8"),
+        "cpu_limit": var("string", "CPU Limit", "e.g. 16"),
+        "memory_request": var("string", "Memory Request", "e.g. 64Gi"),
+        "memory_limit": var("string", "Memory Limit", "e.g. 128Gi"),
+    }, "definitions": {"KubernetesClusterConfig": {
+        "title": "KubernetesClusterConfig", "type": "object", "block_type_slug": "kubernetes-cluster-config",
+        "description": "A kubectl config and the context to use of it.",
+        "properties": {"config": {"title": "Config", "type": "object"},
+                       "context_name": {"title": "Context Name", "type": "string"}},
+        "required": ["config", "context_name"], "secret_fields": [], "block_schema_references": {}}}}
+
+
 def k8s_pool(stage: str, nodes: int, devices: int, s: dict) -> dict:
-    """A Prefect kubernetes work pool's base job template: the flow-run pod (one node's GPUs, the shared
-    volume); `{{ ... }}` are Prefect's per-run variables, defined under `variables`."""
-    container = _container(s, devices, [])
-    del container["command"]  # the image's entrypoint; Prefect passes the flow-run command as `args`
-    container.update({"args": "{{ command }}", "env": "{{ env }}", "imagePullPolicy": "IfNotPresent",
-                      "image": "{{ image }}"})
+    """A Prefect kubernetes work pool's base job template: the kubernetes worker's default (above) plus one
+    node's GPUs as a fixed limit and the shared volume; `{{ ... }}` are Prefect's per-run variables."""
+    container = {
+        "name": K8S_POOL_CONTAINER, "env": "{{ env }}", "image": "{{ image }}",
+        "imagePullPolicy": "{{ image_pull_policy }}",
+        "args": "{{ command }}",  # the image's entrypoint runs Prefect's flow-run command
+        "workingDir": s["workdir"],
+        "resources": {"limits": {"cpu": "{{ cpu_limit }}", "memory": "{{ memory_limit }}",
+                                 s["gpu_resource"]: devices},
+                      "requests": {"cpu": "{{ cpu_request }}", "memory": "{{ memory_request }}"}},
+        "volumeMounts": [{"name": "work", "mountPath": s["mount"]}, {"name": "shm", "mountPath": "/dev/shm"}],
+    }
     manifest = {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"generateName": "{{ name }}-", "namespace": "{{ namespace }}", "labels": "{{ labels }}"},
-        "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": 86400,
-                 "template": {"spec": {"restartPolicy": "Never", "containers": [container],
-                                       "volumes": _volumes(s)}}},
+        "metadata": {"labels": "{{ labels }}", "namespace": "{{ namespace }}", "generateName": "{{ name }}-"},
+        "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": "{{ finished_job_ttl }}",
+                 # parallelism/completions sit in the pod spec because the worker demands them there (see above);
+                 # Kubernetes drops them with a warning
+                 "template": {"spec": {"parallelism": 1, "completions": 1, "restartPolicy": "Never",
+                                       "serviceAccountName": "{{ service_account_name }}",
+                                       "containers": [container], "volumes": _volumes(s)}}},
     }
-    variables = {"type": "object", "properties": {
-        "image": {"type": "string", "default": s["image"]},
-        "namespace": {"type": "string", "default": s["namespace"]},
-        "name": {"type": "string", "default": f"twinflow-{stage}"},
-        "env": {"type": "object", "default": {}},
-        "labels": {"type": "object", "default": {}},
-        "command": {"type": "string"},
-    }}
-    return {"job_configuration": {"command": "{{ command }}", "env": "{{ env }}", "labels": "{{ labels }}",
-                                  "name": "{{ name }}", "namespace": "{{ namespace }}", "job_manifest": manifest},
-            "variables": variables}
+    configuration = {key: "{{ %s }}" % key for key in ("command", "env", "labels", "name", "namespace")}
+    configuration["job_manifest"] = manifest
+    configuration.update({key: "{{ %s }}" % key for key in (
+        "cluster_config", "job_watch_timeout_seconds", "pod_watch_timeout_seconds", "stream_output")})
+    return {"job_configuration": configuration, "variables": _pool_variables(stage, s)}
 
 
 def job_manifest_example(template: dict, values: dict | None = None) -> dict:
-    """The base job template's manifest with its placeholders filled as Prefect would for one run (for checks)."""
-    filled = {"name": "twinflow-run", "namespace": "twinflow", "labels": {"app": "twinflow"},
+    """The base job template's manifest filled as a worker fills it for one run: the variables' defaults, then
+    `values`, through Prefect's own templating (a placeholder without a value drops its key)."""
+    from prefect.utilities.templating import apply_values
+
+    defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if "default" in v}
+    filled = {**defaults, "labels": {"app": "twinflow"},
               "env": [{"name": "PREFECT_API_URL", "value": "http://prefect:4200/api"}],
               "command": ["prefect", "flow-run", "execute"], "image": "registry.internal/twinflow-worker:1",
               **(values or {})}
-
-    def fill(node):
-        if isinstance(node, dict):
-            return {k: fill(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        if isinstance(node, str) and node.startswith("{{ ") and node.endswith(" }}"):
-            return filled[node[3:-3]]
-        if isinstance(node, str) and "{{ " in node:
-            key = node.split("{{ ", 1)[1].split(" }}", 1)[0]
-            return node.replace("{{ " + key + " }}", str(filled[key]))
-        return node
-
-    return fill(template["job_configuration"]["job_manifest"])
+    return apply_values(template["job_configuration"]["job_manifest"], filled)
 
 
 KINDS = {"sbatch": sbatch, "pytorchjob": pytorchjob, "k8s-pool": k8s_pool}

@@ -92,7 +92,8 @@ def register_run(root: str, flow_run_id: str, run_name: str, tracking_uri: str |
 
 def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> dict:
     """The overrides with a remote pretrain.init / train.init (from them or from params.yaml) fetched into
-    checkpoints/<stage>-init and replaced by that folder: DVC hashes a local dependency (flows.init_source)."""
+    checkpoints/<stage>-init and replaced by that folder: DVC hashes a local dependency (flows.init_source), and
+    tracks the folder (<folder>.dvc), so a reproduction of the run pulls the same weights."""
     params = load_params(root / "params.yaml")
     current = flatten(params)
     keys = [f"{stage}.{leaf}" for stage in ("pretrain", "train") for leaf in ("init", "out")]
@@ -100,7 +101,11 @@ def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> d
     if not any(init_source.is_remote(values[key]) for key in init_source.INIT_KEYS):
         return parsed
     local = init_source.localise(values, root, tracking.resolve_tracking_uri(root, params, tracking_uri), log)
-    return {**parsed, **{key: local[key] for key in init_source.INIT_KEYS if local[key] != values[key]}}
+    fetched = {key: local[key] for key in init_source.INIT_KEYS if local[key] != values[key]}
+    if (root / ".dvc").is_dir():  # under DVC: the run's ref and push carry what it trained from
+        for rel in dict.fromkeys(fetched.values()):
+            init_source.track(root, rel, log)
+    return {**parsed, **fetched}
 
 
 def _retrying(task_fn, cfg: dict):

@@ -113,27 +113,112 @@ def test_pytorchjob_is_valid_and_a_misspelled_key_fails(tmp_path):
     check_pytorchjob(one)
 
 
-def test_kubernetes_work_pool_template_is_valid_and_a_misspelled_key_fails(tmp_path):
-    template = lt.render("k8s-pool", _params(tmp_path, 1, 4), settings={"claim": "team-volume"})
-    manifest = lt.job_manifest_example(template)
-    check_k8s(manifest)
-    pod = manifest["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4}
-    assert {"name": "work", "persistentVolumeClaim": {"claimName": "team-volume"}} in pod["volumes"]
-    assert manifest["metadata"]["generateName"] == "twinflow-run-"
-    # every placeholder of the job configuration is a declared variable (what Prefect fills per run)
-    declared = set(template["variables"]["properties"])
+def prefect_kubernetes_default() -> dict:
+    """The kubernetes worker's default base job template as Prefect 3.9.1 itself serves it (what
+    `prefect work-pool get-default-base-job-template --type kubernetes` prints, offline)."""
+    import prefect
+
+    metadata = Path(prefect.__file__).parent / "server/api/collections_data/views/aggregate-worker-metadata.json"
+    workers = json.loads(metadata.read_text())["prefect-kubernetes"]
+    return next(w for w in workers.values() if w["type"] == "kubernetes")["default_base_job_configuration"]
+
+
+def _paths(node, prefix=""):
+    """Every key path of a JSON tree (list items by position): what a template must keep of the default."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield f"{prefix}/{key}"
+            yield from _paths(value, f"{prefix}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _paths(value, f"{prefix}/{i}")
+
+
+def check_pool_template(template: dict) -> None:
+    """Ours against the default: every variable, job-configuration key and manifest field of it kept (and each
+    placeholder of the default still a placeholder), only declared variables used, the values the worker
+    demands, and the filled manifest valid for Kubernetes (strict) apart from the two pod-spec keys the worker
+    demands and Kubernetes drops."""
+    default = prefect_kubernetes_default()
+    ours_vars, default_vars = template["variables"]["properties"], default["variables"]["properties"]
+    assert set(default_vars) <= set(ours_vars), f"variables dropped: {sorted(set(default_vars) - set(ours_vars))}"
+
+    def kinds(spec: dict) -> set:
+        return {spec.get("type")} | {a.get("type") or a.get("$ref") for a in spec.get("anyOf", []) + spec.get(
+            "allOf", [])} - {None}
+
+    for name, spec in default_vars.items():
+        assert kinds(spec) & kinds(ours_vars[name]), f"variable {name}: type changed"
+    for name, definition in default["variables"].get("definitions", {}).items():
+        ours = template["variables"].get("definitions", {}).get(name, {})
+        assert (ours.get("block_type_slug"), ours.get("required")) == (
+            definition.get("block_type_slug"), definition.get("required")), f"definition {name} differs"
+    missing = sorted(set(_paths(default["job_configuration"])) - set(_paths(template["job_configuration"])))
+    assert not missing, f"fields of the default missing: {missing}"
+
+    def at(tree, path):
+        for key in path.strip("/").split("/"):
+            tree = tree[int(key)] if isinstance(tree, list) else tree[key]
+        return tree
+
+    for path in _paths(default["job_configuration"]):
+        value = at(default["job_configuration"], path)
+        if isinstance(value, str) and value.startswith("{{"):
+            assert at(template["job_configuration"], path) == value, f"{path}: placeholder {value} replaced"
+    declared = set(ours_vars)
     used = set(re.findall(r"\{\{ (\w+) \}\}", json.dumps(template["job_configuration"])))
-    assert used <= declared, used - declared
+    assert used <= declared, f"undeclared variables: {sorted(used - declared)}"
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    assert (pod["parallelism"], pod["completions"], pod["restartPolicy"], pod["containers"][0]["name"]) == (
+        1, 1, "Never", "prefect-job"), "values the kubernetes worker demands"
+    manifest = lt.job_manifest_example(template)
+    for key in ("parallelism", "completions"):
+        manifest["spec"]["template"]["spec"].pop(key)
+    check_k8s(manifest)
+
+
+def test_kubernetes_work_pool_template_keeps_prefects_default_and_a_misspelled_key_fails(tmp_path):
+    template = lt.render("k8s-pool", _params(tmp_path, 1, 4), settings={"claim": "team-volume"})
+    check_pool_template(template)
+    manifest = lt.job_manifest_example(template, {"cpu_limit": "16", "memory_limit": "128Gi"})
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": 4, "cpu": "16", "memory": "128Gi"}
+    assert {"name": "work", "persistentVolumeClaim": {"claimName": "team-volume"}} in pod["volumes"]
+    assert {"name": "work", "mountPath": "/work"} in pod["containers"][0]["volumeMounts"]
+    assert manifest["metadata"]["generateName"] == "twinflow-train-"
     from kubernetes_validate import ValidationError
 
-    for mutate in (lambda m: m["spec"]["template"]["spec"].__setitem__("restartpolicy", "Never"),
-                   lambda m: m["spec"].__setitem__("backoffLimits", 0),
-                   lambda m: m["spec"]["template"]["spec"]["containers"][0]["resources"].__setitem__("limit", {})):
-        bad = copy.deepcopy(manifest)
+    spec = ("job_configuration", "job_manifest", "spec")
+    pod_path = spec + ("template", "spec")
+    container = pod_path + ("containers", 0)
+
+    def rename(path, old, new):
+        def mutate(t):
+            node = t
+            for key in path:
+                node = node[key]
+            node[new] = node.pop(old)
+        return mutate
+
+    mutations = [  # a misspelled key: a Kubernetes field, a field of the default, a variable, a worker rule
+        rename(pod_path, "restartPolicy", "restartpolicy"), rename(spec, "backoffLimit", "backoffLimits"),
+        rename(container + ("resources",), "limits", "limit"), rename(container, "volumeMounts", "volumeMount"),
+        rename(spec, "ttlSecondsAfterFinished", "ttlSecondAfterFinished"),
+        rename(("job_configuration",), "stream_output", "stream_outputs"),
+        rename(("variables", "properties"), "service_account_name", "service_acount_name"),
+        rename(("variables", "definitions"), "KubernetesClusterConfig", "KubernetesClusterConf"),
+        lambda t: t["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0].__setitem__(
+            "name", "pytorch"),
+    ]
+    for mutate in mutations:
+        bad = copy.deepcopy(template)
         mutate(bad)
-        with pytest.raises(ValidationError):
-            check_k8s(bad)
+        with pytest.raises((AssertionError, ValidationError)):
+            check_pool_template(bad)
+    done = subprocess.run([sys.executable, "-m", "flows.launch_templates", "k8s-pool", "--params",
+                           str(_params(tmp_path, 1, 8))], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    check_pool_template(json.loads(done.stdout))
 
 
 def test_render_refuses_unknown_settings_and_bad_placement(tmp_path):

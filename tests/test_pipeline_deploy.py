@@ -32,6 +32,28 @@ def test_deployments_carry_concurrency_limits_and_on_demand_runs_isolated():
     assert built["on-demand"].parameters["isolate"] is True and "isolate" not in built["nightly"].parameters
 
 
+def test_deploy_to_a_pool_says_where_the_worker_finds_the_code(tmp_path):
+    """The pull step a pool deployment carries: this checkout (set_working_directory), or a git clone per run;
+    a folder without the project is refused in one line, and deploy needs a server to register to."""
+    from flows.deployments import code_storage, main
+    from twinflow_core.errors import ConfigError
+
+    assert code_storage().to_pull_step() == {
+        "prefect.deployments.steps.set_working_directory": {"directory": str(REPO.resolve())}}
+    (clone,) = [code_storage(git_url="https://git.internal/ml/twinflow.git", git_branch="main").to_pull_step()]
+    step = clone["prefect.deployments.steps.git_clone"]
+    assert (step["repository"], step["branch"]) == ("https://git.internal/ml/twinflow.git", "main")
+    with pytest.raises(ConfigError, match=r"deploy --code .*: no flows/pipeline.py there"):
+        code_storage(str(tmp_path))
+    env_api = os.environ.pop("PREFECT_API_URL", None)
+    try:
+        with pytest.raises(SystemExit, match="set PREFECT_API_URL"):
+            main(["deploy", "--pool", "p"])
+    finally:
+        if env_api is not None:
+            os.environ["PREFECT_API_URL"] = env_api
+
+
 @pytest.mark.slow
 def test_served_deployment_run_through_the_api_completes(tmp_path):
     from mlflow.tracking import MlflowClient

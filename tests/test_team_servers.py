@@ -3,7 +3,8 @@ infra/mlflow/entrypoint.sh (basic-auth, tracking + registry + auth database on P
 a moto S3 server), the Prefect server on PostgreSQL. Checked: the pipeline's account registers a real generator
 version (artifacts land in S3) and holds `challenger`; only the release manager promotes into the production
 model; a wrong password and a reader's write are refused with one clear line; a client calling the server by
-its service name passes the host check, an unknown host does not.
+its service name passes the host check, an unknown host does not; a deployment on a process work pool is run
+to Completed by a `prefect worker start --pool` process and a second clone pulls the run's outputs.
 """
 from __future__ import annotations
 
@@ -174,50 +175,71 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
         with get_client(sync_client=True) as prefect:
             pool = prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-team", type="process"))
             assert prefect.read_work_pool("twinflow-team").id == pool.id
+            # and takes the kubernetes pool template of flows/launch_templates.py as a kubernetes pool's base
+            from flows import launch_templates
+
+            template = launch_templates.render("k8s-pool", ROOT / "params.yaml")
+            prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-k8s", type="kubernetes",
+                                                              base_job_template=template))
+            assert prefect.read_work_pool("twinflow-k8s").base_job_template == template
 
 
-def test_a_deployment_run_on_the_team_servers_and_a_second_clone_pulls_its_outputs(servers, tmp_path):
-    """The pipeline (fast stand-in stages) through a served deployment on the PostgreSQL-backed Prefect server,
-    tracked and registered with the pipeline's account, its DVC outputs pushed to S3; a fresh clone pulls them."""
+def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_pulls_its_outputs(
+        servers, tmp_path, monkeypatch):
+    """The on-demand deployment registered to a process work pool on the PostgreSQL-backed Prefect server
+    (`python -m flows.deployments deploy`, code from this checkout by a set_working_directory pull step), a flow
+    run created through the API and picked up by a `prefect worker start --pool` process, which runs the
+    pipeline (fast stand-in stages) to Completed; tracked and registered with the pipeline's account, its DVC
+    outputs pushed to S3; a fresh clone pulls them."""
+    import time
+
     from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from flows import deployments
     from tests.support.pipeline import make_toy_project, toy_env
 
-    url, s3 = servers["mlflow"], servers["s3"]
+    url, s3, pool = servers["mlflow"], servers["s3"], "twinflow-team-worker"
     project = make_toy_project(tmp_path / "proj")
     dvc = [sys.executable, "-m", "dvc"]
     for args in (["remote", "add", "-d", "team", "s3://team/dvc"], ["remote", "modify", "team", "endpointurl", s3]):
         subprocess.run(dvc + args, cwd=project, check=True, capture_output=True)
     subprocess.run(["git", "commit", "-qam", "S3 remote"], cwd=project, check=True)
     creds = {"MLFLOW_TRACKING_USERNAME": "pipeline", "MLFLOW_TRACKING_PASSWORD": USERS["pipeline"]}
+    # the worker's environment is what its flow runs get: the pipeline's credentials, S3, the tracking server
     env = {**os.environ, **toy_env(), **AWS, **creds, "PREFECT_API_URL": servers["prefect"],
-           "PREFECT_HOME": str(tmp_path / "prefect-client"), "MLFLOW_TRACKING_URI": url,
-           "MLFLOW_S3_ENDPOINT_URL": s3}
-    log = open(tmp_path / "serve.log", "wb")
-    serving = subprocess.Popen([sys.executable, "-m", "flows.deployments", "serve", "--workdir", str(project)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
-            import time
-
-            from prefect.client.orchestration import get_client
-
-            deadline = time.monotonic() + 240
+           "PREFECT_HOME": str(tmp_path / "prefect-worker"), "MLFLOW_TRACKING_URI": url,
+           "MLFLOW_S3_ENDPOINT_URL": s3, "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    monkeypatch.setenv("PREFECT_API_URL", servers["prefect"])
+    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
+        assert deployments.main(["deploy", "--pool", pool, "--only", "on-demand", "--code", str(ROOT),
+                                 "--workdir", str(project)]) == 0
+        with get_client(sync_client=True) as client:
+            dep = client.read_deployment_by_name("twinflow-pipeline/on-demand")
+            assert client.read_work_pool(pool).type == "process" and dep.work_pool_name == pool
+            assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                       {"directory": str(ROOT.resolve())}}]
+        # the run is created first and waits in the pool's queue until a worker takes it
+        run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": []}, timeout=0)
+        log = open(tmp_path / "worker.log", "wb")
+        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool,
+                                   "--type", "process", "--limit", "1"], cwd=tmp_path, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
             with get_client(sync_client=True) as client:
-                while True:
-                    try:
-                        client.read_deployment_by_name("twinflow-pipeline/on-demand")
-                        break
-                    except Exception:  # noqa: BLE001 - not registered yet
-                        assert serving.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                        assert time.monotonic() < deadline, "the deployment did not appear"
-                        time.sleep(1)
-            run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": []}, timeout=600)
-        assert run.state.is_completed(), (run.state.message, (tmp_path / "serve.log").read_text()[-3000:])
-    finally:
-        stop(serving)
+                while not (state := client.read_flow_run(run.id).state).is_final():
+                    assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+                    assert time.monotonic() < deadline, f"flow run still {state.name}"
+                    time.sleep(1)
+                picked = client.read_flow_run(run.id)
+            assert state.is_completed(), (state.message, (tmp_path / "worker.log").read_text()[-3000:])
+            assert picked.work_pool_name == pool and picked.infrastructure_pid  # run by the worker's process
+        finally:
+            stop(worker)
     # registered on the team server with the pipeline's account
     os.environ.update(creds)
     try:
