@@ -81,12 +81,18 @@ def server(tmp_path_factory):
     stop(proc)
 
 
+@pytest.fixture(autouse=True)
+def quick_client_retries(monkeypatch):
+    """A busy one-worker server may reset a connection; MLflow's client retries it, by default after 2, 4, 8 s."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.1")
+
+
 @pytest.mark.slow
 def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_consistent_trail(server):
     uri = server
     gate = GateConfig.from_params({"gate": GATE})
-    versions = _versions(uri, 6)
-    # 1. six promotions of six versions at once: every one of them is in the history, none lost
+    versions = _versions(uri, 4)
+    # 1. four promotions of four versions at once: every one of them is in the history, none lost
     results = _all_at_once([lambda v=v: registry.promote(_client(uri), NAME, v, gate, reason=f"race {v}")
                             for v in versions])
     assert all(isinstance(r, str) and "is now champion" in r for r in results), results
@@ -96,14 +102,14 @@ def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_consistent
     champion = str(client.get_model_version_by_alias(NAME, "champion").version)
     assert champion == history[-1]
     # 2. promotions and rollbacks mixed, at once
-    mixed = [lambda v=v: registry.promote(_client(uri), NAME, v, gate, reason="mixed") for v in versions[:4]]
-    mixed += [lambda: registry.rollback(_client(uri), NAME, reason="mixed")] * 4
+    mixed = [lambda v=v: registry.promote(_client(uri), NAME, v, gate, reason="mixed") for v in versions[:3]]
+    mixed += [lambda: registry.rollback(_client(uri), NAME, reason="mixed")] * 3
     results = _all_at_once(mixed)
     assert all(isinstance(r, str) for r in results), results
     client = _client(uri)
     model = client.get_registered_model(NAME)
     trail = release_lock.audit_trail(client, NAME)
-    assert len(trail) == 6 + 8 and [r["action"] for r in trail].count("rollback") == 4
+    assert len(trail) == 4 + 6 and [r["action"] for r in trail].count("rollback") == 3
     champion, history = _replay(trail)
     assert model.aliases == {"champion": champion}
     assert model.tags[registry.HISTORY_TAG].split(",") == history
@@ -113,7 +119,7 @@ def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_consistent
             tags = client.get_model_version(NAME, rec["champion"]).tags
             assert tags["promotion.gate_recheck"] == "passed" == rec["verdict"]
     assert not [m.name for m in client.search_registered_models() if release_lock.is_lock(m.name)]
-    assert [r["name"] for r in registry.list_versions(client)] == [NAME] * 6
+    assert [r["name"] for r in registry.list_versions(client)] == [NAME] * 4
 
 
 @pytest.mark.slow
