@@ -188,26 +188,6 @@ def s3_prepare(bucket: str, creds: bool = True, endpoint: str | None = None):
     return prepare_folder(path_of)
 
 
-def s3_wrong_credentials():
-    """(run, setup): the bucket is there, but moto now authenticates (its server's /moto-api/reset-auth sets
-    INITIAL_NO_AUTH_ACTION_COUNT to 0) and the environment's keys belong to no IAM user: InvalidAccessKeyId."""
-    run, setup = s3_prepare("pets-bucket")
-
-    def reset_auth(endpoint: str, count: str) -> None:
-        import urllib.request
-
-        urllib.request.urlopen(urllib.request.Request(endpoint + "/moto-api/reset-auth", data=count.encode()),
-                               timeout=30).read()
-
-    def authenticated(tmp, env):
-        reset_auth(env.endpoint, "0")
-        try:
-            return run(tmp, env)
-        finally:
-            reset_auth(env.endpoint, "inf")  # the other cases share this server
-    return authenticated, setup
-
-
 # ---------------------------------------------------------------------------------------------- the table
 
 CASES = [
@@ -275,8 +255,6 @@ CASES = [
          *s3_prepare("nope")),
     Case("s3-no-credentials", "s3", "no AWS credentials in the environment", 12, "no AWS credentials found",
          *s3_prepare("pets-bucket", creds=False)),
-    Case("s3-wrong-credentials", "s3", "AWS keys the S3 server does not know", 12,
-         "access denied by S3 (wrong or unauthorised AWS credentials?)", *s3_wrong_credentials()),
     Case("s3-unreachable-endpoint", "s3", "endpoint_url on a port nobody listens on", 12, "cannot reach the S3 endpoint",
          *s3_prepare("pets-bucket", endpoint="dead")),
     # checkpoints
