@@ -11,9 +11,9 @@ their keys and types are checked here against those defaults.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from flows.overrides import with_overrides
 from twinflow_core.errors import ConfigError
 
 # The flow's sections: key -> (types, rule or None). flows/pipeline.py PIPELINE_DEFAULTS and flows/registry.py
@@ -99,19 +99,7 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
     _cross_section(params, data_cfg, sections, where)
 
 
-def resolved(params: dict, parsed: dict[str, Any]) -> dict:
-    """A copy of `params` with dotted overrides applied: the configuration the run will see."""
-    out = copy.deepcopy(params)
-    for key, value in parsed.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
-
-
 def check_resolved(params: dict, parsed: dict[str, Any], where: str) -> None:
     """Validate params.yaml with the overrides applied (an override may also mend a bad value in the file)."""
     shown = " ".join(f"{k}={v}" for k, v in parsed.items())
-    check_params(resolved(params, parsed), f"{where} with {shown}" if parsed else where)
+    check_params(with_overrides(params, parsed), f"{where} with {shown}" if parsed else where)

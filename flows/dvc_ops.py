@@ -20,7 +20,7 @@ from typing import Callable
 
 import yaml
 
-from flows.faults import StageFailed, TransientFault, is_transient_text
+from flows.faults import RETRY_MARK, StageFailed, TransientFault, is_transient_text
 
 # "didn't change": dvc.lock matches; "is cached": restored from DVC's run-cache (made before, anywhere)
 _SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change, skipping|is cached - skipping run)")
@@ -122,7 +122,7 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
         exited = re.findall(r"exited with (-?\d+)", text)  # the stage's own status, not dvc's 255
         message = f"{what} failed (exit {exited[-1] if exited else rc}): {reason}"
         if is_transient_text(text):
-            raise TransientFault(message + " [transient: will be retried]")
+            raise TransientFault(message + RETRY_MARK)
         raise StageFailed(message, int(exited[-1]) if exited else None)
     return result
 

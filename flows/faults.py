@@ -32,6 +32,10 @@ _TRANSIENT = re.compile("|".join(TRANSIENT_PATTERNS), re.IGNORECASE)
 _DETERMINISTIC = re.compile("|".join(DETERMINISTIC_PATTERNS))
 
 
+# appended to a transient failure's message while retries remain; replaced by the count once they are spent
+RETRY_MARK = " [transient: will be retried]"
+
+
 class StageFailed(TwinflowError):
     """A pipeline step failed for a reason a retry will not fix; the message carries its error.
 
@@ -77,6 +81,13 @@ def retry_on_transient(task, task_run, state) -> bool:
     except BaseException as exc:  # noqa: BLE001 - the state's own exception is what we classify
         return is_transient(exc)
     return False
+
+
+def gave_up(err: TransientFault, attempts: int, delays: list[float]) -> TransientFault:
+    """The last attempt's fault, saying that retrying is over and how it was paced (one line)."""
+    waits = ", ".join(f"{d:g}" for d in delays)
+    return TransientFault(str(err).replace(RETRY_MARK, "")
+                          + f" (gave up after {attempts} attempts" + (f", waiting {waits} s between them)" if delays else ")"))
 
 
 def backoff_delays(retries: int, first_delay_s: float) -> list[float]:

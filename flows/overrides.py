@@ -117,11 +117,14 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
 
 
 def set_dotted(tree, parsed: dict[str, Any]) -> None:
-    """Set each `a.b.c` key of `parsed` in a nested mapping (a dict or a ruamel document), in place."""
+    """Set each `a.b.c` key of `parsed` in a nested mapping (a dict or a ruamel document), in place; a missing
+    or empty parent is made (a new `gate.ratio.<metric>` entry where params.yaml has no `gate.ratio` yet)."""
     for key, value in parsed.items():
         node = tree
         *parents, leaf = key.split(".")
         for part in parents:
+            if node.get(part) is None:
+                node[part] = {}
             node = node[part]
         node[leaf] = value
 
@@ -154,9 +157,9 @@ def _edit_lines(text: str, parsed: dict[str, Any]) -> str | None:
         node = doc
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node[part]
-        if not hasattr(node, "lc"):
-            return None
+            node = node.get(part) if hasattr(node, "get") else None
+        if not hasattr(node, "lc") or leaf not in node:
+            return None  # a new key has no line to edit: the round trip adds it
         key_line, _ = node.lc.key(leaf)
         val_line, val_col = node.lc.value(leaf)
         line = lines[val_line]

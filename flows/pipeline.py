@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
 from flows import dvc_ops, init_source, tracking, workspace
-from flows.faults import StageFailed, backoff_delays, retry_on_transient
+from flows.faults import StageFailed, TransientFault, backoff_delays, gave_up, retry_on_transient
 from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section, with_overrides
 from flows.registry import REGISTER_DEFAULTS
 
@@ -109,10 +109,20 @@ def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> d
 
 
 def _retrying(task_fn, cfg: dict):
-    """The task with retries for transient faults only, exponential backoff."""
+    """The task with retries for transient faults only, exponential backoff; a transient fault that outlives
+    them says so (how many attempts, how far apart) instead of promising a retry."""
     retries = int(cfg["retries"])
-    return task_fn.with_options(retries=retries, retry_condition_fn=retry_on_transient,
-                                retry_delay_seconds=backoff_delays(retries, float(cfg["retry_delay_s"])) or 0)
+    delays = backoff_delays(retries, float(cfg["retry_delay_s"]))
+    task = task_fn.with_options(retries=retries, retry_condition_fn=retry_on_transient,
+                                retry_delay_seconds=delays or 0)
+
+    def call(*args):
+        try:
+            return task(*args)
+        except TransientFault as err:
+            raise gave_up(err, retries + 1, delays) from err
+
+    return call
 
 
 @flow(name="twinflow-pipeline", log_prints=True)

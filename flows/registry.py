@@ -7,11 +7,12 @@ Rules (issue 6):
 - registering the same weights with the same scores twice creates no second version (tag `registration_key`);
 - a release manager may promote by hand (the gate is re-checked; a failing version only with force and a
   reason, both recorded) and roll back to the previous champion (the model's `champion_history` tag).
+Every move of `champion` (registration, promote, rollback) runs under the model's release lock and appends an
+audit record (flows/release_lock.py), so concurrent release actions cannot lose a history entry.
 Aliases only; MLflow's deprecated stages are never used.
 """
 from __future__ import annotations
 
-import getpass
 import glob
 import json
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from flows import dvc_ops, tracking
+from flows import dvc_ops, release_lock, tracking
 from flows.faults import StageFailed, TransientFault, is_transient
 from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion, ratio_values
 from flows.overrides import load_params, section
@@ -89,13 +90,18 @@ def _history(client, name: str) -> list[str]:
     return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
 
 
-def _set_champion(client, name: str, version) -> None:
+def _set_champion(client, name: str, version, action: str, **why) -> dict:
+    """Move `champion` to `version` and append the move to `champion_history` and the audit trail. Call it under
+    flows.release_lock.release_lock: the history is read, changed and written back."""
     version = str(version)
+    previous = champion_version(client, name)
     history = _history(client, name)
     if not history or history[-1] != version:
         history.append(version)
-    client.set_registered_model_alias(name, CHAMPION, version)
+    release_lock.set_alias_checked(client, name, version)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-50:]))
+    return release_lock.append_audit(client, name, {
+        "action": action, "champion": version, "previous": str(previous.version) if previous else None, **why})
 
 
 def find_registered(client, name: str, key: str):
@@ -136,6 +142,11 @@ def register(client, *, name: str, model_uri: str, run_id: str, key: str, scores
 
 
 def _decide_champion(client, name, version, scores, verdict, gate) -> Registration:
+    with release_lock.release_lock(client, name):  # the champion read here must still be it when we move it
+        return _decide_champion_locked(client, name, version, scores, verdict, gate)
+
+
+def _decide_champion_locked(client, name, version, scores, verdict, gate) -> Registration:
     current = champion_version(client, name)
     if not verdict.passed:
         decision = f"not promoted: gate failed ({verdict.text()})"
@@ -148,7 +159,7 @@ def _decide_champion(client, name, version, scores, verdict, gate) -> Registrati
         decision = (f"promoted: gate passed and {against.text()}" if promoted
                     else f"not promoted: worse than champion v{current.version} ({against.text()})")
     if promoted:
-        _set_champion(client, name, version)
+        _set_champion(client, name, version, "register", reason=decision, verdict=verdict.label, forced=False)
     client.set_model_version_tag(name, version, "champion.decision", decision)
     champ = champion_version(client, name)
     aliases = client.get_model_version(name, version).aliases
@@ -236,7 +247,8 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
 # ---- release managers' operations (twinflow models ...) ----
 
 def list_versions(client, name: str | None = None) -> list[dict]:
-    names = [name] if name else [m.name for m in client.search_registered_models()]
+    names = [name] if name else [m.name for m in client.search_registered_models()
+                                 if not release_lock.is_lock(m.name)]
     rows = []
     for model in names:
         versions = _versions(client, model)
@@ -274,36 +286,40 @@ def promote(client, name: str, version: str, gate: GateConfig, force: bool = Fal
     if not verdict.passed and not force:
         raise GateRefused(f"{name} v{version} fails the gate ({verdict.text()}); "
                             "promote anyway with --force --reason \"...\"")
-    previous = champion_version(client, name)
-    _set_champion(client, name, str(version))
-    who = getpass.getuser()
-    client.set_model_version_tag(name, str(version), "promotion.by", who)
-    client.set_model_version_tag(name, str(version), "promotion.at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    client.set_model_version_tag(name, str(version), "promotion.gate_recheck", verdict.label)
-    client.set_model_version_tag(name, str(version), "promotion.forced", str(bool(force and not verdict.passed)).lower())
-    if reason:
-        client.set_model_version_tag(name, str(version), "promotion.reason", reason)
-    was = f" (was v{previous.version})" if previous else ""
-    forced = " despite a failing gate (forced)" if not verdict.passed else ""
-    return f"{name} v{version} is now champion{forced}{was}"
+    forced = bool(force and not verdict.passed)
+    with release_lock.release_lock(client, name):
+        record = _set_champion(client, name, str(version), "promote", reason=reason or "",
+                               verdict=verdict.label, forced=forced)
+        tags = {"promotion.by": record["by"], "promotion.at": record["at"], "promotion.gate_recheck": verdict.label,
+                "promotion.forced": str(forced).lower(), "promotion.previous": record["previous"] or "",
+                "promotion.audit_seq": str(record["seq"])}
+        if reason:
+            tags["promotion.reason"] = reason
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, value)
+    was = f" (was v{record['previous']})" if record["previous"] else ""
+    forced_text = " despite a failing gate (forced)" if not verdict.passed else ""
+    return f"{name} v{version} is now champion{forced_text}{was}"
 
 
-def rollback(client, name: str) -> str:
+def rollback(client, name: str, reason: str | None = None) -> str:
     """Champion back to the one before it in `champion_history`."""
-    current = champion_version(client, name)
-    if current is None:
-        raise TrackingError(f"model {name!r} has no champion to roll back")
-    cur = str(current.version)
-    history = _history(client, name)
-    while history and history[-1] == cur:
-        history.pop()
-    if not history:
-        raise TrackingError(f"{name}: v{cur} is the first champion; there is none to roll back to")
-    target = history[-1]
-    client.set_registered_model_alias(name, CHAMPION, target)
-    client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
-    client.set_model_version_tag(name, cur, "rolled_back",
-                                 f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} by {getpass.getuser()}")
+    with release_lock.release_lock(client, name):
+        current = champion_version(client, name)
+        if current is None:
+            raise TrackingError(f"model {name!r} has no champion to roll back")
+        cur = str(current.version)
+        history = _history(client, name)
+        while history and history[-1] == cur:
+            history.pop()
+        if not history:
+            raise TrackingError(f"{name}: v{cur} is the first champion; there is none to roll back to")
+        target = history[-1]
+        release_lock.set_alias_checked(client, name, target)
+        client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
+        record = release_lock.append_audit(client, name, {"action": "rollback", "champion": target, "previous": cur,
+                                                          "reason": reason or "", "verdict": "", "forced": False})
+        client.set_model_version_tag(name, cur, "rolled_back", f"{record['at']} by {record['by']}")
     return f"{name}: champion rolled back from v{cur} to v{target}"
 
 

@@ -14,7 +14,7 @@ Consumers load `models:/<name>-production@champion`.
 """
 from __future__ import annotations
 
-from twinflow_core.errors import TwinflowError
+from twinflow_core.errors import TrackingError
 
 PRODUCTION_SUFFIX = "-production"
 CHAMPION = "champion"
@@ -24,17 +24,17 @@ def production_name(name: str) -> str:
     return name + PRODUCTION_SUFFIX
 
 
-def explain(err: Exception, account: str | None, action: str) -> TwinflowError:
-    """An MLflow auth refusal as one line naming the account and what it may not do."""
+def explain(err: Exception, account: str | None, action: str) -> TrackingError:
+    """An MLflow auth refusal as one line naming the account and what it may not do (the registry's family, 14)."""
     text = str(err)
     who = f"account {account!r}" if account else "this client (no MLFLOW_TRACKING_USERNAME)"
     if "401" in text or "not authenticated" in text:
-        return TwinflowError(f"{action}: the MLflow server refused {who}: wrong user name or password "
+        return TrackingError(f"{action}: the MLflow server refused {who}: wrong user name or password "
                              "(MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
     if "403" in text or "Permission denied" in text or "PERMISSION_DENIED" in text:
-        return TwinflowError(f"{action}: {who} lacks the permission on the MLflow server "
+        return TrackingError(f"{action}: {who} lacks the permission on the MLflow server "
                              "(see infra/README.md: only release managers write the production model)")
-    return TwinflowError(f"{action}: {(text.strip().splitlines() or [type(err).__name__])[0]}")
+    return TrackingError(f"{action}: {(text.strip().splitlines() or [type(err).__name__])[0]}")
 
 
 def promote_to_production(client, name: str, version: str, account: str | None = None) -> str:

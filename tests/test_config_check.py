@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.config_check import PIPELINE_SCHEMA, REGISTER_SCHEMA, check_params, resolved
+from flows.config_check import PIPELINE_SCHEMA, REGISTER_SCHEMA, check_params
+from flows.overrides import apply_overrides, with_overrides
 from twinflow_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
 def test_each_range_names_its_key(key, value, says):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     with pytest.raises(ConfigError) as err:
-        check_params(resolved(params, {key: value}), "params.yaml")
+        check_params(with_overrides(params, {key: value}), "params.yaml")
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
@@ -45,4 +46,17 @@ def test_an_override_may_mend_a_bad_value_in_the_file():
     params["train"]["steps"] = -5
     with pytest.raises(ConfigError):
         check_params(params)
-    check_params(resolved(params, {"train.steps": 5}))
+    check_params(with_overrides(params, {"train.steps": 5}))
+
+
+def test_an_override_under_a_section_the_file_lacks_is_made_in_the_check_and_in_the_file(tmp_path):
+    """One dotted setter serves the check (with_overrides) and the write (apply_overrides): a new
+    `gate.ratio.<metric>` entry where the file has no `gate.ratio` yet is made, comments kept."""
+    path = tmp_path / "params.yaml"
+    path.write_text("# the gate\ngate:\n  min: {m@1nfe: 0.5}   # keep me\n  ratio:\n")
+    new = {"gate.ratio.m@1nfe.of": "m@base", "gate.ratio.m@1nfe.min": 0.8}
+    wanted = {"gate": {"min": {"m@1nfe": 0.5}, "ratio": {"m@1nfe": {"of": "m@base", "min": 0.8}}}}
+    assert with_overrides(yaml.safe_load(path.read_text()), new) == wanted
+    assert apply_overrides(path, new)
+    assert yaml.safe_load(path.read_text()) == wanted
+    assert "# keep me" in path.read_text() and path.read_text().startswith("# the gate\n")

@@ -182,3 +182,61 @@ def test_tracking_server_down_fails_at_registration_then_registers_once(project,
         assert len(MlflowClient(uri, uri).search_model_versions("name='tiny-gen'")) == 1
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_s3_down_at_push_is_retried_then_one_line_then_a_rerun_pushes(project, harness, capsys, monkeypatch):
+    """The DVC remote is S3 (moto on 127.0.0.1). Stopped at push: `dvc push` is retried with backoff (toy params:
+    2 retries), then the flow fails with one line naming the push (exit 17). Started again on the same port: a
+    rerun (every stage cached) pushes."""
+    import sys
+
+    import boto3
+
+    from flows.cli import error_line
+    from flows.faults import TransientFault
+    from flows.pipeline import pipeline
+    from support.pipeline import BIN, free_port, stop, wait_http
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def start_moto():
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_http(endpoint + "/moto-api/", 60, proc)
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="twinflow-dvc")
+        return proc
+
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(dvc + ["remote", "add", "team", "s3://twinflow-dvc/store"], cwd=project, check=True)
+    subprocess.run(dvc + ["remote", "modify", "team", "endpointurl", endpoint], cwd=project, check=True)
+    params = (project / "params.yaml").read_text().replace("dvc_remote: ''", "dvc_remote: team")
+    (project / "params.yaml").write_text(params)
+    git(project, "commit", "-qam", "push to S3")
+    moto = start_moto()
+    stop(moto)  # S3 goes away before the run
+    moto = None
+    try:
+        state = pipeline(workdir=str(project), register_model=False, return_state=True)
+        assert state.is_failed()
+        err = state.result(raise_on_failure=False)
+        line, code = error_line("run", err)
+        assert code == 17 and isinstance(err, TransientFault), line
+        assert "\n" not in str(err) and "dvc push -r team failed" in line, line
+        assert "gave up after 3 attempts, waiting 0.1, 0.2 s" in line and "will be retried" not in line, line
+        assert task_runs(state.state_details.flow_run_id)["dvc-push"] == 3
+        assert (project / "checkpoints/twinflow/model.safetensors").is_file()  # outputs kept
+        moto = start_moto()
+        summary = pipeline(workdir=str(project), register_model=False)
+        assert "push" in summary and not any(s["ran"] for s in summary["stages"])
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint)
+                .list_objects_v2(Bucket="twinflow-dvc").get("Contents", [])]
+        assert len(keys) >= 4 and all(k.startswith("store/files/md5/") for k in keys)
+        assert attempts(project) == ["prepare", "validate", "pretrain", "train", "evaluate"]  # stages ran once
+    finally:
+        if moto is not None:
+            stop(moto)

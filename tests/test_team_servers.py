@@ -115,7 +115,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
 
     from flows import registry, release
     from tests.support.pipeline import make_outputs, scores
-    from twinflow_core.errors import TwinflowError
+    from twinflow_core.errors import TwinflowError, exit_code
 
     url = servers["mlflow"]
     for key, value in AWS.items():
@@ -146,6 +146,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     with pytest.raises(TwinflowError) as err:
         release.promote_to_production(client, "tiny-gen", version, account="pipeline")
     assert "account 'pipeline' lacks the permission" in str(err.value) and "\n" not in str(err.value)
+    assert exit_code(err.value) == 14  # the registry's family: a permission is the server's say
 
     # the release manager can
     _as(monkeypatch, "release", USERS["release"])
@@ -169,6 +170,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     with pytest.raises(TwinflowError) as err:
         release.promote_to_production(MlflowClient(url, url), "tiny-gen", version, account="pipeline")
     assert "wrong user name or password" in str(err.value) and "wrong-password-1" not in str(err.value)
+    assert exit_code(err.value) == 14
 
     # the Prefect server on PostgreSQL records what a client writes
     with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):

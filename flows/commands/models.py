@@ -10,6 +10,10 @@
     twinflow models reproduce NAME VERSION DIR        the version's run (its git ref) checked out in DIR,
                                                       its outputs `dvc pull`ed: `dvc status` there is clean
 
+Promote, rollback and the pipeline's own champion move take the model's release lock (flows/release_lock.py):
+concurrent actions run one after another, each appending an `audit.<seq>` record (who, when, why, the gate
+verdict, the previous champion) to the registered model's tags.
+
 The store is the pipeline's: --tracking-uri, else $MLFLOW_TRACKING_URI, else params.yaml
 `register.tracking_uri`, else sqlite:///<project>/mlflow.db. The gate comes from params.yaml `gate:`.
 """
@@ -34,6 +38,7 @@ def register(subparsers) -> None:
     pr.add_argument("--reason", default=None, help="why; recorded on the version")
     rb = sub.add_parser("rollback", help="champion back to the previous champion")
     rb.add_argument("name")
+    rb.add_argument("--reason", default=None, help="why; recorded in the model's audit trail")
     rl = sub.add_parser("release", help="copy VERSION into NAME-production as its champion (release managers)")
     rl.add_argument("name")
     rl.add_argument("version")
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "reproduce":
         return _reproduce(args, registry, client)
-    print(registry.rollback(client, args.name))
+    print(registry.rollback(client, args.name, reason=args.reason))
     return 0
 
 
