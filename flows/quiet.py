@@ -8,6 +8,8 @@
 - MLflow's two pyfunc logging advice lines (UserWarning from mlflow.pyfunc: "Add type hints to the `predict`
   method", "An input example was not provided"): the registered model takes a list of captions and its
   signature is set explicitly (flows/tracking.py log_pipeline_run), so the advice does not apply.
+- torch's FutureWarning that `LeafSpec` is deprecated, raised where Lightning's own pytree helper builds one
+  (lightning.pytorch.utilities._pytree, at every fit): a deprecation between two libraries, nothing a user can change.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ def quiet_third_party() -> None:
         log = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in log.filters):
             log.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)\` is deprecated", category=FutureWarning,
+                            module=r"lightning\.pytorch\.utilities\._pytree")
     for advice in (r".*Add type hints to the `predict` method", r".*An input example was not provided"):
         warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
     try:

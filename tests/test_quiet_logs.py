@@ -40,3 +40,14 @@ def test_mlflow_pyfunc_advice_is_ignored_other_user_warnings_kept():
             warnings.warn_explicit(msg, UserWarning, "data_validation.py", 1, module="mlflow.pyfunc.utils.data_validation")
         warnings.warn_explicit("Add type hints to the `predict` method", UserWarning, "x.py", 1, module="ours")
     assert [str(w.message) for w in seen] == ["Add type hints to the `predict` method"]
+
+
+def test_lightnings_leafspec_deprecation_is_ignored_other_future_warnings_kept():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        msg = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
+        warnings.warn_explicit(msg, FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(msg, FutureWarning, "x.py", 1, module="ours")
+        warnings.warn_explicit("other", FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
+    assert [str(w.message) for w in seen] == [msg, "other"]

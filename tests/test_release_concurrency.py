@@ -83,8 +83,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def quick_client_retries(monkeypatch):
-    """A busy one-worker server may reset a connection; MLflow's client retries it, by default after 2, 4, 8 s."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.1")
+    """A busy one-worker server may reset a connection; MLflow's client retries it, by default after 2, 4, 8 s
+    (backoff factor 2; MLflow reads the factor as an integer, so 1 is the smallest that still backs off)."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
 @pytest.mark.slow
