@@ -76,7 +76,7 @@ def _vae_shift_scale(vae):
 def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
     """float pixels (N, 3, H, W) in [-1, 1] -> model latents (posterior mean, shifted and scaled)."""
     shift, scale = _vae_shift_scale(vae)
-    dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
     return ((dist.mean - shift) * scale).float()
 
 
@@ -142,8 +142,9 @@ def generator_meta(family: str, time_input: str, pipe, image_size: int, max_len:
             "max_sequence_length": int(max_len), "lora": time_input == "half", "extra": extra or {}}
 
 
-def save_latent_generator(out, net, pipe, meta: dict) -> Path:
-    """Full fine-tuning: the pipeline with the trained transformer. LoRA: the base pipeline + lora/."""
+def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") -> Path:
+    """Full fine-tuning: the pipeline with the trained transformer. LoRA: the base pipeline + lora/ (the weights of
+    `adapter`: "default", the trained one, or "ema", its EMA)."""
     from twinflow_core.adapters.lora import export_lora
     from twinflow_core.adapters.velocity import ADAPTER_META
 
@@ -160,7 +161,7 @@ def save_latent_generator(out, net, pipe, meta: dict) -> Path:
         for f in [*(out / "transformer").glob("*.safetensors"), *(out / "transformer").glob("*.index.json")]:
             f.unlink()
         save_file(base_state, str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
-        export_lora(net, out / LORA_DIR)
+        export_lora(net, out / LORA_DIR, name=adapter)
     else:
         pipe.save_pretrained(str(out), safe_serialization=True)
         (out / "transformer" / ADAPTER_META).write_text(json.dumps(
@@ -252,3 +253,33 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
                                           weight_name="pytorch_lora_weights.safetensors")
     pipe.transformer = net.transformer
     return LatentGenerator(net.to(device).eval(), pipe.to(device), meta)
+
+
+def main(argv=None) -> int:
+    """python -m twinflow_core.adapters.pipeline wrap FOLDER --family sd3 --image-size 1024 [--max-len 256]:
+    make a downloaded diffusers pipeline folder the base generator a latent experiment starts from (train.init) and
+    measures against (evaluate.base): writes model.json and the model.safetensors link; changes nothing else."""
+    import argparse
+    import sys
+
+    from twinflow_core.errors import TwinflowError, exit_code
+
+    ap = argparse.ArgumentParser(prog="python -m twinflow_core.adapters.pipeline", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    wrap = sub.add_parser("wrap")
+    wrap.add_argument("folder")
+    wrap.add_argument("--family", required=True)
+    wrap.add_argument("--image-size", type=int, required=True)
+    wrap.add_argument("--max-len", type=int, default=256)
+    args = ap.parse_args(argv)
+    try:
+        folder = wrap_base(args.folder, args.family, args.image_size, args.max_len)
+    except TwinflowError as err:
+        print(f"wrap: error: {err}", file=sys.stderr)
+        return exit_code(err)
+    print(f"wrap: {folder} is a {args.family} base generator ({folder / META})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
