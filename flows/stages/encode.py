@@ -3,7 +3,8 @@ pretrained pipeline a latent experiment fine-tunes (model.source; conf/model/<fa
 
     python -m flows.stages.encode [--params params.yaml] [--set encode.batch=16 ...]
 
-Reads encode.data (data/prepared/<data.name>), writes encode.out (twinflow_core/data/latents.py: shards, the null
+The pipeline is train.init (model.source in the presets: the folder whose model.json dvc.yaml hashes). Reads
+encode.data (data/prepared/<data.name>), writes encode.out (twinflow_core/data/latents.py: shards, the null
 prompt's embeddings, meta.json with every shard's sha256; built beside the target and renamed into place).
 Only a pretrained model (model.name diffusers) has latents: with the UNet this is a one-line error, and the
 pipeline (flows/pipeline.py) does not run the stage unless train.data is encode.out.
@@ -38,11 +39,12 @@ def run(params: dict, where: str = "params.yaml") -> dict:
     if threads:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
-    pipe = load_pipeline(model.source, model.family, getattr(torch, model.dtype))
+    pipeline = sections.train.init or model.source  # the folder dvc.yaml hashes (train.init)
+    pipe = load_pipeline(pipeline, model.family, getattr(torch, model.dtype))
     if torch.cuda.is_available():
         pipe.to("cuda")
     encoder = LatentEncoder(pipe, model.family, model.max_sequence_length)
-    meta = write_latents(enc.data, enc.out, encoder, source=model.source, batch=enc.batch, shard_size=enc.shard_size)
+    meta = write_latents(enc.data, enc.out, encoder, source=pipeline, batch=enc.batch, shard_size=enc.shard_size)
     seconds = time.perf_counter() - start
     print(f"encode: {meta['n']} images of {enc.data} -> {enc.out} ({model.family} latents {meta['latent_shape']}, "
           f"{len(meta['shards'])} shards) in {seconds:.1f} s")

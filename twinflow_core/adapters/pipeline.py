@@ -52,8 +52,20 @@ def load_pipeline(source: str, family: str, dtype=torch.float32):
 
 @torch.no_grad()
 def encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
-    """Captions -> the condition dict of families.py, by the pipeline's own encode_prompt."""
+    """Captions -> the condition dict of families.py, by the pipeline's own encode_prompt (longer prompts are cut
+    at the encoders' lengths, as the pipeline itself does; its per-call warning about it is silenced)."""
+    from diffusers.utils import logging as dlog
+
     captions = list(captions)
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        return _encode_prompts(pipe, family, captions, max_len)
+    finally:
+        dlog.set_verbosity(level)
+
+
+def _encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
     if family == "sd3":
         pe, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None,
                                               do_classifier_free_guidance=False, max_sequence_length=max_len,

@@ -105,14 +105,19 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out")
-    ap.add_argument("--words-from", default="data/prepared/shapes")
+    ap.add_argument("--words-from", default="shapes", help="shapes | digits | a prepared dataset folder")
     ap.add_argument("--sd35", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--wrap", action="store_true", help="make it a base generator (conf/experiment/sd3_tiny.yaml)")
     ap.add_argument("--max-len", type=int, default=16, help="prompt tokens of the wrapped base (model.max_sequence_length)")
     args = ap.parse_args(argv)
-    words = read_meta(args.words_from).get("vocabulary") or []
+    if args.words_from in ("shapes", "digits"):  # a source's own vocabulary: no prepared dataset needed
+        import importlib
+
+        words = importlib.import_module(f"twinflow_core.data.{args.words_from}").vocabulary()
+    else:
+        words = read_meta(args.words_from).get("vocabulary") or []
     folder = save_tiny_sd3_pipeline(args.out, words, seed=args.seed, sd35=args.sd35, image_size=args.image_size)
     if args.wrap:
         from twinflow_core.adapters.pipeline import wrap_base

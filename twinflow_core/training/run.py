@@ -102,8 +102,8 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     data_meta = read_data_meta(st.data) if not latent else _latent_meta(st.data)
 
     if latent:
-        from twinflow_core.adapters.training import build_net as build_latent_net
-        from twinflow_core.adapters.training import check_latents
+        from twinflow_core.training.latent import build_net as build_latent_net
+        from twinflow_core.training.latent import check_latents
 
         if stage != "train" or not st.init:
             raise ConfigError(f"{stage}: a pretrained model (model.name diffusers) is fine-tuned by the train stage "
@@ -167,7 +167,7 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
              "image_size": data_meta.get("image_size")}, "init": st.init, "config": tracked_config(sections, stage),
              "run_key": key, "reference_sampler": "euler" if stage == "pretrain" else "few"}
     if latent:  # no training-time sample grids for latent models (the evaluate stage draws them)
-        from twinflow_core.adapters.training import ExportLatentGenerator
+        from twinflow_core.training.latent import ExportLatentGenerator
 
         extra["data"]["image_size"] = sections.model.image_size
         grid, exporter = None, ExportLatentGenerator(out, parts, sections.model, extra)

@@ -1,4 +1,4 @@
-"""What training a pretrained diffusers model adds to twinflow_core/training/run.py's fit: the net from the base
+"""What training a pretrained diffusers model (twinflow_core/adapters) adds to run.py's fit: the net from the base
 pipeline (full: a second, gated r embedding; LoRA: a peft adapter on the native embedding fed t - r/2), its teacher
 rule, the latent-shard batches, and the export as a diffusers pipeline folder. The objective, the Lightning module,
 the resumable state and the trainer are fit's own, unchanged.
