@@ -49,7 +49,7 @@ def test_twinflow_run_fine_tunes_a_tiny_pretrained_sd3_and_registers_it(tmp_path
     api, prefect_proc = start_prefect_server(home)
     env.update({"PREFECT_API_URL": api, "PREFECT_HOME": str(home)})
     try:
-        out = sh(project, py, "-m", "flows.cli", "run", "--workdir", str(project), env=env, timeout=900)
+        out = sh(project, py, "-m", "flows.cli", "run", "--workdir", str(project), env=env, timeout=2400)
     finally:
         stop(prefect_proc)
     assert "stages: prepare ran" in out and "encode ran" in out and "train ran" in out and "evaluate ran" in out
