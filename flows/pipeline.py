@@ -1,4 +1,4 @@
-"""The Prefect flow: prepare -> validate -> pretrain -> train -> evaluate -> save ref -> push -> register.
+"""The Prefect flow: prepare -> validate -> [encode] -> pretrain -> train -> evaluate -> save ref -> push -> register.
 
 Each stage task runs `dvc repro <stage>`, the same command a reproducer types, so an unchanged stage is
 skipped and dvc.lock records lineage; its output streams into the task's log. Flow parameters are config
@@ -30,7 +30,7 @@ from flows.faults import StageFailed, TransientFault, backoff_delays, gave_up, r
 from flows.overrides import apply_overrides, check_overrides, flatten, load_params, section, with_overrides
 from flows.registry import REGISTER_DEFAULTS
 
-STAGES = ("prepare", "validate", "pretrain", "train", "evaluate")
+STAGES = ("prepare", "validate", "encode", "pretrain", "train", "evaluate")
 # git_remote: where run refs are pushed ("" = origin, else the only remote, else none: the ref stays local)
 PIPELINE_DEFAULTS = {"push": True, "dvc_remote": "", "git_remote": "", "retries": 3, "retry_delay_s": 10.0}
 
@@ -49,6 +49,14 @@ def base_unused(params: dict) -> str:
     if not out or out in readers.values():
         return ""
     return f"train.init is {readers['train.init']}, evaluate.base is {readers['evaluate.base']}, not {out}"
+
+
+def encode_unused(params: dict) -> str:
+    """Why this run needs no `encode` ("" when it does): train.data is not its latent shards (encode.out).
+    Only a pretrained diffusers model trains on latents (conf/experiment/sd3_tiny.yaml)."""
+    out = str((params.get("encode") or {}).get("out") or "").strip().rstrip("/")
+    data = str((params.get("train") or {}).get("data") or "").strip().rstrip("/")
+    return "" if out and out == data else f"train.data is {data}, not the latent shards {out or '(no encode.out)'}"
 
 
 @task(name="stage", task_run_name="{stage}")
@@ -176,7 +184,7 @@ def _run_in(ws: workspace.Workspace, parsed: dict, push: bool, register_model: b
     params = load_params(root / "params.yaml")
     cfg = section(params, "pipeline", PIPELINE_DEFAULTS)
     declared = dvc_ops.stage_names(root)
-    missing = [s for s in STAGES if s not in declared]
+    missing = [s for s in STAGES if s not in declared and not (s == "encode" and encode_unused(params))]
     if missing:
         raise StageFailed(f"{root / 'dvc.yaml'}: stage(s) {missing} not declared (have {declared})")
 
@@ -185,6 +193,8 @@ def _run_in(ws: workspace.Workspace, parsed: dict, push: bool, register_model: b
                      "flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name}
     stage_task = _retrying(run_stage, cfg)
     for stage in STAGES:
+        if stage == "encode" and encode_unused(params):  # a UNet run: no latents, and no line about them
+            continue
         unused = stage == "pretrain" and base_unused(params)
         if unused:  # the base comes from elsewhere (by default the committed one): a 15-minute stage nobody reads
             logger.info(f"stage pretrain: not needed, skipped ({unused})")

@@ -86,33 +86,48 @@ class Generator:
     def image_size(self) -> int:
         return int(self.meta["image"]["size"])
 
-    @torch.no_grad()
     def generate(self, captions: list[str], nfe: int = 1, seed: int = 0, style: str = "few",
                  cfg_scale: float = 0.0) -> np.ndarray:
-        from twinflow_core.sampler import euler, sample
-
-        captions = list(captions)
-        if not captions:
-            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.uint8)
-        ids = self.tokenizer.encode(captions)
         device = next(self.net.parameters()).device
-        gen = torch.Generator().manual_seed(int(seed))
         c = int(self.meta["image"]["channels"])
-        z_all = torch.randn(len(captions), c, self.image_size, self.image_size, generator=gen)
-        self.net.eval()
-        out = []
-        for start in range(0, len(captions), CHUNK):
-            z = z_all[start : start + CHUNK].to(device)
-            cond = ids[start : start + CHUNK].to(device)
-            if style == "euler":
-                uncond = self.tokenizer.null(len(cond)).to(device) if cfg_scale > 0 else None
-                x = euler(self.net, z, cond, steps=nfe, cfg_scale=cfg_scale, uncond=uncond)
-            else:
-                if cfg_scale > 0:
-                    raise DataError("cfg_scale applies to style 'euler' only; the any-step sampler bakes guidance in")
-                x = sample(self.net, z, cond, nfe=nfe, style=style, generator=gen)
-            out.append(to_pixels(x))
-        return np.concatenate(out)
+        return sample_images(self.net, captions, nfe, seed, style, cfg_scale,
+                             noise_shape=(c, self.image_size, self.image_size), image_size=self.image_size,
+                             encode=self.tokenizer.encode, null=self.tokenizer.null, decode=to_pixels,
+                             chunk=CHUNK, device=device)
+
+
+@torch.no_grad()
+def sample_images(net, captions, nfe: int, seed: int, style: str, cfg_scale: float, *, noise_shape: tuple,
+                  image_size: int, encode, null, decode, chunk: int, device) -> np.ndarray:
+    """The generate() of every generator (pixel UNet, latent transformer): seeded noise for all captions at once,
+    then per chunk: condition, sample (any-step, or Euler with optional guidance), decode to uint8.
+
+    encode(captions) and null(n) give the condition and the unconditional one; decode(x) gives uint8 images."""
+    from twinflow_core.sampler import euler, sample
+
+    captions = list(captions)
+    if not captions:
+        return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
+    if cfg_scale > 0 and style != "euler":
+        raise DataError("cfg_scale applies to style 'euler' only; the any-step sampler bakes guidance in")
+    gen = torch.Generator().manual_seed(int(seed))
+    z_all = torch.randn(len(captions), *noise_shape, generator=gen)
+    net.eval()
+    out = []
+    for start in range(0, len(captions), chunk):
+        z = z_all[start : start + chunk].to(device)
+        cond = _to(encode(captions[start : start + chunk]), device)
+        if style == "euler":
+            uncond = _to(null(len(z)), device) if cfg_scale > 0 else None
+            x = euler(net, z, cond, steps=nfe, cfg_scale=cfg_scale, uncond=uncond)
+        else:
+            x = sample(net, z, cond, nfe=nfe, style=style, generator=gen)
+        out.append(decode(x))
+    return np.concatenate(out)
+
+
+def _to(cond, device):
+    return {k: v.to(device) for k, v in cond.items()} if isinstance(cond, dict) else cond.to(device)
 
 
 def fetch_generator(url: str, dest, endpoint_url: str | None = None, storage_options: dict | None = None) -> Path:
@@ -147,12 +162,20 @@ def fetch_generator(url: str, dest, endpoint_url: str | None = None, storage_opt
     return dest
 
 
+def _is_latent(directory) -> bool:
+    path = Path(directory) / META
+    try:
+        return path.is_file() and json.loads(path.read_text()).get("format") == "twinflow-latent-generator/1"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def load_generator(directory, device: str | torch.device = "cpu") -> Generator:
     from safetensors.torch import load_file
 
     from twinflow_core.nets import build_net
 
-    if (Path(directory) / "twinflow_generator.json").is_file():  # a latent model: a diffusers pipeline folder
+    if _is_latent(directory):  # a latent model: a diffusers pipeline folder (twinflow_core/adapters/pipeline.py)
         from twinflow_core.adapters.pipeline import load_latent_generator
 
         return load_latent_generator(directory, device)

@@ -1,4 +1,4 @@
-"""Compose conf/ (Hydra) into the training sections of params.yaml: model, objective, pretrain, train.
+"""Compose conf/ (Hydra) into the training sections of params.yaml: model, objective, pretrain, train, encode.
 
     python -m flows.stages.configure [--params params.yaml] [--check] [HYDRA_OVERRIDE ...]
     e.g.  experiment=digits_cpu      trainer=ddp_cpu      objective=rcgm      train.steps=300
@@ -8,27 +8,37 @@ conf/ holds the presets and the schema; params.yaml holds the resolved values DV
 second (other sections of params.yaml and all comments are kept). When the chosen `data` preset names another
 dataset it also sets data.name, data.source and data.image_size, the keys of the data section training depends on,
 and evaluate.base follows a local train.init: the many-step reference is the model TwinFlow started from (the
-digits experiment fine-tunes its own fresh pretrain, so it must not be judged against the shapes base).
+digits experiment fine-tunes its own fresh pretrain, so it must not be judged against the shapes base). When an
+experiment sets keys of `evaluate` or `gate` (conf/experiment/sd3_tiny.yaml: its gate), those are set too.
 `--check` writes nothing and exits 1 when params.yaml differs from the composition (CI and tests use it).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
-SECTIONS = ("model", "objective", "pretrain", "train")
+SECTIONS = ("model", "objective", "pretrain", "train", "encode")
 HEADER_LINE = ("# --- training (issue 5): written by `python -m flows.stages.configure` from conf/ (Hydra);"
                " edit conf/ and rerun it")
 
 
 def composed_params(overrides: list[str]) -> tuple[dict, dict]:
+    """(our sections, the data choice) of the composition."""
+    return composed(overrides)[:2]
+
+
+def composed(overrides: list[str]) -> tuple[dict, dict, dict]:
+    """(our sections, the data choice, {dotted key: value} of evaluate/gate keys the experiment sets)."""
+    from flows.overrides import flatten
     from twinflow_core.training.config import compose, to_dict
 
     sections, extra = compose(overrides)
-    return {name: to_dict(getattr(sections, name)) for name in SECTIONS}, extra["data"]
+    owned = flatten({k: extra[k] for k in ("evaluate", "gate") if extra.get(k)})
+    return {name: to_dict(getattr(sections, name)) for name in SECTIONS}, extra["data"], owned
 
 
 def reference_base(wanted: dict) -> str | None:
@@ -40,13 +50,17 @@ def reference_base(wanted: dict) -> str | None:
     return None if init is None or is_remote(init) else str(init)
 
 
-def differences(params: dict, wanted: dict, data: dict) -> list[str]:
+def differences(params: dict, wanted: dict, data: dict, owned: dict | None = None) -> list[str]:
+    from flows.overrides import flatten
+
     diffs = [name for name in SECTIONS if params.get(name) != wanted[name]]
     current = params.get("data") or {}
     diffs += [f"data.{k}" for k in ("name", "source", "image_size") if k in current and current.get(k) != data[k]]
     base = reference_base(wanted)
     if base is not None and (params.get("evaluate") or {}).get("base") != base:
         diffs.append("evaluate.base")
+    flat = flatten(params)
+    diffs += [k for k, v in (owned or {}).items() if flat.get(k) != v and k not in diffs]
     return diffs
 
 
@@ -62,9 +76,9 @@ def main(argv=None) -> int:
         path = Path(args.params)
         if not path.is_file():
             raise ConfigError(f"{path}: params file not found")
-        wanted, data = composed_params(args.overrides)
+        wanted, data, owned = composed(args.overrides)
         text = path.read_text()
-        diffs = differences(yaml.safe_load(text) or {}, wanted, data)
+        diffs = differences(yaml.safe_load(text) or {}, wanted, data, owned)
         if args.check:
             if diffs:
                 print(f"configure: {path} differs from conf/ {' '.join(args.overrides)} in: {', '.join(diffs)}",
@@ -73,6 +87,12 @@ def main(argv=None) -> int:
             print(f"configure: {path} matches conf/ {' '.join(args.overrides)}")
             return 0
         path.write_text(rewrite(text, wanted, data))
+        if owned:
+            from flows.overrides import apply_overrides, load_params, parse_overrides
+
+            # the same checked, line-preserving edit as `twinflow run KEY=VALUE` (an unknown key is an error)
+            items = [f"{k}={json.dumps(v)}" for k, v in owned.items()]
+            apply_overrides(path, parse_overrides(items, load_params(path), where=str(path)))
     except TwinflowError as err:
         print(f"configure: error: {err}", file=sys.stderr)
         return exit_code(err)

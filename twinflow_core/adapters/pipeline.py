@@ -2,10 +2,16 @@
 same `generate(captions, nfe, seed, style, cfg_scale)` -> uint8 (N, H, W, 3) as twinflow_core.checkpoint's
 Generator, so evaluation, the pyfunc model and `twinflow generate` need not know which kind they hold.
 
-On disk a generator is a diffusers pipeline folder (safetensors only) that diffusers itself loads, plus
-`twinflow_generator.json` (family, time input, image size, prompt length). Full fine-tuning writes the trained
-transformer into the folder (its r embedding's weights inside, under the official name); LoRA keeps the base
-transformer and adds `lora/pytorch_lora_weights.safetensors` in the diffusers LoRA format.
+On disk a generator is a diffusers pipeline folder (safetensors only) that diffusers itself loads, plus the two
+files every generator checkpoint of this project has, so the stages' DVC deps (`<init>/model.json`,
+`<init>/model.safetensors`) name a latent model exactly as they name a UNet one:
+- `model.json`: format twinflow-latent-generator/1, family, time input, image size, prompt length, and the
+  sha256 of every file of the folder (so a changed VAE or text encoder changes this file, and DVC sees it);
+- `model.safetensors`: a hard link to the transformer's weights file (no second copy on disk).
+Full fine-tuning writes the trained transformer into the folder (its r embedding's weights inside, under the
+official name); LoRA keeps the base transformer and adds `lora/pytorch_lora_weights.safetensors` in the diffusers
+LoRA format. `wrap_base` turns an untouched pretrained pipeline folder into such a generator (the base: its
+own r embedding is never used by the many-step Euler reference, which passes r = t, so its gate is 0).
 Prompt encoding and the VAE scaling follow the official SD3 wrapper (VAE posterior mean, (z - shift) * scale).
 """
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 from twinflow_core.errors import ConfigError, DataError
 
 FORMAT = "twinflow-latent-generator/1"
-META = "twinflow_generator.json"
+META = "model.json"          # the same name as twinflow_core/checkpoint.py's
+WEIGHTS = "model.safetensors"  # hard link to the transformer weights
 LORA_DIR = "lora"
 CHUNK = 64
 
@@ -45,8 +52,20 @@ def load_pipeline(source: str, family: str, dtype=torch.float32):
 
 @torch.no_grad()
 def encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
-    """Captions -> the condition dict of families.py, by the pipeline's own encode_prompt."""
+    """Captions -> the condition dict of families.py, by the pipeline's own encode_prompt (longer prompts are cut
+    at the encoders' lengths, as the pipeline itself does; its per-call warning about it is silenced)."""
+    from diffusers.utils import logging as dlog
+
     captions = list(captions)
+    level = dlog.get_verbosity()
+    dlog.set_verbosity_error()
+    try:
+        return _encode_prompts(pipe, family, captions, max_len)
+    finally:
+        dlog.set_verbosity(level)
+
+
+def _encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
     if family == "sd3":
         pe, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None,
                                               do_classifier_free_guidance=False, max_sequence_length=max_len,
@@ -69,7 +88,7 @@ def _vae_shift_scale(vae):
 def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
     """float pixels (N, 3, H, W) in [-1, 1] -> model latents (posterior mean, shifted and scaled)."""
     shift, scale = _vae_shift_scale(vae)
-    dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
     return ((dist.mean - shift) * scale).float()
 
 
@@ -100,30 +119,32 @@ class LatentGenerator:
     def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
         return encode_prompts(self.pipe, self.family, captions, int(self.meta["max_sequence_length"]))
 
-    @torch.no_grad()
+    @property
+    def tokenizer(self) -> "PipelineVocabulary":
+        """What the evaluator reads of a generator's tokenizer (its vocabulary: which benchmark domain)."""
+        return PipelineVocabulary(self.pipe.tokenizer)
+
     def generate(self, captions: list[str], nfe: int = 1, seed: int = 0, style: str = "few",
                  cfg_scale: float = 0.0) -> np.ndarray:
-        from twinflow_core.sampler import euler, sample
+        from twinflow_core.checkpoint import sample_images
 
-        captions = list(captions)
-        if not captions:
-            return np.zeros((0, self.image_size, self.image_size, 3), dtype=np.uint8)
-        gen = torch.Generator().manual_seed(int(seed))
         c, size = int(self.meta["latent_channels"]), int(self.meta["latent_size"])
-        z_all = torch.randn(len(captions), c, size, size, generator=gen)
-        self.net.eval()
-        out = []
-        for start in range(0, len(captions), CHUNK):
-            z, cond = z_all[start : start + CHUNK], self.encode(captions[start : start + CHUNK])
-            if style == "euler":
-                uncond = self.encode([""] * len(z)) if cfg_scale > 0 else None
-                x = euler(self.net, z, cond, steps=nfe, cfg_scale=cfg_scale, uncond=uncond)
-            else:
-                if cfg_scale > 0:
-                    raise DataError("cfg_scale applies to style 'euler' only; the any-step sampler bakes guidance in")
-                x = sample(self.net, z, cond, nfe=nfe, style=style, generator=gen)
-            out.append(decode_latents(self.pipe.vae, x))
-        return np.concatenate(out)
+        return sample_images(self.net, captions, nfe, seed, style, cfg_scale, noise_shape=(c, size, size),
+                             image_size=self.image_size, encode=self.encode,
+                             null=lambda n: self.encode([""] * n),
+                             decode=lambda x: decode_latents(self.pipe.vae, x), chunk=CHUNK,
+                             device=self.pipe.device)
+
+
+@dataclass
+class PipelineVocabulary:
+    """The words of a pipeline's first tokenizer, its subword markers stripped (CLIP's </w>, BPE's Ġ, ▁)."""
+    tokenizer: object
+
+    @property
+    def vocabulary(self) -> list[str]:
+        words = {w.replace("</w>", "").lstrip("Ġ▁") for w in self.tokenizer.get_vocab()}
+        return sorted(w for w in words if w and not w.startswith("<"))
 
 
 def generator_meta(family: str, time_input: str, pipe, image_size: int, max_len: int, extra=None) -> dict:
@@ -133,8 +154,9 @@ def generator_meta(family: str, time_input: str, pipe, image_size: int, max_len:
             "max_sequence_length": int(max_len), "lora": time_input == "half", "extra": extra or {}}
 
 
-def save_latent_generator(out, net, pipe, meta: dict) -> Path:
-    """Full fine-tuning: the pipeline with the trained transformer. LoRA: the base pipeline + lora/."""
+def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") -> Path:
+    """Full fine-tuning: the pipeline with the trained transformer. LoRA: the base pipeline + lora/ (the weights of
+    `adapter`: "default", the trained one, or "ema", its EMA)."""
     from twinflow_core.adapters.lora import export_lora
     from twinflow_core.adapters.velocity import ADAPTER_META
 
@@ -151,17 +173,77 @@ def save_latent_generator(out, net, pipe, meta: dict) -> Path:
         for f in [*(out / "transformer").glob("*.safetensors"), *(out / "transformer").glob("*.index.json")]:
             f.unlink()
         save_file(base_state, str(out / "transformer" / "diffusion_pytorch_model.safetensors"))
-        export_lora(net, out / LORA_DIR)
+        export_lora(net, out / LORA_DIR, name=adapter)
     else:
         pipe.save_pretrained(str(out), safe_serialization=True)
         (out / "transformer" / ADAPTER_META).write_text(json.dumps(
             {"family": meta["family"], "time_input": "gated", "r_embed": net.family.r_embed}, indent=1) + "\n")
-    (out / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    return out
+    return write_generator_files(out, meta)
+
+
+def _transformer_weights(folder: Path) -> Path:
+    files = sorted((folder / "transformer").glob("*.safetensors"))
+    index = sorted((folder / "transformer").glob("*.safetensors.index.json"))
+    if len(files) == 1:
+        return files[0]
+    if index:  # a sharded transformer: the link names its index; model.json's hashes cover every shard
+        return index[0]
+    raise DataError(f"{folder}/transformer: no safetensors weights (only safetensors are read)")
+
+
+def write_generator_files(folder, meta: dict) -> Path:
+    """model.safetensors (a hard link to the transformer's weights) and model.json (meta + every file's sha256),
+    model.json last: a folder with it is complete."""
+    import os
+
+    from twinflow_core.data.prepared import file_sha256
+
+    folder = Path(folder)
+    link = folder / WEIGHTS
+    link.unlink(missing_ok=True)
+    (folder / META).unlink(missing_ok=True)
+    os.link(_transformer_weights(folder), link)
+    files = {str(f.relative_to(folder)): file_sha256(f) for f in sorted(folder.rglob("*"))
+             if f.is_file() and f != link}
+    (folder / META).write_text(json.dumps({**meta, "files": files}, indent=1, sort_keys=True) + "\n")
+    return folder
+
+
+def _vae_factor(folder: Path) -> tuple[int, int]:
+    """(latent channels, pixel -> latent downsampling) from the VAE's config, as diffusers derives them."""
+    try:
+        cfg = json.loads((folder / "vae" / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{folder}/vae/config.json: unreadable ({err})") from None
+    return int(cfg["latent_channels"]), 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+
+
+def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
+    """Make a pretrained diffusers pipeline folder (untouched) a base generator of this project, in place."""
+    from twinflow_core.adapters.families import get_family
+
+    folder = Path(folder)
+    fam = get_family(family)
+    try:
+        cls = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{folder}: not a diffusers pipeline folder (model_index.json: {err})") from None
+    if cls != fam.pipeline_class:
+        raise ConfigError(f"{folder}: a {cls}, not the {fam.pipeline_class} of family {family!r}")
+    channels, factor = _vae_factor(folder)
+    if image_size % factor:
+        raise ConfigError(f"image_size {image_size} is not a multiple of the VAE's downsampling {factor}")
+    meta = {"format": FORMAT, "family": family, "time_input": "gated", "image_size": int(image_size),
+            "latent_size": int(image_size) // factor, "latent_channels": channels,
+            "max_sequence_length": int(max_len), "lora": False, "extra": {"base": True}}
+    return write_generator_files(folder, meta)
 
 
 def is_latent_generator(directory) -> bool:
-    return (Path(directory) / META).is_file()
+    try:
+        return json.loads((Path(directory) / META).read_text()).get("format") == FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def load_latent_generator(directory, device="cpu") -> LatentGenerator:
@@ -175,9 +257,41 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
     if meta.get("format") != FORMAT:
         raise DataError(f"{directory / META}: format {meta.get('format')!r} is not {FORMAT!r}")
     pipe = load_pipeline(str(directory), meta["family"])
+    if meta.get("extra", {}).get("base"):
+        torch.manual_seed(0)  # the base's unused r embedding: drawn the same way every time
     net = load_velocity(str(directory), meta["family"], meta["time_input"], subfolder="transformer")
     if meta["lora"]:
         net.transformer.load_lora_adapter(str(directory / LORA_DIR), adapter_name="default",
                                           weight_name="pytorch_lora_weights.safetensors")
     pipe.transformer = net.transformer
     return LatentGenerator(net.to(device).eval(), pipe.to(device), meta)
+
+
+def main(argv=None) -> int:
+    """python -m twinflow_core.adapters.pipeline wrap FOLDER --family sd3 --image-size 1024 [--max-len 256]:
+    make a downloaded diffusers pipeline folder the base generator a latent experiment starts from (train.init) and
+    measures against (evaluate.base): writes model.json and the model.safetensors link; changes nothing else."""
+    import argparse
+    import sys
+
+    from twinflow_core.errors import TwinflowError, exit_code
+
+    ap = argparse.ArgumentParser(prog="python -m twinflow_core.adapters.pipeline", description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    wrap = sub.add_parser("wrap")
+    wrap.add_argument("folder")
+    wrap.add_argument("--family", required=True)
+    wrap.add_argument("--image-size", type=int, required=True)
+    wrap.add_argument("--max-len", type=int, default=256)
+    args = ap.parse_args(argv)
+    try:
+        folder = wrap_base(args.folder, args.family, args.image_size, args.max_len)
+    except TwinflowError as err:
+        print(f"wrap: error: {err}", file=sys.stderr)
+        return exit_code(err)
+    print(f"wrap: {folder} is a {args.family} base generator ({folder / META})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -96,21 +96,33 @@ def save_tiny_sd3_pipeline(folder, words, seed: int = 0, sd35: bool = False, ima
 
 
 def main(argv=None) -> None:
-    """python -m twinflow_core.adapters.tiny OUT [--words-from PREPARED_DATASET] [--sd35]: write a tiny random
-    SD3 pipeline folder (safetensors) whose tokenizers know the dataset's caption words."""
+    """python -m twinflow_core.adapters.tiny OUT [--words-from PREPARED_DATASET] [--sd35] [--wrap]: write a tiny
+    random SD3 pipeline folder (safetensors) whose tokenizers know the dataset's caption words; --wrap also makes it
+    a base generator (model.json + model.safetensors, twinflow_core/adapters/pipeline.py wrap_base)."""
     import argparse
 
     from twinflow_core.data.prepared import read_meta
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out")
-    ap.add_argument("--words-from", default="data/prepared/shapes")
+    ap.add_argument("--words-from", default="shapes", help="shapes | digits | a prepared dataset folder")
     ap.add_argument("--sd35", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--wrap", action="store_true", help="make it a base generator (conf/experiment/sd3_tiny.yaml)")
+    ap.add_argument("--max-len", type=int, default=16, help="prompt tokens of the wrapped base (model.max_sequence_length)")
     args = ap.parse_args(argv)
-    words = read_meta(args.words_from).get("vocabulary") or []
+    if args.words_from in ("shapes", "digits"):  # a source's own vocabulary: no prepared dataset needed
+        import importlib
+
+        words = importlib.import_module(f"twinflow_core.data.{args.words_from}").vocabulary()
+    else:
+        words = read_meta(args.words_from).get("vocabulary") or []
     folder = save_tiny_sd3_pipeline(args.out, words, seed=args.seed, sd35=args.sd35, image_size=args.image_size)
+    if args.wrap:
+        from twinflow_core.adapters.pipeline import wrap_base
+
+        wrap_base(folder, "sd3", args.image_size, args.max_len)
     print(f"tiny SD3 pipeline ({len(words)} words) -> {folder}")
 
 

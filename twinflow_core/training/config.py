@@ -53,6 +53,47 @@ class ModelConfig:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
 
 
+FINETUNE_MODES = ("full", "lora")
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+PRETRAINED = "diffusers"  # model.name of a pretrained diffusers model
+
+
+@dataclass
+class PretrainedModelConfig:
+    """A pretrained diffusers text-to-image model fine-tuned in its latent space (twinflow_core/adapters;
+    conf/model/<family>.yaml). Training reads latent shards (the `encode` stage) and starts from train.init, the
+    pipeline folder made a base generator (twinflow_core/adapters/pipeline.py wrap_base)."""
+    name: str = PRETRAINED
+    family: str = "sd3"                  # a row of twinflow_core/adapters/families.py: sd3 | qwen_image | sana
+    source: str = ""                     # the pipeline: a local folder (or a hub id, offline with HF_HUB_OFFLINE=1)
+    finetune: str = "full"               # full: a second (r) embedding, gated (t - r); lora: peft adapter, t - r/2
+    lora_rank: int = 64                  # official SD3.5 / Qwen-Image LoRA: rank 64, alpha 64
+    lora_alpha: float = 64.0
+    lora_targets: list[str] = field(default_factory=list)  # empty: the family's official targets (adapters/lora.py)
+    r_init: str = ""                     # full only: "" the family's official rule | normal | copy
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"               # the weights as loaded; trainer.precision sets autocast (bf16-mixed on GPU)
+    image_size: int = 32                 # pixels; latents are image_size / the VAE's downsampling
+    max_sequence_length: int = 77        # prompt tokens for the text encoders (T5 / Qwen / Gemma)
+
+    def check(self, where: str) -> None:
+        from twinflow_core.adapters.families import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ConfigError(f"{where}: model.family {self.family!r} not in {tuple(FAMILIES)}")
+        if self.finetune not in FINETUNE_MODES:
+            raise ConfigError(f"{where}: model.finetune {self.finetune!r} not in {FINETUNE_MODES}")
+        if self.dtype not in WEIGHT_DTYPES:
+            raise ConfigError(f"{where}: model.dtype {self.dtype!r} not in {WEIGHT_DTYPES}")
+        if self.r_init not in ("", "normal", "copy"):
+            raise ConfigError(f"{where}: model.r_init {self.r_init!r} is not '', normal or copy")
+        if not self.source:
+            raise ConfigError(f"{where}: model.source: name the pipeline folder (or hub id)")
+        if self.lora_rank < 1 or self.lora_alpha <= 0 or self.image_size < 8 or self.max_sequence_length < 1:
+            raise ConfigError(f"{where}: model: need lora_rank >= 1, lora_alpha > 0, image_size >= 8, "
+                              f"max_sequence_length >= 1")
+
+
 @dataclass
 class ObjectiveSection:
     """`ObjectiveConfig.preset(preset, **overrides)` of twinflow_core/objective.py."""
@@ -129,12 +170,36 @@ class Objectives:
 
 
 @dataclass
+class EncodeConfig:
+    """The `encode` stage (flows/stages/encode.py): a prepared dataset -> latent shards by the frozen VAE and text
+    encoders of the pipeline named by model.source (twinflow_core/data/latents.py). Only latent models use it."""
+    data: str = "data/prepared/shapes"       # the prepared image-caption dataset
+    out: str = "data/prepared/shapes-latents"
+    batch: int = 32                          # images per encoder call
+    shard_size: int = 1024                   # rows per latent shard
+
+
+@dataclass
 class TrainingSections:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: Objectives = field(default_factory=Objectives)
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(out="checkpoints/base"))
     train: StageConfig = field(default_factory=lambda: StageConfig(
         init="checkpoints/base", out="checkpoints/twinflow"))
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+
+
+@dataclass
+class LatentSections(TrainingSections):
+    """The sections for a pretrained diffusers model: the same, with the model section of that kind."""
+    model: PretrainedModelConfig = field(default_factory=PretrainedModelConfig)
+
+
+SECTION_NAMES = ("model", "objective", "pretrain", "train", "encode")
+
+
+def is_pretrained(model) -> bool:
+    return isinstance(model, PretrainedModelConfig) or (isinstance(model, dict) and model.get("name") == PRETRAINED)
 
 
 def _one_line(err: BaseException) -> str:
@@ -154,8 +219,9 @@ def load_sections(raw: dict, where: str = "params.yaml") -> TrainingSections:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    schema = OmegaConf.structured(TrainingSections)
-    picked = {k: raw[k] for k in ("model", "objective", "pretrain", "train") if k in raw and raw[k] is not None}
+    picked = {k: raw[k] for k in SECTION_NAMES if k in raw and raw[k] is not None}
+    # model.name "diffusers" selects the pretrained model's schema; every other name is the UNet's
+    schema = OmegaConf.structured(LatentSections if is_pretrained(picked.get("model")) else TrainingSections)
     try:
         merged = OmegaConf.merge(schema, picked)
         sections = OmegaConf.to_object(merged)
@@ -184,9 +250,7 @@ def apply_overrides(sections: TrainingSections, dotlist: list[str], where: str =
     return out
 
 
-def check(s: TrainingSections, where: str) -> None:
-    """Value checks the types cannot express."""
-    m = s.model
+def _check_unet(m: ModelConfig, where: str) -> None:
     if m.image_size % m.patch or not m.channels or min(m.channels) < 1:
         raise ConfigError(f"{where}: model: image_size {m.image_size} must be divisible by patch {m.patch}, "
                           f"channels non-empty and positive")
@@ -204,6 +268,16 @@ def check(s: TrainingSections, where: str) -> None:
         raise ConfigError(f"{where}: model.time_sign {m.time_sign!r} not in {TIME_SIGNS}")
     if m.sigma_data <= 0:
         raise ConfigError(f"{where}: model.sigma_data must be > 0, got {m.sigma_data}")
+
+
+def check(s: TrainingSections, where: str) -> None:
+    """Value checks the types cannot express."""
+    if isinstance(s.model, PretrainedModelConfig):
+        s.model.check(where)
+    else:
+        _check_unet(s.model, where)
+    if s.encode.batch < 1 or s.encode.shard_size < 1:
+        raise ConfigError(f"{where}: encode.batch and encode.shard_size must be >= 1")
     for name in STAGES:
         st: StageConfig = getattr(s, name)
         p = f"{where}: {name}"
@@ -281,8 +355,14 @@ class DataChoice:
 
 @dataclass
 class ComposedConfig(TrainingSections):
+    # any mapping here: load_sections validates it against the schema its `name` selects (UNet or diffusers)
+    model: Any = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataChoice = field(default_factory=DataChoice)
+    # keys of params.yaml's stage-owned sections an experiment sets (e.g. a tiny model's gate); `configure` writes
+    # them in place; empty: params.yaml's values stay
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
 
 
 def conf_dir() -> Path:
@@ -315,5 +395,5 @@ def compose(overrides: list[str] | None = None, config_dir: str | Path | None = 
     unknown = sorted(set(plain) - {f.name for f in fields(ComposedConfig)})
     if unknown:
         raise ConfigError(f"conf/ {' '.join(overrides or [])}: unknown top-level key(s) {unknown}")
-    extra = {"data": plain.pop("data"), "trainer": plain.pop("trainer")}
+    extra = {key: plain.pop(key) for key in ("data", "trainer", "evaluate", "gate")}
     return load_sections(plain, where=f"conf/ {' '.join(overrides or [])}".strip()), extra

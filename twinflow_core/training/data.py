@@ -96,12 +96,33 @@ class PreparedDataModule(L.LightningDataModule):
         self.steps, self.batch_size, self.micro = steps, batch_size, micro
         self.seed, self.cond_drop = seed, cond_drop
 
+    def micro_batches(self, per_step: int):
+        return MicroBatches(self.dataset.images, self.ids, self.micro, per_step, self.seed, self.cond_drop)
+
     def train_dataloader(self):
         world = self.trainer.world_size if self.trainer else 1
         rank = self.trainer.global_rank if self.trainer else 0
         per_step = self.batch_size // self.micro
         start = self.trainer.global_step if self.trainer else 0
-        data = MicroBatches(self.dataset.images, self.ids, self.micro, per_step, self.seed, self.cond_drop)
+        data = self.micro_batches(per_step)
         sampler = StepSampler(start, self.steps, per_step // world, rank, world)
         # batch_size=None: each key already names a whole micro-batch
         return torch.utils.data.DataLoader(data, sampler=sampler, batch_size=None, num_workers=0)
+
+
+class LatentDataModule(PreparedDataModule):
+    """The same steps and keys over latent shards (twinflow_core/data/latents.py): rows are latents with their
+    prompt embeddings, dropped captions get the null prompt's (LatentMicroBatches)."""
+
+    def __init__(self, path: str, steps: int, batch_size: int, micro: int, seed: int, cond_drop: float):
+        L.LightningDataModule.__init__(self)
+        from twinflow_core.data.latents import load_latents
+
+        self.dataset = load_latents(path)
+        self.steps, self.batch_size, self.micro = steps, batch_size, micro
+        self.seed, self.cond_drop = seed, cond_drop
+
+    def micro_batches(self, per_step: int):
+        from twinflow_core.data.latents import LatentMicroBatches
+
+        return LatentMicroBatches(self.dataset, self.micro, per_step, self.seed, self.cond_drop)

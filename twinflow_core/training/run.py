@@ -21,7 +21,8 @@ import torch
 from twinflow_core.data.prepared import file_sha256
 from twinflow_core.errors import ConfigError, DataError
 from twinflow_core.text import Tokenizer
-from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, micro_batch, to_dict
+from twinflow_core.training.config import (STAGES, StageConfig, TrainingSections, is_pretrained, micro_batch,
+                                           to_dict)
 from twinflow_core.training.launch import detect, micro_batch_for, placement
 
 N_GRID = 16
@@ -45,6 +46,13 @@ def run_key(sections: TrainingSections, stage: str) -> str:
     if st.init:
         parts["init"] = file_sha256(Path(st.init) / "model.safetensors")
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _latent_meta(path: str) -> dict:
+    meta = Path(path) / "meta.json"
+    if not meta.is_file():
+        raise DataError(f"{path}: no latent shards (no meta.json); the encode stage writes them (encode.out)")
+    return json.loads(meta.read_text())
 
 
 def _tokenizer_for(meta: dict) -> Tokenizer:
@@ -90,9 +98,20 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     if st.threads > 0:
         torch.set_num_threads(st.threads)
     objective = getattr(sections.objective, stage).build(f"objective.{stage}")
-    data_meta = read_data_meta(st.data)
+    latent = is_pretrained(sections.model)  # a pretrained diffusers model, in its latent space (adapters/training.py)
+    data_meta = read_data_meta(st.data) if not latent else _latent_meta(st.data)
 
-    if st.init:
+    if latent:
+        from twinflow_core.training.latent import build_net as build_latent_net
+        from twinflow_core.training.latent import check_latents
+
+        if stage != "train" or not st.init:
+            raise ConfigError(f"{stage}: a pretrained model (model.name diffusers) is fine-tuned by the train stage "
+                              f"from train.init, its pipeline folder; there is no pretrain stage for it")
+        check_latents(data_meta, st.data, sections.model)
+        parts = build_latent_net(st.init, sections.model, st.seed, st.ema_decay)
+        net = parts.net
+    elif st.init:
         read_meta(st.init)  # a clear error when the base checkpoint is missing
         base = load_generator(st.init)
         net, tokenizer = base.net.train().requires_grad_(True), base.tokenizer
@@ -118,11 +137,25 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     world = trainer_cfg.devices * trainer_cfg.num_nodes
     micro = micro_batch_for(st.batch_size, st.micro_batch, world, stage) if launch.external else micro_batch(st)
     accumulate = st.batch_size // (micro * world)
-    datamodule = PreparedDataModule(st.data, tokenizer, st.steps, st.batch_size, micro, st.seed, st.cond_drop,
-                                    int(net_kwargs.get("image_size", data_meta.get("image_size"))))
-    module = TwinFlowModule(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
+    strategy = trainer_cfg.strategy
+    if latent:
+        from twinflow_core.training.data import LatentDataModule
+
+        datamodule = LatentDataModule(st.data, st.steps, st.batch_size, micro, st.seed, st.cond_drop)
+        module_cls = TwinFlowModule
+        if strategy == "fsdp":  # FSDP2 (fully_shard per block) through ModelParallelStrategy, also on CPU
+            from twinflow_core.adapters import fsdp
+
+            module_cls, strategy = fsdp.ShardedTwinFlowModule, fsdp.strategy(trainer_cfg.devices)
+        module = module_cls(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
                             ema_decay=st.ema_decay, grad_clip=st.grad_clip, seed=st.seed, accumulate=accumulate,
-                            null_ids=tokenizer.null(1))
+                            null_ids=torch.zeros(1, 1, dtype=torch.long), teacher=parts.teacher)
+    else:
+        datamodule = PreparedDataModule(st.data, tokenizer, st.steps, st.batch_size, micro, st.seed, st.cond_drop,
+                                        int(net_kwargs.get("image_size", data_meta.get("image_size"))))
+        module = TwinFlowModule(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
+                                ema_decay=st.ema_decay, grad_clip=st.grad_clip, seed=st.seed, accumulate=accumulate,
+                                null_ids=tokenizer.null(1))
 
     key = run_key(sections, stage)
     resume_dir = Path(st.resume_dir) / f"{stage}-{key}"
@@ -133,17 +166,24 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     extra = {"stage": stage, "objective": objective.to_dict(), "data": {"path": st.data, "name": data_meta.get("name"),
              "image_size": data_meta.get("image_size")}, "init": st.init, "config": tracked_config(sections, stage),
              "run_key": key, "reference_sampler": "euler" if stage == "pretrain" else "few"}
-    grid = SampleGrid(out, grid_captions(datamodule.dataset.captions), tokenizer, every=st.sample_every,
-                      euler_steps=25 if objective.estimate_order == 0 else 0, seed=st.seed, on_grid=on_grid)
-    exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
-    all_callbacks = [PeriodicState(resume_dir, st.ckpt_every), grid, exporter, *(callbacks or [])]
+    if latent:  # no training-time sample grids for latent models (the evaluate stage draws them)
+        from twinflow_core.training.latent import ExportLatentGenerator
+
+        extra["data"]["image_size"] = sections.model.image_size
+        grid, exporter = None, ExportLatentGenerator(out, parts, sections.model, extra)
+    else:
+        grid = SampleGrid(out, grid_captions(datamodule.dataset.captions), tokenizer, every=st.sample_every,
+                          euler_steps=25 if objective.estimate_order == 0 else 0, seed=st.seed, on_grid=on_grid)
+        exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
+    all_callbacks = [PeriodicState(resume_dir, st.ckpt_every), *([grid] if grid else []), exporter,
+                     *(callbacks or [])]
     show = st.progress if progress is None else progress
     if show and not sys.stderr.isatty():  # no bar in a log: print a line every log_every * 5 steps instead
         show = False
         all_callbacks.append(ProgressLines(stage, st.steps, st.log_every * 5))
     trainer = L.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices, num_nodes=trainer_cfg.num_nodes,
-        strategy=trainer_cfg.strategy, precision=trainer_cfg.precision, max_steps=st.steps, max_epochs=-1,
+        strategy=strategy, precision=trainer_cfg.precision, max_steps=st.steps, max_epochs=-1,
         logger=loggers if loggers else False, enable_checkpointing=False, callbacks=all_callbacks,
         enable_progress_bar=show, enable_model_summary=False, use_distributed_sampler=False,
         log_every_n_steps=st.log_every, num_sanity_val_steps=0,
@@ -157,7 +197,8 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         # resumed from the final state (e.g. `dvc repro` after DVC removed the outputs): Lightning restored the
         # weights and EMA but ran no loop, so no on_train_end; export what was restored
         for callback in (grid, exporter):
-            callback.on_train_end(trainer, module)
+            if callback is not None:
+                callback.on_train_end(trainer, module)
     final = latest_state(resume_dir)
     if trainer.is_global_zero and final is not None:
         shutil.copyfile(final, out / "state.ckpt")  # the end state (optimiser, EMA, RNG, step) beside the export
