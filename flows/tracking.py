@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +91,20 @@ def mlflow_key(name: str) -> str:
 
 
 def read_scores(path: str | Path) -> dict[str, float]:
-    """Numeric leaves of metrics/eval.json, nested keys joined with '/' (flat names stay as written)."""
+    """Numeric leaves of metrics/eval.json, nested keys joined with '/' (flat names stay as written), and of its
+    wall-clock sibling metrics/eval.timing.json when there (flows/stages/evaluate.py timing_path)."""
+    from flows.stages.evaluate import timing_path
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: evaluation metrics not found (did the evaluate stage run?)")
     data = json.loads(path.read_text())
+    timing = timing_path(path)
+    if timing.is_file() and isinstance(data, dict):
+        try:
+            data = {**json.loads(timing.read_text()), **data}
+        except (OSError, ValueError) as err:  # timings are informative only: a damaged file must not stop a release
+            print(f"warning: {timing}: wall-clock metrics not read ({err}); scores unaffected", file=sys.stderr)
 
     def walk(node: Any, prefix: str) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -93,7 +93,8 @@ def test_configure_rewrites_only_its_sections(tmp_path):
     # digits fine-tunes its own fresh base, and is judged against it, not against the committed shapes base
     assert new["evaluate"]["base"] == new["train"]["init"] == new["pretrain"]["out"] != old["evaluate"]["base"]
     assert new["data"].get("source", "digits") == "digits"  # source defaults to name when absent
-    for key in set(old) - {"model", "objective", "pretrain", "train", "data", "evaluate"}:
+    assert new["encode"]["data"] == "data/prepared/digits"  # encode is ours too, and follows data.name
+    for key in set(old) - {"model", "objective", "pretrain", "train", "encode", "data", "evaluate"}:
         assert new[key] == old[key]
     assert {k: v for k, v in new["evaluate"].items() if k != "base"} == \
         {k: v for k, v in old["evaluate"].items() if k != "base"}

@@ -50,6 +50,22 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
     assert meta["extra"]["objective"]["probs"]["adv"] == 1.0 and meta["extra"]["steps"] == 4
     history = json.loads((tmp_path / "twinflow" / "train_log.json").read_text())
     assert {"loss/adv", "loss/rectify", "loss/e2e"} <= set(history[-1])
+    assert not [k for k in history[-1] if k.startswith("perf/")]  # wall clock: MLflow and twinflow.run.json only
+    run_record = json.loads((tmp_path / "twinflow.run.json").read_text())
+    assert run_record["seconds"] > 0 and run_record["sec_per_step_median"] > 0
+
+    # the same inputs again, from nothing: every file of the output (the DVC-tracked directory) bitwise the same,
+    # so a rerun leaves dvc.lock unchanged
+    import shutil
+
+    out = tmp_path / "twinflow"
+    first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    shutil.rmtree(out)
+    shutil.rmtree(tmp_path / "resume")
+    again = subprocess.run(stage_cmd("train", params), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert sorted(second) == sorted(first) and [n for n in first if first[n] != second[n]] == []
 
     from twinflow_core.checkpoint import load_generator
 

@@ -324,8 +324,11 @@ class TwinFlowObjective:
             rcgm_teacher = inner if fixed_teacher else teacher
             rows = ~adv  # the rows whose target the CFG and RCGM teachers change
             cond_rows = _rows(cond, rows)
-            if use_cfg and use_rcgm and rcgm_teacher is teacher:
-                cond_rows = _encoded(teacher, cond_rows)  # one network reads these captions in all its calls
+            # one network reads these captions in all its no-grad calls: encode them once (the CFG pair's
+            # unconditional rows below are then encoded the same way, so both branches stack into one forward)
+            shared = use_cfg and use_rcgm and rcgm_teacher is teacher
+            if shared:
+                cond_rows = _encoded(teacher, cond_rows)
             if use_cfg:
                 lo, hi = cfg.enhanced_range
                 # strict bounds as in the official code: e2e rows (t = 1) are not enhanced when hi = 1
@@ -334,8 +337,8 @@ class TwinFlowObjective:
                     xi, ti = x_t[idx], t[idx]
                     c_idx = _rows(cond_rows, idx[rows])
                     u_idx = _rows(uncond, idx)
-                    if isinstance(c_idx, tuple) and not isinstance(u_idx, tuple):
-                        u_idx = _encoded(teacher, u_idx)  # encoded like the captions, so both branches stack
+                    if shared:
+                        u_idx = _encoded(teacher, u_idx)
                     f_c, f_u = _paired_call(teacher, xi, ti, ti, c_idx, xi, ti, ti, u_idx)
                     boost = cfg.enhanced_ratio * (f_c - f_u)
                     # official: v + w (f_c - f_u) in every mode but the image-free one with a frozen teacher, where

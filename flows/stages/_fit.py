@@ -96,6 +96,12 @@ def run_stage(stage: str, argv=None) -> int:
             if (out / name).is_file():
                 logger.experiment.log_artifact(logger.run_id, str(out / name), "checkpoint")
         logger.finalize("success")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    from twinflow_core.training.run import RUN_KEYS
+
+    # out/ is a DVC output: what the same inputs reproduce bitwise goes there, the wall clock and the run's ids
+    # beside it (checkpoints/twinflow.run.json, untracked), so a rerun leaves dvc.lock unchanged
+    (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in RUN_KEYS}, indent=1))
+    out.with_name(out.name + ".run.json").write_text(
+        json.dumps({k: summary.get(k) for k in RUN_KEYS}, indent=1))
     print(json.dumps(summary))
     return 0

@@ -5,7 +5,10 @@ N Euler steps with/without guidance) on the embedded benchmarks; optionally on t
 
 Writes (paths from the `evaluate` section):
 - metrics/eval.json: flat metrics, names carrying benchmark and setting (`geneval-shapes/overall@1nfe`,
-  `base/geneval-shapes/overall@euler50`, `features-shapes/fd@1nfe`, `throughput/images_per_s@1nfe`, ...);
+  `base/geneval-shapes/overall@euler50`, `features-shapes/fd@1nfe`, ...): the same inputs give it bitwise;
+- metrics/eval.timing.json: the wall-clock figures (`throughput/images_per_s@1nfe`, `evaluate/seconds`), kept out
+  of eval.json so that a rerun leaves the DVC-tracked metrics (and `git status`) unchanged; untracked, and logged
+  to MLflow beside the scores at registration (flows/tracking.py read_scores);
 - metrics/eval_breakdown.json: per setting, the GenEval per-tag summary and the DPG category scores;
 - metrics/plots/by_setting.csv (one row per model x setting) and metrics/plots/geneval_tags.csv (for `dvc plots`);
 - reports/samples_<setting>.png (the TwinFlow model) and reports/samples_base/<setting>.png (the base),
@@ -44,16 +47,31 @@ def split_section(section: dict) -> tuple[dict, dict]:
     return {k: section.pop(k) for k in STAGE_KEYS if k in section}, section
 
 
+def is_timing(name: str) -> bool:
+    """A wall-clock metric: it differs between two runs of the same inputs."""
+    return "throughput/" in name or name == "evaluate/seconds"
+
+
+def timing_path(metrics_path: str | Path) -> Path:
+    """Where the wall-clock metrics of `metrics_path` go: metrics/eval.json -> metrics/eval.timing.json."""
+    metrics_path = Path(metrics_path)
+    return metrics_path.with_name(f"{metrics_path.stem}.timing.json")
+
+
 def write_outputs(result_metrics: dict, breakdown: dict, curves: list[dict], grids: dict, paths: dict) -> None:
     from twinflow_core.viz import save_image_grid
 
     metrics_path = Path(paths.get("metrics", "metrics/eval.json"))
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(dict(sorted(result_metrics.items())), indent=2) + "\n")
+    scores = {k: v for k, v in sorted(result_metrics.items()) if not is_timing(k)}
+    timing = {k: v for k, v in sorted(result_metrics.items()) if is_timing(k)}
+    metrics_path.write_text(json.dumps(scores, indent=2) + "\n")
+    timing_path(metrics_path).write_text(json.dumps(timing, indent=2) + "\n")
     Path(paths.get("breakdown", "metrics/eval_breakdown.json")).write_text(json.dumps(breakdown, indent=2) + "\n")
     plots = Path(paths.get("plots_dir", "metrics/plots"))
     plots.mkdir(parents=True, exist_ok=True)
-    cols = ["model", "setting", "nfe", "geneval_shapes", "dpg_shapes", "digits", "fd", "diversity", "images_per_s"]
+    # no images_per_s column: the plots are DVC-tracked and must not change between reruns of the same inputs
+    cols = ["model", "setting", "nfe", "geneval_shapes", "dpg_shapes", "digits", "fd", "diversity"]
     used = [c for c in cols if any(c in r for r in curves)]
     # by_setting.csv: every setting run on all prompts; by_setting_refset.csv: every setting on the prompts the
     # many-step reference ran on (when that is every prompt, the same rows: dvc.yaml declares both files).

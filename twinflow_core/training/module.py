@@ -107,12 +107,14 @@ class TwinFlowModule(L.LightningModule):
             t = self.trainer.strategy.reduce(t, reduce_op="mean")
             stats = dict(zip(keys, t.tolist()))
         rows = self.trainer.datamodule.batch_size if self.trainer.datamodule else 0
-        stats.update({"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"], "perf/sec_per_step": seconds,
-                      "perf/samples_per_sec": rows / max(seconds, 1e-9)})
+        stats.update({"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]})
+        # the history (train_log.json, the resume state) holds what the same inputs reproduce bitwise; the
+        # wall-clock figures go to the logger (MLflow) and step_seconds only
         self.history.append({"step": int(self.trainer.global_step), **stats})
+        perf = {"perf/sec_per_step": seconds, "perf/samples_per_sec": rows / max(seconds, 1e-9)}
         to_logger = bool(self.loggers)
-        self.log_dict({k: float(v) for k, v in stats.items() if k != "loss"}, prog_bar=False, logger=to_logger,
-                      on_step=True, batch_size=rows or 1, rank_zero_only=True)
+        self.log_dict({k: float(v) for k, v in {**stats, **perf}.items() if k != "loss"}, prog_bar=False,
+                      logger=to_logger, on_step=True, batch_size=rows or 1, rank_zero_only=True)
         self.log("loss", float(stats["loss"]), prog_bar=True, logger=to_logger, on_step=True, batch_size=rows or 1,
                  rank_zero_only=True)
 

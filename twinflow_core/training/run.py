@@ -26,6 +26,8 @@ from twinflow_core.training.config import (STAGES, StageConfig, TrainingSections
 from twinflow_core.training.launch import detect, micro_batch_for, placement
 
 N_GRID = 16
+# keys of the fit summary that differ between two runs of the same inputs (kept out of the DVC-tracked output)
+RUN_KEYS = ("seconds", "resumed_from", "steps_run", "sec_per_step_median", "mlflow_run_id")
 
 
 def tracked_config(sections: TrainingSections, stage: str) -> dict:
@@ -188,6 +190,16 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         enable_progress_bar=show, enable_model_summary=False, use_distributed_sampler=False,
         log_every_n_steps=st.log_every, num_sanity_val_steps=0,
     )
+    # Python's and numpy's global RNGs are saved in every resume state (module.on_save_checkpoint); seeded here, so
+    # that two runs of the same inputs write the same state.ckpt (a resume then restores the saved ones)
+    import random
+
+    import numpy as np
+
+    from twinflow_core.training.data import mix_seed
+
+    random.seed(mix_seed(st.seed, 5, trainer.global_rank))
+    np.random.seed(mix_seed(st.seed, 6, trainer.global_rank) % 2**32)
     start = time.perf_counter()
     # weights_only: the states hold tensors and plain containers only (no pickled objects are trusted)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
@@ -203,6 +215,7 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
     if trainer.is_global_zero and final is not None:
         shutil.copyfile(final, out / "state.ckpt")  # the end state (optimiser, EMA, RNG, step) beside the export
     times = sorted(module.step_seconds)
+    # RUN_KEYS vary between runs of the same inputs (wall clock, a resume); the rest does not
     summary = {
         "stage": stage, "steps": trainer.global_step, "seconds": round(seconds, 2),
         "resumed_from": str(resume_from) if resume_from else None,
