@@ -53,7 +53,7 @@ def test_twinflow_run_fine_tunes_a_tiny_pretrained_sd3_and_registers_it(tmp_path
     finally:
         stop(prefect_proc)
     assert "stages: prepare ran" in out and "encode ran" in out and "train ran" in out and "evaluate ran" in out
-    assert "pretrain" not in out.split("stages: ")[1].split("\n")[0]  # no flow-matching base to pretrain
+    assert "pretrain ran" not in out.split("stages: ")[1].split("\n")[0]  # no flow-matching base to pretrain
     assert "gate: PASSED" in out and "twinflow-shapes v1" in out, out[-3000:]
 
     metrics = json.loads((project / "metrics/eval.json").read_text())
