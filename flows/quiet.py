@@ -8,15 +8,22 @@
 - MLflow's two pyfunc logging advice lines (UserWarning from mlflow.pyfunc: "Add type hints to the `predict`
   method", "An input example was not provided"): the registered model takes a list of captions and its
   signature is set explicitly (flows/tracking.py log_pipeline_run), so the advice does not apply.
+  MLflow wraps its model logging in `simplefilter("once", UserWarning)` (`filter_user_warnings_once`), which
+  outranks a global filter, so `mlflow_advice_muted()` is also put around the call that logs the model.
+- MLflow's "Creating initial MLflow database tables..." / "Updating database tables" INFO lines (a new sqlite
+  store) and its artifact-download progress bar (`MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`) when it copies the model.
 - torch's FutureWarning that `LeafSpec` is deprecated, raised where Lightning's own pytree helper builds one
   (lightning.pytorch.utilities._pytree, at every fit): a deprecation between two libraries, nothing a user can change.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import warnings
 
 TIP_MARKER = "\N{ELECTRIC LIGHT BULB} Tip:"
+MLFLOW_ADVICE = (r".*Add type hints to the `predict` method", r".*An input example was not provided")
 
 
 class _DropTips(logging.Filter):
@@ -32,10 +39,28 @@ def quiet_third_party() -> None:
             log.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)\` is deprecated", category=FutureWarning,
                             module=r"lightning\.pytorch\.utilities\._pytree")
-    for advice in (r".*Add type hints to the `predict` method", r".*An input example was not provided"):
+    for advice in MLFLOW_ADVICE:
         warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         from sqlalchemy.exc import SADeprecationWarning
     except ImportError:  # no SQLAlchemy: no MLflow sqlite store, nothing to filter
         return
     warnings.filterwarnings("ignore", category=SADeprecationWarning, module=r"mlflow\.store\.")
+
+
+@contextlib.contextmanager
+def mlflow_advice_muted():
+    """Around an MLflow call that resets the warning filters inside itself: its advice lines are dropped, every
+    other warning is passed on as it was raised."""
+    import re
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        text = str(w.message)
+        if issubclass(w.category, UserWarning) and any(re.match(a, text, re.S) for a in MLFLOW_ADVICE):
+            continue
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -191,12 +191,15 @@ def log_pipeline_run(*, repo: Path, experiment_id: str, run_name: str, params: d
                 outputs=Schema([TensorSpec(np.dtype("uint8"), (-1, -1, -1, 3))]),
                 params=ParamSchema([ParamSpec("nfe", "long", 1), ParamSpec("seed", "long", 0)]),
             )
-            info = mlflow.pyfunc.log_model(
-                name="generator", python_model=str(PYFUNC_CODE),
-                artifacts={"checkpoint": str(checkpoint_dir)},
-                code_paths=[str(CORE_DIR)], signature=signature,
-                pip_requirements=_pip_requirements(),
-            )
+            from flows.quiet import mlflow_advice_muted
+
+            with mlflow_advice_muted():  # the signature is explicit: its type-hint advice does not apply
+                info = mlflow.pyfunc.log_model(
+                    name="generator", python_model=str(PYFUNC_CODE),
+                    artifacts={"checkpoint": str(checkpoint_dir)},
+                    code_paths=[str(CORE_DIR)], signature=signature,
+                    pip_requirements=_pip_requirements(),
+                )
             model_uri = info.model_uri
         return run.info.run_id, model_uri
 

@@ -51,3 +51,38 @@ def test_lightnings_leafspec_deprecation_is_ignored_other_future_warnings_kept()
         warnings.warn_explicit(msg, FutureWarning, "x.py", 1, module="ours")
         warnings.warn_explicit("other", FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree")
     assert [str(w.message) for w in seen] == [msg, "other"]
+
+
+def test_model_logging_advice_is_muted_although_mlflow_resets_the_filters(tmp_path, monkeypatch):
+    """mlflow.pyfunc.log_model puts simplefilter("once", UserWarning) in front of every filter (its
+    filter_user_warnings_once), so the global filter alone lets the type-hint advice through (the control); the
+    context around the call drops it and passes other warnings on."""
+    import mlflow
+
+    from flows.quiet import mlflow_advice_muted
+    from flows.tracking import PYFUNC_CODE
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # restored after the test
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "model.json").write_text("{}")
+
+    def log():
+        with mlflow.start_run():
+            mlflow.pyfunc.log_model(name="g", python_model=str(PYFUNC_CODE),
+                                    artifacts={"checkpoint": str(tmp_path / "ckpt")}, pip_requirements=["torch"])
+
+    def advice(seen):
+        return [w for w in seen if "Add type hints" in str(w.message)]
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        log()
+    assert advice(seen), "control: MLflow no longer resets the filters; the context may be unnecessary"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        with mlflow_advice_muted():
+            log()
+            warnings.warn("ours", UserWarning)
+    assert not advice(seen) and [str(w.message) for w in seen if str(w.message) == "ours"] == ["ours"]
