@@ -239,6 +239,26 @@ def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     return write_generator_files(folder, meta)
 
 
+def check_generator_files(folder, where: str | None = None) -> None:
+    """Every file model.json lists is in `folder` with its recorded sha256 (a copied or fetched generator is
+    complete and undamaged); a CheckpointError naming the first file that is not."""
+    from twinflow_core.data.prepared import file_sha256
+    from twinflow_core.errors import CheckpointError
+
+    folder = Path(folder)
+    where = where or str(folder)
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{where}/{META}: unreadable ({err})") from None
+    for rel, digest in sorted((meta.get("files") or {}).items()):
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{where}/{rel}: missing (model.json lists it)")
+        if file_sha256(path) != digest:
+            raise CheckpointError(f"{where}/{rel}: sha256 differs from model.json's (damaged or changed)")
+
+
 def is_latent_generator(directory) -> bool:
     try:
         return json.loads((Path(directory) / META).read_text()).get("format") == FORMAT

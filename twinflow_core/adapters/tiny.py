@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]  # ids 0..3
-CLIP_MAX_LEN = 16
+# the longest shapes-world caption (geneval/dpg prompts included) is 41 word tokens with <s> </s>: the tiny
+# tokenizers keep all of it (shorter limits truncate prompts, and tokenizers warn at every encode)
+CLIP_MAX_LEN = 48
+T5_MAX_LEN = 48
 
 
 def tiny_transformer(family: str, seed: int = 0, sd35: bool = False, **overrides):
@@ -67,7 +70,7 @@ def tiny_sd3_pipeline(words, seed: int = 0, sd35: bool = False, image_size: int 
 
     torch.manual_seed(seed)
     tok = word_tokenizer(words, CLIP_MAX_LEN)
-    tok3 = word_tokenizer(words, 32)
+    tok3 = word_tokenizer(words, T5_MAX_LEN)
     n = len(tok)
 
     def clip():
@@ -110,7 +113,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--wrap", action="store_true", help="make it a base generator (conf/experiment/sd3_tiny.yaml)")
-    ap.add_argument("--max-len", type=int, default=16, help="prompt tokens of the wrapped base (model.max_sequence_length)")
+    ap.add_argument("--max-len", type=int, default=T5_MAX_LEN, help="prompt tokens of the wrapped base (model.max_sequence_length)")
     args = ap.parse_args(argv)
     if args.words_from in ("shapes", "digits"):  # a source's own vocabulary: no prepared dataset needed
         import importlib
