@@ -233,3 +233,40 @@ def test_the_wrapped_base_generates_at_its_image_size(world):
         wrap_base(folder, family, 33, MAX_LEN)
     images = load_latent_generator(folder).generate(CAPTIONS[:2], nfe=1, seed=0)
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+
+
+def test_the_encode_stage_writes_the_same_shards_from_the_pipeline_folder(world, shards, tmp_path):
+    """flows/stages/encode.py on the wrapped pipeline folder (train.init), in-process: the shards it writes are the
+    ones write_latents gives through the pipeline loaded above, row for row."""
+    import yaml
+
+    from flows.stages.encode import run
+    from twinflow_core.data.latents import load_latents
+    from twinflow_core.training.config import PretrainedModelConfig, to_dict
+
+    family, data_dir, folder, _ = world
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["model"] = to_dict(PretrainedModelConfig(family=family, source=str(folder), image_size=32,
+                                                    max_sequence_length=MAX_LEN))
+    params["train"]["init"] = str(folder)
+    params["encode"] = {"data": str(data_dir), "out": str(tmp_path / "latents"), "batch": 5, "shard_size": 8}
+    meta = run(params)
+    assert meta["family"] == family and meta["model"] == str(folder) and meta["n"] == 16
+    mine, direct = load_latents(tmp_path / "latents"), load_latents(shards[0])
+    assert torch.equal(mine.latents, direct.latents)
+    assert all(torch.equal(mine.cond[k], direct.cond[k]) for k in direct.cond)
+    assert all(torch.equal(mine.null[k], direct.null[k]) for k in direct.null)
+
+
+def test_the_tiny_writer_cli_writes_a_wrapped_pipeline_of_the_family(world, tmp_path, capsys):
+    import json
+
+    from twinflow_core.adapters.tiny import main
+
+    family = world[0]
+    main([str(tmp_path / "p"), "--family", family, "--words-from", "shapes", "--wrap", "--max-len", "12"])
+    assert f"tiny {family} pipeline" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "p" / "model.json").read_text())
+    assert (meta["family"], meta["max_sequence_length"], meta["latent_channels"]) == (family, 12, CHANNELS[family])
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "q"), "--family", family, "--sd35"])

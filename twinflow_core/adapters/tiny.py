@@ -1,9 +1,11 @@
-"""Tiny random diffusers models and a whole tiny SD3 pipeline, built offline (no hub is reachable here).
+"""Tiny random diffusers models and whole tiny SD3, Qwen-Image and SANA pipelines, built offline (no hub is
+reachable here).
 
 For tests and for the CPU recipe `sd3_tiny`: real diffusers / transformers classes at widths of 16-32, so the
-real loading, saving, LoRA and training code runs in milliseconds. The tokenizers are `tokenizers` WordLevel
+real loading, saving, LoRA and training code runs in milliseconds. SD3's tokenizers are `tokenizers` WordLevel
 models over a given word list, wrapped in PreTrainedTokenizerFast; CLIP takes its pooled vector at the EOS
-token, so the tokenizer appends one.
+token, so the tokenizer appends one. Qwen-Image's and SANA's are the real tokenizer classes (Qwen2Tokenizer,
+GemmaTokenizer) with a BPE vocabulary learned from the word list, because their pipelines count tokens.
 """
 from __future__ import annotations
 
@@ -208,40 +210,43 @@ def save_tiny_pipeline(folder, family: str, words, seed: int = 0, image_size: in
 
 
 def save_tiny_sd3_pipeline(folder, words, seed: int = 0, sd35: bool = False, image_size: int = 32) -> Path:
-    pipe = tiny_sd3_pipeline(words, seed=seed, sd35=sd35, image_size=image_size)
-    pipe.save_pretrained(str(folder), safe_serialization=True)
-    return Path(folder)
+    return save_tiny_pipeline(folder, "sd3", words, seed=seed, image_size=image_size, sd35=sd35)
 
 
 def main(argv=None) -> None:
-    """python -m twinflow_core.adapters.tiny OUT [--words-from PREPARED_DATASET] [--sd35] [--wrap]: write a tiny
-    random SD3 pipeline folder (safetensors) whose tokenizers know the dataset's caption words; --wrap also makes it
-    a base generator (model.json + model.safetensors, twinflow_core/adapters/pipeline.py wrap_base)."""
+    """python -m twinflow_core.adapters.tiny OUT [--family sd3|qwen_image|sana] [--words-from PREPARED_DATASET]
+    [--sd35] [--wrap]: write a tiny random pipeline folder of the family (safetensors) whose tokenizers know the
+    dataset's caption words; --wrap also makes it a base generator (model.json + model.safetensors,
+    twinflow_core/adapters/pipeline.py wrap_base)."""
     import argparse
 
     from twinflow_core.data.prepared import read_meta
 
     ap = argparse.ArgumentParser(description=main.__doc__)
     ap.add_argument("out")
+    ap.add_argument("--family", default="sd3", choices=sorted(TINY_PIPELINES))
     ap.add_argument("--words-from", default="shapes", help="shapes | digits | a prepared dataset folder")
-    ap.add_argument("--sd35", action="store_true")
+    ap.add_argument("--sd35", action="store_true", help="sd3 only: SD3.5-Medium's dual attention and qk-norm")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--wrap", action="store_true", help="make it a base generator (conf/experiment/sd3_tiny.yaml)")
     ap.add_argument("--max-len", type=int, default=16, help="prompt tokens of the wrapped base (model.max_sequence_length)")
     args = ap.parse_args(argv)
+    if args.sd35 and args.family != "sd3":
+        ap.error("--sd35 is a variant of --family sd3")
     if args.words_from in ("shapes", "digits"):  # a source's own vocabulary: no prepared dataset needed
         import importlib
 
         words = importlib.import_module(f"twinflow_core.data.{args.words_from}").vocabulary()
     else:
         words = read_meta(args.words_from).get("vocabulary") or []
-    folder = save_tiny_sd3_pipeline(args.out, words, seed=args.seed, sd35=args.sd35, image_size=args.image_size)
+    kw = {"sd35": True} if args.sd35 else {}
+    folder = save_tiny_pipeline(args.out, args.family, words, seed=args.seed, image_size=args.image_size, **kw)
     if args.wrap:
         from twinflow_core.adapters.pipeline import wrap_base
 
-        wrap_base(folder, "sd3", args.image_size, args.max_len)
-    print(f"tiny SD3 pipeline ({len(words)} words) -> {folder}")
+        wrap_base(folder, args.family, args.image_size, args.max_len)
+    print(f"tiny {args.family} pipeline ({len(words)} words) -> {folder}")
 
 
 if __name__ == "__main__":
