@@ -229,10 +229,19 @@ def test_the_wrapped_base_generates_at_its_image_size(world):
     family, _, folder, _ = world
     meta = json.loads((folder / "model.json").read_text())
     assert (meta["latent_channels"], meta["latent_size"], meta["family"]) == (CHANNELS[family], 16, family)
-    with pytest.raises(ConfigError, match="not a multiple of the VAE's downsampling 2"):
+    before = (folder / "model.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"image_size 33 is not a multiple of \d \(the VAE's downsampling 2 x"):
         wrap_base(folder, family, 33, MAX_LEN)
-    images = load_latent_generator(folder).generate(CAPTIONS[:2], nfe=1, seed=0)
+    if family == "qwen_image":  # 34 px: 17x17 latents, which do not pack into 2x2 patches
+        with pytest.raises(ConfigError, match=r"not a multiple of 4 \(the VAE's downsampling 2 x the transformer's "
+                                              r"patch 2\)"):
+            wrap_base(folder, family, 34, MAX_LEN)
+    assert (folder / "model.json").read_bytes() == before  # a refused wrap leaves the folder as it was
+    gen = load_latent_generator(folder)
+    images = gen.generate(CAPTIONS[:2], nfe=1, seed=0)
     assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
+    # the evaluator's domain check reads the tokenizer's words (whole words in the learned BPE vocabulary)
+    assert {"circle", "square", "triangle", "cross", "red"} <= set(gen.tokenizer.vocabulary)
 
 
 def test_the_encode_stage_writes_the_same_shards_from_the_pipeline_folder(world, shards, tmp_path):

@@ -274,6 +274,14 @@ def _vae_factor(folder: Path) -> tuple[int, int]:
         raise DataError(f"{folder}/vae/config.json: unreadable ({type(err).__name__}: {err})") from None
 
 
+def _patch_size(folder: Path) -> int:
+    """The transformer's patch size (SD3 and Qwen-Image 2, SANA 1): latents must tile into patches."""
+    try:
+        return int(json.loads((folder / "transformer" / "config.json").read_text()).get("patch_size") or 1)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise DataError(f"{folder}/transformer/config.json: unreadable ({type(err).__name__}: {err})") from None
+
+
 def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     """Make a pretrained diffusers pipeline folder (untouched) a base generator of this project, in place."""
     from twinflow_core.adapters.families import get_family
@@ -287,8 +295,10 @@ def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     if cls != fam.pipeline_class:
         raise ConfigError(f"{folder}: a {cls}, not the {fam.pipeline_class} of family {family!r}")
     channels, factor = _vae_factor(folder)
-    if image_size % factor:
-        raise ConfigError(f"image_size {image_size} is not a multiple of the VAE's downsampling {factor}")
+    patch = _patch_size(folder)
+    if image_size % (factor * patch):
+        raise ConfigError(f"image_size {image_size} is not a multiple of {factor * patch} (the VAE's downsampling "
+                          f"{factor} x the transformer's patch {patch})")
     meta = {"format": FORMAT, "family": family, "time_input": "gated", "image_size": int(image_size),
             "latent_size": int(image_size) // factor, "latent_channels": channels,
             "max_sequence_length": int(max_len), "lora": False, "extra": {"base": True}}
