@@ -66,7 +66,7 @@ def test_the_tiny_pipeline_reloads_as_saved(world):
     assert not list(folder.rglob("*.bin")) and sum(f.stat().st_size for f in folder.rglob("*")) < 2_000_000
     # the folder is a plain diffusers pipeline that samples by itself
     plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(folder))
-    extra = {"use_resolution_binning": False} if family == "sana" else {}
+    extra = {"use_resolution_binning": False} if family == "sana" else {"true_cfg_scale": 1.0}
     out = plain(prompt=CAPTIONS[:2], num_inference_steps=2, height=32, width=32, output_type="np",
                 max_sequence_length=MAX_LEN, **extra).images
     assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
@@ -87,8 +87,8 @@ def test_prompts_encode_to_the_condition_the_transformer_takes(world):
     assert lengths[0] < lengths[2] <= MAX_LEN and int(null["mask"].sum()) >= 1  # longer caption, more tokens
     assert torch.isfinite(cond["prompt_embeds"]).all() and torch.isfinite(null["prompt_embeds"]).all()
     assert not torch.allclose(null["prompt_embeds"][0], cond["prompt_embeds"][0])
-    # padded positions hold no text
-    assert (cond["prompt_embeds"][cond["mask"] == 0] == 0).all() if family == "qwen_image" else True
+    if family == "qwen_image":  # padded by us: the positions past a prompt hold zeros
+        assert (cond["prompt_embeds"][cond["mask"] == 0] == 0).all()
 
     net = TransformerVelocity(pipe.transformer, family).eval()
     x = torch.randn(3, CHANNELS[family], 16, 16, generator=torch.Generator().manual_seed(0))
@@ -127,10 +127,9 @@ def test_latents_decode_as_the_pipeline_decodes_them(world):
     from twinflow_core.checkpoint import to_pixels
 
     assert np.abs(back.astype(int) - to_pixels(raw.float().clamp(-1, 1)).astype(int)).max() <= 1
-    assert lat.std() > 0 and not torch.allclose(lat, (lat - lat.mean()) / lat.std())  # not an identity codec
 
     # the pipeline's sampled latents, decoded by us and by the pipeline
-    extra = {"use_resolution_binning": False} if family == "sana" else {}
+    extra = {"use_resolution_binning": False} if family == "sana" else {"true_cfg_scale": 1.0}
     kw = dict(prompt=CAPTIONS[:2], num_inference_steps=2, height=32, width=32, max_sequence_length=MAX_LEN, **extra)
     mine = pipe(**kw, output_type="latent", generator=torch.Generator().manual_seed(1)).images
     theirs = pipe(**kw, output_type="np", generator=torch.Generator().manual_seed(1)).images
