@@ -278,3 +278,40 @@ def test_the_tiny_writer_cli_writes_a_wrapped_pipeline_of_the_family(world, tmp_
     assert (meta["family"], meta["max_sequence_length"], meta["latent_channels"]) == (family, 12, CHANNELS[family])
     with pytest.raises(SystemExit):
         main([str(tmp_path / "q"), "--family", family, "--sd35"])
+
+
+def test_a_lora_generator_reloads_and_its_weights_load_into_the_plain_pipeline(world, tmp_path):
+    """The official LoRA form (native embedding fed t - r/2) on these families: the export reloads into the same
+    velocities, draws at 1 NFE, and its diffusers-format weights change a plain pipeline's output."""
+    import diffusers
+
+    from twinflow_core.adapters.lora import add_lora
+    from twinflow_core.adapters.pipeline import generator_meta, load_latent_generator, save_latent_generator
+    from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer
+
+    family, _, folder, pipe = world
+    net = TransformerVelocity(load_transformer(str(folder), family, "transformer"), family, time_input="half")
+    torch.manual_seed(0)
+    add_lora(net, rank=4, alpha=4)
+    with torch.no_grad():  # as after some training: gaussian-init LoRA starts as a no-op (B = 0)
+        for name, p in net.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    base = load_pipeline(str(folder), family)
+    gen_folder = save_latent_generator(tmp_path / "gen", net, base, generator_meta(family, "half", base, 32, MAX_LEN))
+    gen = load_latent_generator(gen_folder)
+    x = torch.randn(3, CHANNELS[family], 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.ones(3)
+    cond = encode_prompts(pipe, family, CAPTIONS, MAX_LEN)
+    with torch.no_grad():
+        assert torch.allclose(gen.net(x, t, t * 0, cond), net(x, t, t * 0, cond), atol=1e-6)
+    assert gen.generate(CAPTIONS, nfe=1, seed=0).shape == (3, 32, 32, 3)
+
+    plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(gen_folder))
+    extra = {"use_resolution_binning": False} if family == "sana" else {"true_cfg_scale": 1.0}
+    kw = dict(prompt=CAPTIONS[:2], num_inference_steps=1, height=32, width=32, output_type="np",
+              max_sequence_length=MAX_LEN, **extra)
+    before = plain(**kw, generator=torch.Generator().manual_seed(0)).images
+    plain.load_lora_weights(str(gen_folder / "lora"))
+    after = plain(**kw, generator=torch.Generator().manual_seed(0)).images
+    assert np.abs(after - before).max() > 1e-3
