@@ -107,8 +107,8 @@ def _bpe_over(tokenizer_cls, corpus, specials, alphabet, **kwargs):
     empty = tokenizer_cls(**kwargs)
     trainer = trainers.BpeTrainer(vocab_size=1 << 20, min_frequency=1, special_tokens=specials,
                                   initial_alphabet=alphabet, show_progress=False)
-    empty._tokenizer.train_from_iterator(corpus, trainer)
-    model = json.loads(empty._tokenizer.to_str())["model"]
+    empty.backend_tokenizer.train_from_iterator(corpus, trainer)
+    model = json.loads(empty.backend_tokenizer.to_str())["model"]
     return tokenizer_cls(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], **kwargs)
 
 
@@ -149,7 +149,8 @@ def gemma_tokenizer(words):
 def tiny_qwen_image_pipeline(words, seed: int = 0, image_size: int = 32):
     """A QwenImagePipeline of tiny random parts: a Qwen2.5-VL text encoder (its vision tower one block wide),
     a Qwen2Tokenizer over `words`, an AutoencoderKLQwenImage with 2x downsampling and its 16 latent channels,
-    a flow-matching scheduler and the tiny Qwen-Image transformer."""
+    a flow-matching scheduler and the tiny Qwen-Image transformer. `image_size` is taken for the
+    builders' common signature only: no part has a fixed size (any multiple of 4 px: 2x VAE, 2x2 patches)."""
     import diffusers
     import transformers
 
