@@ -40,7 +40,7 @@ def run(params: dict, where: str = "params.yaml") -> dict:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
     pipeline = sections.train.init or model.source  # the folder dvc.yaml hashes (train.init)
-    pipe = load_pipeline(pipeline, model.family, getattr(torch, model.dtype))
+    pipe = load_pipeline(pipeline, model.family, getattr(torch, model.dtype), transformer=False)  # VAE + text
     if torch.cuda.is_available():
         pipe.to("cuda")
     encoder = LatentEncoder(pipe, model.family, model.max_sequence_length)

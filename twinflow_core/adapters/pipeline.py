@@ -32,15 +32,19 @@ LORA_DIR = "lora"
 CHUNK = 64
 
 
-def load_pipeline(source: str, family: str, dtype=torch.float32):
-    """The family's diffusers pipeline from a local folder or a hub id (offline where HF_HUB_OFFLINE=1)."""
+def load_pipeline(source: str, family: str, dtype=torch.float32, transformer: bool = True):
+    """The family's diffusers pipeline from a local folder or a hub id (offline where HF_HUB_OFFLINE=1).
+
+    transformer=False: without its transformer (None), for callers that load it themselves with the r embedding
+    (training, a trained generator) or do not need it (encoding): a second copy of a 20B transformer is not
+    loaded, and the base class's "weights not used" report about the r embedding is not printed."""
     import diffusers
 
     from twinflow_core.adapters.families import get_family
 
     cls = getattr(diffusers, get_family(family).pipeline_class)
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=dtype)
+        pipe = cls.from_pretrained(source, torch_dtype=dtype, **({} if transformer else {"transformer": None}))
     except (OSError, ValueError) as err:
         raise DataError(f"{cls.__name__} from {source}: {str(err).splitlines()[0]}") from None
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
@@ -342,7 +346,7 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
         raise DataError(f"{directory / META}: unreadable ({err})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{directory / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    pipe = load_pipeline(str(directory), meta["family"])
+    pipe = load_pipeline(str(directory), meta["family"], transformer=False)
     if meta.get("extra", {}).get("base"):
         torch.manual_seed(0)  # the base's unused r embedding: drawn the same way every time
     net = load_velocity(str(directory), meta["family"], meta["time_input"], subfolder="transformer")
