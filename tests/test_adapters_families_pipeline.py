@@ -215,6 +215,13 @@ def test_twinflow_steps_on_the_shards_lower_the_loss_and_export_a_generator(worl
     assert (images == gen.generate(CAPTIONS, nfe=1, seed=0)).all()
     assert not (images == gen.generate(CAPTIONS, nfe=1, seed=1)).all()
     assert gen.generate(CAPTIONS[:1], nfe=2, seed=0).shape == (1, 32, 32, 3)
+    # the training pipeline was loaded without its transformer: the export still names it, so a plain diffusers
+    # pipeline loads the folder with the trained transformer
+    import diffusers
+
+    plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(gen_folder))
+    assert plain.transformer is not None and torch.equal(
+        plain.transformer.state_dict()["proj_out.weight"], gen.net.transformer.state_dict()["proj_out.weight"])
 
 
 def test_the_wrapped_base_generates_at_its_image_size(world):

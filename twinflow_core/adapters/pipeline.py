@@ -222,7 +222,9 @@ def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe.transformer = net.transformer
+    # register_modules, not an attribute: a pipeline loaded without its transformer (load_pipeline) records it in
+    # model_index.json only this way, and a plain diffusers pipeline then loads the folder
+    pipe.register_modules(transformer=net.transformer)
     if meta["lora"]:
         from safetensors.torch import save_file
 
@@ -353,7 +355,7 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
     if meta["lora"]:
         net.transformer.load_lora_adapter(str(directory / LORA_DIR), adapter_name="default",
                                           weight_name="pytorch_lora_weights.safetensors")
-    pipe.transformer = net.transformer
+    pipe.register_modules(transformer=net.transformer)
     return LatentGenerator(net.to(device).eval(), pipe.to(device), meta)
 
 
