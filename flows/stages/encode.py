@@ -54,8 +54,12 @@ def run(params: dict, where: str = "params.yaml") -> dict:
 def main(argv=None) -> int:
     from flows.stages.prepare import load_params, parse_args
 
+    from flows.quiet import quiet_loading_bars, quiet_third_party
+
+    quiet_third_party()
     args = parse_args(argv, __doc__.splitlines()[0])
     try:
+        quiet_loading_bars()
         run(load_params(args.params, args.overrides), args.params)
     except TwinflowError as err:
         print(f"encode: error: {err}", file=sys.stderr)

@@ -44,7 +44,7 @@ def load_pipeline(source: str, family: str, dtype=torch.float32, transformer: bo
 
     cls = getattr(diffusers, get_family(family).pipeline_class)
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=dtype, **({} if transformer else {"transformer": None}))
+        pipe = cls.from_pretrained(source, dtype=dtype, **({} if transformer else {"transformer": None}))
     except (OSError, ValueError) as err:
         raise DataError(f"{cls.__name__} from {source}: {str(err).splitlines()[0]}") from None
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):

@@ -135,7 +135,7 @@ def load_transformer(source: str, family: str, subfolder: str | None = None, dty
     cls = getattr(diffusers, fam.transformer_class)
     kwargs = {"subfolder": subfolder} if subfolder else {}
     try:
-        return cls.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        return cls.from_pretrained(source, dtype=dtype, **kwargs)  # diffusers 0.42: torch_dtype is deprecated
     except (OSError, ValueError, EnvironmentError) as err:
         where = f"{source}/{subfolder}" if subfolder else source
         raise DataError(f"{fam.transformer_class} from {where}: {str(err).splitlines()[0]}") from None
