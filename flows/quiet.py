@@ -12,6 +12,10 @@
   outranks a global filter, so `mlflow_advice_muted()` is also put around the call that logs the model.
 - MLflow's "Creating initial MLflow database tables..." / "Updating database tables" INFO lines (a new sqlite
   store) and its artifact-download progress bar (`MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`) when it copies the model.
+- transformers' "`CLIPImageProcessor` requires torchvision (not installed); falling back to ..." lines (a latent
+  pipeline's image processors; torchvision is not part of this stack: the PIL processors are what it uses), and,
+  in a log rather than a terminal, the model-loading progress bars of transformers and diffusers (many lines per
+  load; the stages print their own progress).
 - torch's FutureWarning that `LeafSpec` is deprecated, raised where Lightning's own pytree helper builds one
   (lightning.pytorch.utilities._pytree, at every fit): a deprecation between two libraries, nothing a user can change.
 """
@@ -20,10 +24,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 
 TIP_MARKER = "\N{ELECTRIC LIGHT BULB} Tip:"
 MLFLOW_ADVICE = (r".*Add type hints to the `predict` method", r".*An input example was not provided")
+
+
+class _DropTorchvisionFallback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in str(record.getMessage())
 
 
 class _DropTips(logging.Filter):
@@ -42,6 +52,12 @@ def quiet_third_party() -> None:
     for advice in MLFLOW_ADVICE:
         warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    fallback = logging.getLogger("transformers.utils.import_utils")  # the same object once transformers imports
+    if not any(isinstance(f, _DropTorchvisionFallback) for f in fallback.filters):
+        fallback.addFilter(_DropTorchvisionFallback())
+    if not sys.stderr.isatty():
+        # transformers reads this at import; diffusers has no switch before import: quiet_loading_bars() after
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         from sqlalchemy.exc import SADeprecationWarning
@@ -64,3 +80,12 @@ def mlflow_advice_muted():
         if issubclass(w.category, UserWarning) and any(re.match(a, text, re.S) for a in MLFLOW_ADVICE):
             continue
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def quiet_loading_bars() -> None:
+    """diffusers' pipeline-loading progress bars off in a log (not on a terminal); call once diffusers is wanted."""
+    if sys.stderr.isatty():
+        return
+    import diffusers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()

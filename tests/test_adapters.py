@@ -161,3 +161,24 @@ def test_bad_condition_and_family_are_one_line_errors():
     with pytest.raises(ConfigError, match="unknown model family 'flux'"):
         get_family("flux")
     assert set(FAMILIES) == {"sd3", "qwen_image", "sana"}
+
+
+def test_reloading_reports_unused_weights_only_beyond_the_r_embedding(tmp_path, caplog):
+    """diffusers reports the r embedding's weights as unused by the plain transformer class; load_velocity loads
+    them itself, so that report is dropped, but a weight that belongs to neither is still reported."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    net = TransformerVelocity(make("sd3"), "sd3")
+    net.save(tmp_path / "transformer")
+    with caplog.at_level(logging.WARNING, logger="diffusers.models.modeling_utils"):
+        load_velocity(str(tmp_path / "transformer"))
+    assert not [r for r in caplog.records if "were not used" in r.getMessage()]
+    weights = next((tmp_path / "transformer").glob("*.safetensors"))
+    state = load_file(str(weights))
+    save_file({**state, "stray.weight": torch.zeros(2)}, str(weights), metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffusers.models.modeling_utils"):
+        load_velocity(str(tmp_path / "transformer"))
+    assert [r for r in caplog.records if "were not used" in r.getMessage() and "stray.weight" in r.getMessage()]

@@ -86,3 +86,12 @@ def test_model_logging_advice_is_muted_although_mlflow_resets_the_filters(tmp_pa
             log()
             warnings.warn("ours", UserWarning)
     assert not advice(seen) and [str(w.message) for w in seen if str(w.message) == "ours"] == ["ours"]
+
+
+def test_transformers_torchvision_fallback_note_is_dropped_other_lines_kept(caplog):
+    quiet_third_party()
+    log = logging.getLogger("transformers.utils.import_utils")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+        log.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

@@ -100,3 +100,37 @@ def test_train_stage_runs_from_an_s3_base(tmp_path, s3_env):
     assert bad.returncode == 12
     assert bad.stderr.strip().splitlines() == [
         f"train: error: s3://gone/shapes/v1: bucket 'gone' does not exist at {s3_env}"]
+
+
+def test_a_latent_generator_is_fetched_whole_and_checked_file_by_file(tmp_path, s3_env, monkeypatch):
+    """A latent generator is a diffusers pipeline folder (VAE, text encoders, tokenizers, transformer): fetching
+    it (an S3 init, `twinflow generate --model models:/...`) copies every file, checks each against the sha256
+    model.json lists, and a damaged one is a one-line error naming it, with the earlier fetch left as it was."""
+    pytest.importorskip("diffusers")
+    from twinflow_core.adapters.pipeline import wrap_base
+    from twinflow_core.adapters.tiny import save_tiny_sd3_pipeline
+    from twinflow_core.checkpoint import load_generator
+    from twinflow_core.data import shapes
+    from twinflow_core.errors import CheckpointError
+
+    folder = wrap_base(save_tiny_sd3_pipeline(tmp_path / "sd3-tiny", shapes.vocabulary()), "sd3", 32, 48)
+    tree = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert any(name.startswith("vae/") for name in tree)
+    upload(s3_env, folder, "models", "sd3-tiny")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env)
+    dest = init_source.fetch("s3://models/sd3-tiny", tmp_path / "checkpoints" / "train-init")
+    fetched = {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()}
+    assert fetched.pop("source.json") and fetched == tree
+    images = load_generator(dest).generate(["a photo of a red circle"], nfe=1, seed=0)
+    assert images.shape == (1, 32, 32, 3) and images.dtype.name == "uint8"
+
+    vae = next(n for n in tree if n.startswith("vae/") and n.endswith(".safetensors"))
+    damaged = bytearray(tree[vae])
+    damaged[-1] ^= 0xFF
+    (folder / vae).write_bytes(bytes(damaged))
+    upload(s3_env, folder, "models", "sd3-damaged")
+    with pytest.raises(CheckpointError) as err:
+        init_source.fetch("s3://models/sd3-damaged", dest)
+    assert str(err.value) == f"s3://models/sd3-damaged/{vae}: sha256 differs from model.json's (damaged or changed)"
+    assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
+            and p.name != "source.json"} == tree

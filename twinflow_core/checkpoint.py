@@ -148,12 +148,22 @@ def fetch_generator(url: str, dest, endpoint_url: str | None = None, storage_opt
         if not url.startswith("s3://") and not Path(url).is_dir():
             raise CheckpointError(f"generator checkpoint {url}: not a directory")
         folder = Folder(url, endpoint_url, storage_options)
-        missing = [name for name in (META, WEIGHTS) if name not in folder.files()]
+        files = folder.files()
+        missing = [name for name in (META, WEIGHTS) if name not in files]
         if missing:
             raise CheckpointError(f"generator checkpoint {url}: missing {', '.join(missing)} (expected {WEIGHTS} + {META})")
-        for name, data in folder.read_many([META, WEIGHTS]):
+        (partial / META).write_bytes(next(folder.read_many([META]))[1])
+        # a latent generator is a whole diffusers pipeline folder (VAE, text encoders, transformer): all of it
+        latent = _is_latent(partial)
+        for name, data in folder.read_many(sorted(files - {META}) if latent else [WEIGHTS]):
+            (partial / name).parent.mkdir(parents=True, exist_ok=True)
             (partial / name).write_bytes(data)
-        read_meta(partial)
+        if latent:
+            from twinflow_core.adapters.pipeline import check_generator_files
+
+            check_generator_files(partial, where=url)
+        else:
+            read_meta(partial)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

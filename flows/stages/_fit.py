@@ -62,6 +62,12 @@ def run_stage(stage: str, argv=None) -> int:
     try:
         sections = load(args.params, args.overrides)
         section = getattr(sections, stage)
+        from twinflow_core.training.config import is_pretrained
+
+        if is_pretrained(sections.model):  # a diffusers pipeline is loaded: its loading bars out of the log
+            from flows.quiet import quiet_loading_bars
+
+            quiet_loading_bars()
         from twinflow_core.training.launch import detect
 
         # torchrun, SLURM or Lightning's own launcher: the environment says which, and where this process sits

@@ -40,7 +40,7 @@ def run(params: dict, where: str = "params.yaml") -> dict:
         torch.set_num_threads(int(threads))
     start = time.perf_counter()
     pipeline = sections.train.init or model.source  # the folder dvc.yaml hashes (train.init)
-    pipe = load_pipeline(pipeline, model.family, getattr(torch, model.dtype))
+    pipe = load_pipeline(pipeline, model.family, getattr(torch, model.dtype), transformer=False)  # VAE + text
     if torch.cuda.is_available():
         pipe.to("cuda")
     encoder = LatentEncoder(pipe, model.family, model.max_sequence_length)
@@ -54,8 +54,12 @@ def run(params: dict, where: str = "params.yaml") -> dict:
 def main(argv=None) -> int:
     from flows.stages.prepare import load_params, parse_args
 
+    from flows.quiet import quiet_loading_bars, quiet_third_party
+
+    quiet_third_party()
     args = parse_args(argv, __doc__.splitlines()[0])
     try:
+        quiet_loading_bars()
         run(load_params(args.params, args.overrides), args.params)
     except TwinflowError as err:
         print(f"encode: error: {err}", file=sys.stderr)

@@ -157,6 +157,10 @@ def run(params: dict) -> dict:
     if not stage.get("checkpoint"):
         raise ConfigError("evaluate.checkpoint: the generator checkpoint directory is required")
     t0 = time.perf_counter()
+    if any(p and (Path(p) / "model_index.json").is_file() for p in (stage["checkpoint"], stage.get("base"))):
+        from flows.quiet import quiet_loading_bars
+
+        quiet_loading_bars()  # latent generators: diffusers pipeline folders
     model = load_generator(stage["checkpoint"])
     domain = domain_of(model, cfg)
     evaluation = Evaluation(cfg, domain, model.image_size)

@@ -32,15 +32,19 @@ LORA_DIR = "lora"
 CHUNK = 64
 
 
-def load_pipeline(source: str, family: str, dtype=torch.float32):
-    """The family's diffusers pipeline from a local folder or a hub id (offline where HF_HUB_OFFLINE=1)."""
+def load_pipeline(source: str, family: str, dtype=torch.float32, transformer: bool = True):
+    """The family's diffusers pipeline from a local folder or a hub id (offline where HF_HUB_OFFLINE=1).
+
+    transformer=False: without its transformer (None), for callers that load it themselves with the r embedding
+    (training, a trained generator) or do not need it (encoding): a second copy of a 20B transformer is not
+    loaded, and the base class's "weights not used" report about the r embedding is not printed."""
     import diffusers
 
     from twinflow_core.adapters.families import get_family
 
     cls = getattr(diffusers, get_family(family).pipeline_class)
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=dtype)
+        pipe = cls.from_pretrained(source, dtype=dtype, **({} if transformer else {"transformer": None}))
     except (OSError, ValueError) as err:
         raise DataError(f"{cls.__name__} from {source}: {str(err).splitlines()[0]}") from None
     for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
@@ -71,34 +75,90 @@ def _encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dic
                                               do_classifier_free_guidance=False, max_sequence_length=max_len,
                                               device=pipe.device)
         return {"prompt_embeds": pe.float(), "pooled": pooled.float()}
-    if family in ("sana", "qwen_image"):
-        out = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=max_len) \
-            if family == "sana" else pipe.encode_prompt(captions, max_sequence_length=max_len)
-        pe, mask = out[0], out[1]
+    if family == "sana":  # Gemma tokens padded to max_len by the pipeline; no complex human instruction (its
+        # negative prompt has none either: the null prompt "" is encoded the same way as a caption)
+        pe, mask = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=max_len)[:2]
         return {"prompt_embeds": pe.float(), "mask": mask.long()}
+    if family == "qwen_image":
+        pe, mask = pipe.encode_prompt(captions, max_sequence_length=max_len)
+        if mask is None:  # the pipeline returns None for a batch without padding
+            mask = torch.ones(pe.shape[:2], dtype=torch.long, device=pe.device)
+        return _pad_tokens(pe.float(), mask.long(), max_len)
     raise ConfigError(f"no prompt encoder for family {family!r}")
 
 
-def _vae_shift_scale(vae):
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return float(shift), float(vae.config.scaling_factor)
+def _pad_tokens(pe: torch.Tensor, mask: torch.Tensor, max_len: int) -> dict[str, torch.Tensor]:
+    """QwenImagePipeline pads a batch to its longest prompt: pad every batch to max_len (zeros, mask 0), as the
+    other families' encoders do, so that batches and shards of different prompts concatenate. The transformer
+    masks the padding (the velocity is unchanged by it; tests/test_adapters_families_pipeline.py)."""
+    pad = max_len - pe.shape[1]
+    if pad > 0:
+        pe = torch.cat([pe, pe.new_zeros(pe.shape[0], pad, pe.shape[2])], dim=1)
+        mask = torch.cat([mask, mask.new_zeros(mask.shape[0], pad)], dim=1)
+    return {"prompt_embeds": pe, "mask": mask}
+
+
+def vae_kind(config) -> str:
+    """"kl" (AutoencoderKL: SD3), "qwen" (AutoencoderKLQwenImage: a video VAE, 5-D latents, per-channel
+    mean / std normalisation) or "dc" (AutoencoderDC: SANA, deterministic, scaling factor only), from the VAE's
+    config (the model's or its config.json's)."""
+    if "z_dim" in config and "latents_mean" in config:
+        return "qwen"
+    if "encoder_block_out_channels" in config:
+        return "dc"
+    return "kl"
+
+
+def vae_geometry(config) -> tuple[int, int]:
+    """(latent channels, pixel -> latent downsampling), as each pipeline derives its vae_scale_factor."""
+    kind = vae_kind(config)
+    if kind == "qwen":
+        return int(config["z_dim"]), 2 ** len(config["temperal_downsample"])
+    if kind == "dc":
+        return int(config["latent_channels"]), 2 ** (len(config["encoder_block_out_channels"]) - 1)
+    return int(config["latent_channels"]), 2 ** (len(config.get("block_out_channels", [0])) - 1)
+
+
+def _vae_shift_scale(vae, like: torch.Tensor):
+    """(shift, scale) with model latents = (vae latents - shift) * scale, broadcastable to `like` (N, C, h, w)."""
+    cfg = vae.config
+    if vae_kind(cfg) == "qwen":  # QwenImagePipeline: (z - latents_mean) / latents_std, per channel
+        mean = torch.tensor(cfg.latents_mean, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.latents_std, device=like.device, dtype=like.dtype).view(1, -1, 1, 1)
+        return mean, 1.0 / std
+    shift = getattr(cfg, "shift_factor", None) or 0.0
+    return float(shift), float(cfg.scaling_factor)
 
 
 @torch.no_grad()
 def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """float pixels (N, 3, H, W) in [-1, 1] -> model latents (posterior mean, shifted and scaled)."""
-    shift, scale = _vae_shift_scale(vae)
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return ((dist.mean - shift) * scale).float()
+    """float pixels (N, 3, H, W) in [-1, 1] -> model latents (N, C, h, w): the posterior mean (KL VAEs) or the
+    latent (DC-AE), shifted and scaled as the family's pipeline does. The Qwen-Image VAE sees one frame."""
+    x = pixels.to(vae.device, vae.dtype)
+    kind = vae_kind(vae.config)
+    if kind == "qwen":
+        z = vae.encode(x.unsqueeze(2)).latent_dist.mean[:, :, 0]
+    elif kind == "dc":
+        z = vae.encode(x).latent
+    else:
+        z = vae.encode(x).latent_dist.mean
+    z = z.float()
+    shift, scale = _vae_shift_scale(vae, z)
+    return (z - shift) * scale
 
 
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
-    """Model latents -> uint8 (N, H, W, 3)."""
+    """Model latents (N, C, h, w) -> uint8 (N, H, W, 3)."""
     from twinflow_core.checkpoint import to_pixels
 
-    shift, scale = _vae_shift_scale(vae)
-    pixels = vae.decode((latents / scale + shift).to(vae.dtype), return_dict=False)[0]
+    latents = latents.float()
+    shift, scale = _vae_shift_scale(vae, latents)
+    z = (latents / scale + shift).to(vae.device, vae.dtype)
+    if vae_kind(vae.config) == "qwen":
+        pixels = vae.decode(z.unsqueeze(2), return_dict=False)[0][:, :, 0]
+    else:
+        pixels = vae.decode(z, return_dict=False)[0]
     return to_pixels(pixels.float().clamp(-1, 1))
 
 
@@ -148,9 +208,9 @@ class PipelineVocabulary:
 
 
 def generator_meta(family: str, time_input: str, pipe, image_size: int, max_len: int, extra=None) -> dict:
-    factor = getattr(pipe, "vae_scale_factor", 8)
+    channels, factor = vae_geometry(pipe.vae.config)
     return {"format": FORMAT, "family": family, "time_input": time_input, "image_size": int(image_size),
-            "latent_size": int(image_size) // int(factor), "latent_channels": int(pipe.vae.config.latent_channels),
+            "latent_size": int(image_size) // int(factor), "latent_channels": int(channels),
             "max_sequence_length": int(max_len), "lora": time_input == "half", "extra": extra or {}}
 
 
@@ -162,7 +222,9 @@ def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") 
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pipe.transformer = net.transformer
+    # register_modules, not an attribute: a pipeline loaded without its transformer (load_pipeline) records it in
+    # model_index.json only this way, and a plain diffusers pipeline then loads the folder
+    pipe.register_modules(transformer=net.transformer)
     if meta["lora"]:
         from safetensors.torch import save_file
 
@@ -213,9 +275,17 @@ def _vae_factor(folder: Path) -> tuple[int, int]:
     """(latent channels, pixel -> latent downsampling) from the VAE's config, as diffusers derives them."""
     try:
         cfg = json.loads((folder / "vae" / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{folder}/vae/config.json: unreadable ({err})") from None
-    return int(cfg["latent_channels"]), 2 ** (len(cfg.get("block_out_channels", [0])) - 1)
+        return vae_geometry(cfg)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{folder}/vae/config.json: unreadable ({type(err).__name__}: {err})") from None
+
+
+def _patch_size(folder: Path) -> int:
+    """The transformer's patch size (SD3 and Qwen-Image 2, SANA 1): latents must tile into patches."""
+    try:
+        return int(json.loads((folder / "transformer" / "config.json").read_text()).get("patch_size") or 1)
+    except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
+        raise DataError(f"{folder}/transformer/config.json: unreadable ({type(err).__name__}: {err})") from None
 
 
 def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
@@ -231,12 +301,34 @@ def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     if cls != fam.pipeline_class:
         raise ConfigError(f"{folder}: a {cls}, not the {fam.pipeline_class} of family {family!r}")
     channels, factor = _vae_factor(folder)
-    if image_size % factor:
-        raise ConfigError(f"image_size {image_size} is not a multiple of the VAE's downsampling {factor}")
+    patch = _patch_size(folder)
+    if image_size % (factor * patch):
+        raise ConfigError(f"image_size {image_size} is not a multiple of {factor * patch} (the VAE's downsampling "
+                          f"{factor} x the transformer's patch {patch})")
     meta = {"format": FORMAT, "family": family, "time_input": "gated", "image_size": int(image_size),
             "latent_size": int(image_size) // factor, "latent_channels": channels,
             "max_sequence_length": int(max_len), "lora": False, "extra": {"base": True}}
     return write_generator_files(folder, meta)
+
+
+def check_generator_files(folder, where: str | None = None) -> None:
+    """Every file model.json lists is in `folder` with its recorded sha256 (a copied or fetched generator is
+    complete and undamaged); a CheckpointError naming the first file that is not."""
+    from twinflow_core.data.prepared import file_sha256
+    from twinflow_core.errors import CheckpointError
+
+    folder = Path(folder)
+    where = where or str(folder)
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{where}/{META}: unreadable ({err})") from None
+    for rel, digest in sorted((meta.get("files") or {}).items()):
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{where}/{rel}: missing (model.json lists it)")
+        if file_sha256(path) != digest:
+            raise CheckpointError(f"{where}/{rel}: sha256 differs from model.json's (damaged or changed)")
 
 
 def is_latent_generator(directory) -> bool:
@@ -256,14 +348,14 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
         raise DataError(f"{directory / META}: unreadable ({err})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{directory / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    pipe = load_pipeline(str(directory), meta["family"])
+    pipe = load_pipeline(str(directory), meta["family"], transformer=False)
     if meta.get("extra", {}).get("base"):
         torch.manual_seed(0)  # the base's unused r embedding: drawn the same way every time
     net = load_velocity(str(directory), meta["family"], meta["time_input"], subfolder="transformer")
     if meta["lora"]:
         net.transformer.load_lora_adapter(str(directory / LORA_DIR), adapter_name="default",
                                           weight_name="pytorch_lora_weights.safetensors")
-    pipe.transformer = net.transformer
+    pipe.register_modules(transformer=net.transformer)
     return LatentGenerator(net.to(device).eval(), pipe.to(device), meta)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
+import re
 from pathlib import Path
 
 import torch
@@ -134,11 +136,32 @@ def load_transformer(source: str, family: str, subfolder: str | None = None, dty
     fam = get_family(family)
     cls = getattr(diffusers, fam.transformer_class)
     kwargs = {"subfolder": subfolder} if subfolder else {}
+    log = logging.getLogger("diffusers.models.modeling_utils")
+    expected = _OnlyREmbeddingUnused(fam.r_embed + ".")
+    log.addFilter(expected)
     try:
-        return cls.from_pretrained(source, torch_dtype=dtype, **kwargs)
+        return cls.from_pretrained(source, dtype=dtype, **kwargs)  # diffusers 0.42: torch_dtype is deprecated
     except (OSError, ValueError, EnvironmentError) as err:
         where = f"{source}/{subfolder}" if subfolder else source
         raise DataError(f"{fam.transformer_class} from {where}: {str(err).splitlines()[0]}") from None
+    finally:
+        log.removeFilter(expected)
+
+
+class _OnlyREmbeddingUnused(logging.Filter):
+    """Drops diffusers' "Some weights of the model checkpoint ... were not used" report when the unused weights
+    are exactly the r embedding's (load_velocity loads those itself); any other unused weight is still reported."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = str(record.getMessage())
+        if "were not used when initializing" not in text:
+            return True
+        keys = re.findall(r"[\w.]+\.(?:weight|bias)\b", text.split("initializing", 1)[1])
+        return not keys or not all(k.startswith(self.prefix) for k in keys)
 
 
 def _weights_file(folder: Path) -> Path | None:

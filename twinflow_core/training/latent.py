@@ -44,7 +44,7 @@ def build_net(init: str, model, seed: int, ema_decay: float) -> LatentParts:
     if meta.get("lora"):
         raise DataError(f"train.init {init}: a LoRA generator; start from its base pipeline instead")
     dtype = getattr(torch, model.dtype)
-    pipe = load_pipeline(init, model.family, dtype)
+    pipe = load_pipeline(init, model.family, dtype, transformer=False)  # the net below is the transformer
     torch.manual_seed(seed)  # the r embedding's N(0, 0.02) init, the LoRA's gaussian init
     if model.finetune == "lora":
         net = TransformerVelocity(load_transformer(init, model.family, "transformer", dtype), model.family, "half")
