@@ -20,7 +20,9 @@ from typing import Callable
 
 import yaml
 
+from flows import lifetime
 from flows.faults import RETRY_MARK, StageFailed, TransientFault, is_transient_text
+from twinflow_core.errors import StorageError
 
 # "didn't change": dvc.lock matches; "is cached": restored from DVC's run-cache (made before, anywhere)
 _SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change, skipping|is cached - skipping run)")
@@ -70,13 +72,15 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
     is logged, so a task log stays readable while still showing that work moves.
     The command runs in a process group of its own: when this process is interrupted (Ctrl-C, or the
     SIGTERM that Prefect turns into an exception), the signal is passed to the whole group (dvc and the
-    stage it spawned) and awaited, so no stage goes on writing after its run has stopped.
+    stage it spawned) and awaited, so no stage goes on writing after its run has stopped. A SIGKILL of this
+    process, which cannot be passed on, takes the command and its stage with it (flows.lifetime).
     `pass_fds`: descriptors the command inherits (the checkout lock, workspace.checkout_lock)."""
     start = time.monotonic()
     tail: deque[str] = deque(maxlen=60)
     result = CommandResult(args=args, seconds=0.0)
-    proc = subprocess.Popen(args, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, bufsize=0, start_new_session=True, pass_fds=pass_fds)
+    env = {**(env or tool_env()), lifetime.DIE_WITH_PARENT_ENV: "1"}
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                            start_new_session=True, pass_fds=pass_fds, preexec_fn=lifetime.die_with_parent_hook())
     assert proc.stdout is not None
     buf = b""
     last_progress = 0.0
