@@ -153,13 +153,43 @@ def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None],
 
 
 def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None) -> CommandResult:
-    """`dvc push` of every output in dvc.lock to the default (or named) remote."""
+    """`dvc push` of every output in dvc.lock to the default (or named) remote. Credentials the remote refuses
+    are a StorageError naming it (exit 12, not retried): no retry makes a wrong key right."""
     args = [sys.executable, "-m", "dvc", "push"] + (["-r", remote] if remote else [])
-    result = run_streaming(args, cwd, log, f"dvc push{' -r ' + remote if remote else ''}")
+    try:
+        result = run_streaming(args, cwd, log, f"dvc push{' -r ' + remote if remote else ''}")
+    except StageFailed as err:
+        if not _REFUSED.search(str(err)):
+            raise
+        raise StorageError(f"dvc push: the remote {describe_remote(cwd, remote)} refused the credentials "
+                           f"({_REFUSED.search(str(err)).group(0)}: unknown access key, wrong secret, or no permission "
+                           "on the bucket); the outputs stay in the local DVC cache, and a rerun with the right "
+                           "credentials pushes them") from None
     local_remote = Path(cwd) / ".dvc-remote"  # the default remote (.dvc/config): keep it out of git
     if local_remote.is_dir() and not (local_remote / ".gitignore").exists():
         (local_remote / ".gitignore").write_text("*\n")
     return result
+
+
+# what S3 (and DVC quoting it) answers to credentials it does not accept
+_REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|\b403\b")
+
+
+def describe_remote(cwd: str | Path, remote: str | None) -> str:
+    """"'team' (s3://bucket/store at http://host:port)": the remote a push goes to (the default when None), for an
+    error line; its URL as configured, credentials masked."""
+    from dvc.repo import Repo
+
+    from twinflow_core.redaction import redact
+
+    try:
+        with Repo(str(cwd)) as repo:
+            name = remote or repo.config["core"].get("remote") or "(default)"
+            conf = repo.config["remote"].get(name, {})
+    except Exception:  # noqa: BLE001 - the error line must come out even when the config cannot be read
+        return repr(remote or "(default)")
+    where = conf.get("url", "?") + (f" at {conf['endpointurl']}" if conf.get("endpointurl") else "")
+    return f"{name!r} ({redact(where)})"
 
 
 def push_ref(cwd: str | Path, ref: str, log: Callable[[str], None], git_remote: str = "") -> str | None:

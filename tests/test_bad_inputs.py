@@ -188,6 +188,31 @@ def s3_prepare(bucket: str, creds: bool = True, endpoint: str | None = None, ref
     return prepare_folder(path_of)
 
 
+def dvc_remote_push():
+    """(run, setup): a DVC project with one tracked file and an S3 remote on moto; `dvc push` as the flow runs it,
+    with a key the server does not know."""
+    def setup(tmp, env):
+        from dvc.repo import Repo
+
+        env.s3(creds=True)
+        root = tmp / "dvcproj"
+        root.mkdir()
+        (root / "weights.bin").write_bytes(b"\x00" * 64)
+        # in this process (a dvc start or three less; the push itself is the flow's subprocess)
+        with Repo.init(str(root), no_scm=True) as repo:
+            repo.add(str(root / "weights.bin"))
+            with repo.config.edit() as conf:
+                conf["core"]["remote"] = "team"
+                conf["remote"]["team"] = {"url": "s3://pets-bucket/dvc", "endpointurl": env.endpoint}
+        env.refuse()
+
+    def run(tmp, env):
+        from flows import dvc_ops
+
+        return direct(lambda t, e: dvc_ops.push(t / "dvcproj", lambda line: None), "run")(tmp, env)
+    return run, setup
+
+
 # ---------------------------------------------------------------------------------------------- the table
 
 CASES = [
@@ -257,6 +282,8 @@ CASES = [
          *s3_prepare("pets-bucket", creds=False)),
     Case("s3-wrong-credentials", "s3", "an AWS key the S3 server does not know (moto enforcing auth)", 12,
          "refused the AWS credentials for bucket 'pets-bucket'", *s3_prepare("pets-bucket", refused=True)),
+    Case("s3-remote-wrong-credentials", "s3", "dvc push to an S3 remote with a key the server does not know", 12,
+         "the remote 'team' (s3://pets-bucket/dvc at http://127.0.0.1:", *dvc_remote_push()),
     Case("s3-unreachable-endpoint", "s3", "endpoint_url on a port nobody listens on", 12, "cannot reach the S3 endpoint",
          *s3_prepare("pets-bucket", endpoint="dead")),
     # checkpoints
@@ -335,6 +362,12 @@ class Env:
         if self.enforcing:  # the server is shared by the module's cases
             self.moto_auth("inf")
 
+    def refuse(self) -> None:
+        """A well-formed key moto's IAM has never issued, and moto checking every request: each is answered 403."""
+        self.monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        self.moto_auth("0")
+
     def s3(self, creds: bool, refused: bool = False):
         from support.s3 import upload
 
@@ -346,10 +379,8 @@ class Env:
         self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
         self.endpoint = self.moto()
         upload(self.endpoint, image_folder(self.db.parent / "src"), "pets-bucket", "pets")
-        if refused:  # a well-formed key moto's IAM has never issued: every request is answered 403
-            self.monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
-            self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
-            self.moto_auth("0")
+        if refused:
+            self.refuse()
         if not creds:
             self.monkeypatch.delenv("AWS_ACCESS_KEY_ID")
             self.monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -409,9 +440,11 @@ def test_bad_input_is_one_line_its_family_and_loses_nothing(case, tmp_path, shar
     for secret in ("testing-secret", "wJalrXUtnFEMI"):  # the S3 cases' secret keys
         assert secret not in err
     after = digests(tmp_path)
-    # every file that was there before is unchanged, params.yaml first (a case may add inputs of its own)
+    # every file that was there before is unchanged, params.yaml first (a case may add inputs of its own);
+    # DVC's scratch folder is not an output (its lock file names the last dvc process)
     assert after["proj/params.yaml"] == before["proj/params.yaml"]
-    assert {k: after.get(k) for k in before} == before
+    assert {k: after.get(k) for k in before if "/.dvc/tmp/" not in k} == {
+        k: v for k, v in before.items() if "/.dvc/tmp/" not in k}
 
 
 def test_catalogue_spans_every_kind_with_distinct_families():
