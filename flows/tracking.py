@@ -61,6 +61,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise ConfigError(f"{redact(uri)} answered {response.status_code} on /health: is it an MLflow server?")
 
 
+def hide_run_links_with_credentials(uri: str) -> None:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends, the URI as given, a
+    `user:password@` part included (found by the planted-credentials run, tests/test_pipeline_e2e.py). With such
+    a URI those lines are switched off; `twinflow run` prints the UI's address itself, masked."""
+    if redact(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 def configure(uri: str) -> None:
     """Point mlflow (tracking and registry) at `uri`. The client's own HTTP retries are cut short
     (Prefect retries the whole registration with backoff), so a down server fails in seconds."""
@@ -69,6 +77,7 @@ def configure(uri: str) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    hide_run_links_with_credentials(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 

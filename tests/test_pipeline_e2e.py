@@ -111,9 +111,10 @@ def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):
                 recorded[f"run {run.info.run_name}"] = repr((run.data.params, run.data.tags))
         for mv in client.search_model_versions("name='twinflow-shapes'"):
             recorded[f"version {mv.version}"] = repr((mv.tags, mv.source, mv.run_link))
-        assert leaks_in_text(first=out, second=out2, dvc_status=status.stdout + status.stderr, **objects,
-                             **recorded) == {}
-        assert leaks_in_files(tmp_path) == {}
+        leaks = leaks_in_text(first=out, second=out2, dvc_status=status.stdout + status.stderr, **objects,
+                              **recorded)
+        leaks.update(leaks_in_files(tmp_path))
+        assert leaks == {}, "\n".join(f"{where}: {hits}" for where, hits in leaks.items())
         # not a grep that cannot find anything: the same run's outputs do hold the values that are not secret
         assert "pipeline:***@" in out and endpoint in (project / ".dvc" / "config").read_text()
     finally:
