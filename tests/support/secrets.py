@@ -6,15 +6,18 @@ are, so a leak is found whichever way it was written.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+# Drawn afresh in each test session: the values are in no file, not even this one (a run's project is a copy of
+# the repository, tests/ included, and its grep must find only what the run itself wrote).
 PLANTED = {
-    "AWS_ACCESS_KEY_ID": "AKIAPLANTED7Q2X9ZKEY",
-    "AWS_SECRET_ACCESS_KEY": "plantedSecretKey4f8a9c2e1b7d6e5f3a0b1c2d",
-    "MLFLOW_TRACKING_TOKEN": "planted-tracking-token-51c7e2",
+    "AWS_ACCESS_KEY_ID": "AKIA" + os.urandom(8).hex().upper(),
+    "AWS_SECRET_ACCESS_KEY": "plantedSecret" + os.urandom(14).hex(),
+    "MLFLOW_TRACKING_TOKEN": "planted-token-" + os.urandom(8).hex(),
 }
-PASSWORD = "planted-mlflow-pw-7Kq2Zx"  # in the tracking URI: http://pipeline:<PASSWORD>@host:port
+PASSWORD = "planted-pw-" + os.urandom(8).hex()  # in the tracking URI: http://pipeline:<PASSWORD>@host:port
 
 
 def secrets() -> list[str]:
