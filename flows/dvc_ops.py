@@ -20,7 +20,9 @@ from typing import Callable
 
 import yaml
 
+from flows import lifetime
 from flows.faults import RETRY_MARK, StageFailed, TransientFault, is_transient_text
+from twinflow_core.errors import StorageError
 
 # "didn't change": dvc.lock matches; "is cached": restored from DVC's run-cache (made before, anywhere)
 _SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change, skipping|is cached - skipping run)")
@@ -70,13 +72,15 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
     is logged, so a task log stays readable while still showing that work moves.
     The command runs in a process group of its own: when this process is interrupted (Ctrl-C, or the
     SIGTERM that Prefect turns into an exception), the signal is passed to the whole group (dvc and the
-    stage it spawned) and awaited, so no stage goes on writing after its run has stopped.
+    stage it spawned) and awaited, so no stage goes on writing after its run has stopped. A SIGKILL of this
+    process, which cannot be passed on, takes the command and its stage with it (flows.lifetime).
     `pass_fds`: descriptors the command inherits (the checkout lock, workspace.checkout_lock)."""
     start = time.monotonic()
     tail: deque[str] = deque(maxlen=60)
     result = CommandResult(args=args, seconds=0.0)
-    proc = subprocess.Popen(args, cwd=cwd, env=env or tool_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, bufsize=0, start_new_session=True, pass_fds=pass_fds)
+    env = {**(env or tool_env()), lifetime.DIE_WITH_PARENT_ENV: "1"}
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
+                            start_new_session=True, pass_fds=pass_fds, preexec_fn=lifetime.die_with_parent_hook())
     assert proc.stdout is not None
     buf = b""
     last_progress = 0.0
@@ -149,13 +153,43 @@ def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None],
 
 
 def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None) -> CommandResult:
-    """`dvc push` of every output in dvc.lock to the default (or named) remote."""
+    """`dvc push` of every output in dvc.lock to the default (or named) remote. Credentials the remote refuses
+    are a StorageError naming it (exit 12, not retried): no retry makes a wrong key right."""
     args = [sys.executable, "-m", "dvc", "push"] + (["-r", remote] if remote else [])
-    result = run_streaming(args, cwd, log, f"dvc push{' -r ' + remote if remote else ''}")
+    try:
+        result = run_streaming(args, cwd, log, f"dvc push{' -r ' + remote if remote else ''}")
+    except StageFailed as err:
+        if not _REFUSED.search(str(err)):
+            raise
+        raise StorageError(f"dvc push: the remote {describe_remote(cwd, remote)} refused the credentials "
+                           f"({_REFUSED.search(str(err)).group(0)}: unknown access key, wrong secret, or no permission "
+                           "on the bucket); the outputs stay in the local DVC cache, and a rerun with the right "
+                           "credentials pushes them") from None
     local_remote = Path(cwd) / ".dvc-remote"  # the default remote (.dvc/config): keep it out of git
     if local_remote.is_dir() and not (local_remote / ".gitignore").exists():
         (local_remote / ".gitignore").write_text("*\n")
     return result
+
+
+# what S3 (and DVC quoting it) answers to credentials it does not accept
+_REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|\b403\b")
+
+
+def describe_remote(cwd: str | Path, remote: str | None) -> str:
+    """"'team' (s3://bucket/store at http://host:port)": the remote a push goes to (the default when None), for an
+    error line; its URL as configured, credentials masked."""
+    from dvc.repo import Repo
+
+    from twinflow_core.redaction import redact
+
+    try:
+        with Repo(str(cwd)) as repo:
+            name = remote or repo.config["core"].get("remote") or "(default)"
+            conf = repo.config["remote"].get(name, {})
+    except Exception:  # noqa: BLE001 - the error line must come out even when the config cannot be read
+        return repr(remote or "(default)")
+    where = conf.get("url", "?") + (f" at {conf['endpointurl']}" if conf.get("endpointurl") else "")
+    return f"{name!r} ({redact(where)})"
 
 
 def push_ref(cwd: str | Path, ref: str, log: Callable[[str], None], git_remote: str = "") -> str | None:

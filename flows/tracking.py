@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,14 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         raise ConfigError(f"{redact(uri)} answered {response.status_code} on /health: is it an MLflow server?")
 
 
+def hide_run_links_with_credentials(uri: str) -> None:
+    """MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends, the URI as given, a
+    `user:password@` part included (found by the planted-credentials run, tests/test_pipeline_e2e.py). With such
+    a URI those lines are switched off; `twinflow run` prints the UI's address itself, masked."""
+    if redact(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+
+
 def configure(uri: str) -> None:
     """Point mlflow (tracking and registry) at `uri`. The client's own HTTP retries are cut short
     (Prefect retries the whole registration with backoff), so a down server fails in seconds."""
@@ -68,6 +77,7 @@ def configure(uri: str) -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    hide_run_links_with_credentials(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 
@@ -161,6 +171,22 @@ def _hash_tree(path: Path) -> str:
     return digest.hexdigest()
 
 
+def redacted_copy(path: Path, scratch: Path) -> Path:
+    """`path`, or a copy of it under `scratch` (same name) with its credentials masked: a params.yaml whose
+    register.tracking_uri holds `user:password@` is the user's own file, but its copy in MLflow must not hold it."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return path  # binary (a grid image): nothing a URI or a secret variable could be spelt in
+    masked = redact(text)
+    if masked == text:
+        return path
+    copy = scratch / path.name
+    copy.write_text(masked, encoding="utf-8")
+    return copy
+
+
 def log_pipeline_run(*, repo: Path, experiment_id: str, run_name: str, params: dict, scores: dict[str, float],
                      tags: dict[str, str], artifacts: list[tuple[Path, str]], checkpoint_dir: Path,
                      log_model: bool) -> tuple[str, str | None]:
@@ -178,11 +204,12 @@ def log_pipeline_run(*, repo: Path, experiment_id: str, run_name: str, params: d
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i:i + 100]))
         mlflow.log_metrics({mlflow_key(k): v for k, v in scores.items()})
-        for path, dest in artifacts:
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=dest)
-            elif path.is_file():
-                mlflow.log_artifact(str(path), artifact_path=dest)
+        with tempfile.TemporaryDirectory(prefix="twinflow-redacted-") as scratch:
+            for path, dest in artifacts:
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=dest)
+                elif path.is_file():
+                    mlflow.log_artifact(str(redacted_copy(path, Path(scratch))), artifact_path=dest)
         model_uri = None
         if log_model:
             # An unnamed string column: a plain list of prompts and a DataFrame both pass the schema.

@@ -179,13 +179,38 @@ def write(tmp: Path, name: str, text: str) -> Path:
     return path
 
 
-def s3_prepare(bucket: str, creds: bool = True, endpoint: str | None = None):
+def s3_prepare(bucket: str, creds: bool = True, endpoint: str | None = None, refused: bool = False):
     def path_of(tmp, env):
-        env.s3(creds)
+        env.s3(creds, refused)
         if endpoint == "dead":
             env.endpoint = f"http://127.0.0.1:{free_port()}"
         return f"s3://{bucket}/pets"
     return prepare_folder(path_of)
+
+
+def dvc_remote_push():
+    """(run, setup): a DVC project with one tracked file and an S3 remote on moto; `dvc push` as the flow runs it,
+    with a key the server does not know."""
+    def setup(tmp, env):
+        from dvc.repo import Repo
+
+        env.s3(creds=True)
+        root = tmp / "dvcproj"
+        root.mkdir()
+        (root / "weights.bin").write_bytes(b"\x00" * 64)
+        # in this process (a dvc start or three less; the push itself is the flow's subprocess)
+        with Repo.init(str(root), no_scm=True) as repo:
+            repo.add(str(root / "weights.bin"))
+            with repo.config.edit() as conf:
+                conf["core"]["remote"] = "team"
+                conf["remote"]["team"] = {"url": "s3://pets-bucket/dvc", "endpointurl": env.endpoint}
+        env.refuse()
+
+    def run(tmp, env):
+        from flows import dvc_ops
+
+        return direct(lambda t, e: dvc_ops.push(t / "dvcproj", lambda line: None), "run")(tmp, env)
+    return run, setup
 
 
 # ---------------------------------------------------------------------------------------------- the table
@@ -255,6 +280,10 @@ CASES = [
          *s3_prepare("nope")),
     Case("s3-no-credentials", "s3", "no AWS credentials in the environment", 12, "no AWS credentials found",
          *s3_prepare("pets-bucket", creds=False)),
+    Case("s3-wrong-credentials", "s3", "an AWS key the S3 server does not know (moto enforcing auth)", 12,
+         "refused the AWS credentials for bucket 'pets-bucket'", *s3_prepare("pets-bucket", refused=True)),
+    Case("s3-remote-wrong-credentials", "s3", "dvc push to an S3 remote with a key the server does not know", 12,
+         "the remote 'team' (s3://pets-bucket/dvc at http://127.0.0.1:", *dvc_remote_push()),
     Case("s3-unreachable-endpoint", "s3", "endpoint_url on a port nobody listens on", 12, "cannot reach the S3 endpoint",
          *s3_prepare("pets-bucket", endpoint="dead")),
     # checkpoints
@@ -317,8 +346,29 @@ class Env:
 
     def __init__(self, monkeypatch, moto_endpoint, db: Path):
         self.monkeypatch, self.moto, self.db, self.endpoint = monkeypatch, moto_endpoint, db, None
+        self.enforcing = False
 
-    def s3(self, creds: bool):
+    def moto_auth(self, count: str) -> None:
+        """moto 5.2.5's switch (POST /moto-api/reset-auth, the body a number): check every request's signature
+        against the IAM keys it knows after `count` more requests ("inf": never, its default)."""
+        import urllib.request
+
+        # text/plain: a form-encoded body (urllib's default) would reach moto empty
+        urllib.request.urlopen(urllib.request.Request(f"{self.moto()}/moto-api/reset-auth", data=count.encode(),
+                                                      method="POST", headers={"Content-Type": "text/plain"})).read()
+        self.enforcing = count != "inf"
+
+    def close(self) -> None:
+        if self.enforcing:  # the server is shared by the module's cases
+            self.moto_auth("inf")
+
+    def refuse(self) -> None:
+        """A well-formed key moto's IAM has never issued, and moto checking every request: each is answered 403."""
+        self.monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7EXAMPLE")
+        self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+        self.moto_auth("0")
+
+    def s3(self, creds: bool, refused: bool = False):
         from support.s3 import upload
 
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
@@ -329,6 +379,8 @@ class Env:
         self.monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret")
         self.endpoint = self.moto()
         upload(self.endpoint, image_folder(self.db.parent / "src"), "pets-bucket", "pets")
+        if refused:
+            self.refuse()
         if not creds:
             self.monkeypatch.delenv("AWS_ACCESS_KEY_ID")
             self.monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -372,20 +424,27 @@ def test_bad_input_is_one_line_its_family_and_loses_nothing(case, tmp_path, shar
     env = Env(monkeypatch, moto, db)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     project(tmp_path)  # the earlier outputs: params.yaml, dvc.yaml, metrics/eval.json
-    if case.setup:
-        case.setup(tmp_path, env)
-    before = digests(tmp_path)
-    code = case.run(tmp_path, env)
+    try:
+        if case.setup:
+            case.setup(tmp_path, env)
+        before = digests(tmp_path)
+        code = case.run(tmp_path, env)
+    finally:
+        env.close()
     err = capsys.readouterr().err
     # MLflow's own INFO lines (it creates the sqlite tables on first use) are log output, not the error
     lines = [ln for ln in err.splitlines() if ln.strip() and not re.match(r"^\d{4}/\d\d/\d\d [\d:]+ INFO ", ln)]
     assert code == case.code, err
     assert len(lines) == 1, err
     assert case.says in lines[0], lines[0]
+    for secret in ("testing-secret", "wJalrXUtnFEMI"):  # the S3 cases' secret keys
+        assert secret not in err
     after = digests(tmp_path)
-    # every file that was there before is unchanged, params.yaml first (a case may add inputs of its own)
+    # every file that was there before is unchanged, params.yaml first (a case may add inputs of its own);
+    # DVC's scratch folder is not an output (its lock file names the last dvc process)
     assert after["proj/params.yaml"] == before["proj/params.yaml"]
-    assert {k: after.get(k) for k in before} == before
+    assert {k: after.get(k) for k in before if "/.dvc/tmp/" not in k} == {
+        k: v for k, v in before.items() if "/.dvc/tmp/" not in k}
 
 
 def test_catalogue_spans_every_kind_with_distinct_families():

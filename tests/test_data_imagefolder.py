@@ -180,7 +180,7 @@ def test_s3_wrong_credentials(folder, tmp_path, s3_env, monkeypatch):
     set_auth("0")
     try:
         msg = one_line_error(tmp_path, cfg("s3://locked/p", endpoint_url=s3_env),
-                             "s3://locked/p: access denied by S3 (wrong or unauthorised AWS credentials?)")
+                             f"s3://locked/p: S3 at {s3_env} refused the AWS credentials for bucket 'locked'")
     finally:
         set_auth("inf")
     assert SECRET not in msg and "AKIAWRONG" not in msg

@@ -1,55 +1,28 @@
 """End to end: `twinflow run` on a copy of the project with a tiny config (the real stages: prepare,
 validate, pretrain, train, evaluate), against a real MLflow tracking server and a real Prefect server,
-both started on 127.0.0.1 by the test. Then: the run is in Prefect, the version is in MLflow and loads
-with pyfunc and generates at 1 NFE, `dvc status` is clean, and a second run reuses every stage."""
+both started on 127.0.0.1 by the test, and the outputs pushed to an S3 DVC remote (moto, also on 127.0.0.1). Then:
+the run is in Prefect, the version is in MLflow and loads with pyfunc and generates at 1 NFE, `dvc status` is
+clean, and a second run reuses every stage.
+
+Planted credentials (issue 15, security): the run is given an AWS key pair (the S3 remote), a tracking URI with
+`user:password@` and an MLFLOW_TRACKING_TOKEN, all in the environment, where the README says they go; afterwards no
+output holds any of them: the runs' stdout/stderr, every file under the test's folder (the project with
+params.yaml, dvc.lock, metrics/, reports/, checkpoints/, outputs/, .dvc/ and the objects of its git repository
+with the runs' refs; the MLflow server's store and artifacts; the Prefect server's database of flow runs, their
+parameters and logs), the objects pushed to S3, and the MLflow runs' params and tags and the version's tags,
+as the API returns them. No config key takes a `?token=` URI a tracking server or S3 would accept, so that
+form is covered by the redaction tests (tests/test_security.py) only."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from support.pipeline import REPO, start_mlflow_server, start_prefect_server, stop
-
-# A run of seconds per stage: a few images, the tiny net, 4 steps, a handful of prompts; gate at 0 so it passes.
-TINY = [
-    "data.shapes.n_images=400",
-    "model.channels=[16,32]", "model.attn_levels=[1]", "model.text_dim=32", "model.text_layers=1",
-    "model.heads=2", "model.time_dim=32",
-    "pretrain.steps=4", "pretrain.batch_size=16", "pretrain.ckpt_every=2", "pretrain.sample_every=0",
-    "pretrain.progress=false",
-    "train.init=checkpoints/base", "evaluate.base=checkpoints/base",  # a fresh tiny base, not the committed one
-    "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "train.sample_every=0", "train.progress=false",
-    "evaluate.images_per_prompt=2",  # the default guided 50-step reference: 16 images of a tiny net
-    "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2",
-    "evaluate.grid_prompts=4", "evaluate.batch=16",
-    "gate.min.geneval-shapes/overall@1nfe=0.0", "gate.min.dpg-shapes/score@1nfe=0.0",
-    "gate.ratio.geneval-shapes/overall@1nfe.min=0", "gate.ratio.dpg-shapes/score@1nfe.min=0",
-]
-
-
-def copy_project(dest: Path) -> Path:
-    """What a fresh clone has: tracked and not-ignored files (no outputs, no dvc.lock, no caches)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\n")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if rel == "dvc.lock" or not src.is_file():
-            continue
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dest / rel)
-    for rel in (".dvc/config", ".dvc/.gitignore", ".dvcignore"):
-        if (REPO / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dest / rel)
-    for args in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
-                 ["git", "config", "user.name", "t"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
-        subprocess.run(args, cwd=dest, check=True, capture_output=True)
-    return dest
-
+from support.pipeline import BIN, TINY, copy_project, free_port, start_mlflow_server, start_prefect_server, stop, wait_http
+from support.secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
 
 @pytest.mark.slow
 def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):
@@ -62,17 +35,39 @@ def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):
     from flows.overrides import apply_overrides, load_params, parse_overrides
 
     apply_overrides(project / "params.yaml", parse_overrides(TINY, load_params(project / "params.yaml")))
-    mlflow_uri, mlflow_proc = start_mlflow_server(tmp_path / "mlflow")
+    plain_uri, mlflow_proc = start_mlflow_server(tmp_path / "mlflow")
+    # the server takes any credentials; the client sends them (basic auth from the URI, the bearer token)
+    mlflow_uri = plain_uri.replace("http://", f"http://pipeline:{PASSWORD}@")
     home = tmp_path / "prefect"
     api, prefect_proc = start_prefect_server(home)
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_uri}
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto_proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, **PLANTED, "AWS_DEFAULT_REGION": "us-east-1", "PREFECT_API_URL": api,
+           "PREFECT_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_uri}
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        env.pop(key, None)
     twinflow = [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project)]
     try:
+        import boto3
+
+        wait_http(endpoint + "/moto-api/", 60, moto_proc)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=PLANTED["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=PLANTED["AWS_SECRET_ACCESS_KEY"])
+        s3.create_bucket(Bucket="twinflow-dvc")
+        dvc = [sys.executable, "-m", "dvc"]
+        subprocess.run(dvc + ["remote", "add", "-d", "team", "s3://twinflow-dvc/store"], cwd=project, check=True)
+        subprocess.run(dvc + ["remote", "modify", "team", "endpointurl", endpoint], cwd=project, check=True)
+        subprocess.run(["git", "commit", "-qam", "S3 remote"], cwd=project, check=True)
+
         first = subprocess.run(twinflow, cwd=project, env=env, capture_output=True, text=True, timeout=1500)
         out = first.stdout + first.stderr
         assert first.returncode == 0, out[-6000:]
         assert "gate: PASSED" in out and "twinflow-shapes v1" in out
-        assert "champion" in out and "samples: " in out and "MLflow UI: " + mlflow_uri in out
+        redacted = plain_uri.replace("http://", "http://pipeline:***@")
+        assert "champion" in out and "samples: " in out and "MLflow UI: " + redacted in out
         assert "run: worked in this checkout; saved as refs/exps/" in out
         assert f"Prefect UI: {api.removesuffix('/api')}/runs/flow-run/" in out
 
@@ -104,6 +99,25 @@ def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):
         assert "stages: prepare cached, validate cached, pretrain cached, train cached, evaluate cached" in out2
         assert "already registered; no new version" in out2
         assert len(client.search_model_versions("name='twinflow-shapes'")) == 1
+
+        # the planted credentials: in no output
+        pushed = [o["Key"] for o in s3.list_objects_v2(Bucket="twinflow-dvc").get("Contents", [])]
+        assert len(pushed) >= 4
+        objects = {f"s3://twinflow-dvc/{k}": s3.get_object(Bucket="twinflow-dvc", Key=k)["Body"].read().decode(
+            "latin-1") for k in pushed}
+        recorded = {}
+        for exp in client.search_experiments():
+            for run in client.search_runs([exp.experiment_id]):
+                recorded[f"run {run.info.run_name}"] = repr((run.data.params, run.data.tags))
+        for mv in client.search_model_versions("name='twinflow-shapes'"):
+            recorded[f"version {mv.version}"] = repr((mv.tags, mv.source, mv.run_link))
+        leaks = leaks_in_text(first=out, second=out2, dvc_status=status.stdout + status.stderr, **objects,
+                              **recorded)
+        leaks.update(leaks_in_files(tmp_path))
+        assert leaks == {}, "\n".join(f"{where}: {hits}" for where, hits in leaks.items())
+        # not a grep that cannot find anything: the same run's outputs do hold the values that are not secret
+        assert "pipeline:***@" in out and endpoint in (project / ".dvc" / "config").read_text()
     finally:
         stop(prefect_proc)
         stop(mlflow_proc)
+        stop(moto_proc)

@@ -92,3 +92,51 @@ def test_a_tracking_uri_with_credentials_is_redacted_in_the_error_line(tmp_path,
     err = capsys.readouterr().err
     assert "planted-pw-9931" not in err and "http://admin:***@127.0.0.1" in err
 
+
+
+def test_the_secret_grep_finds_a_planted_value_in_a_file_and_in_a_git_commit(tmp_path):
+    """The grep the planted-credentials run relies on (tests/test_pipeline_e2e.py) is not blind: a secret in a
+    plain file, and one committed to a git repository (whose objects are compressed), are both found."""
+    import subprocess
+
+    from support.secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
+
+    secret = PLANTED["AWS_SECRET_ACCESS_KEY"]
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "params.yaml").write_text(f"register: {{tracking_uri: http://u:{PASSWORD}@h}}\n")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "config").write_text(f"key = {secret}\n")
+    for args in (["init", "-q"], ["add", "config"], ["-c", "user.email=t@example.com", "-c", "user.name=t",
+                                                     "commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+    (repo / "config").unlink()  # gone from the work tree, still in the repository
+    found = leaks_in_files(tmp_path)
+    assert found == {str(tmp_path / "plain" / "params.yaml"): [PASSWORD], f"git objects of {repo}": [secret]}
+    assert leaks_in_text(log=f"token {PLANTED['MLFLOW_TRACKING_TOKEN']}") == {"log": [PLANTED["MLFLOW_TRACKING_TOKEN"]]}
+
+
+def test_a_password_the_user_put_in_params_yaml_reaches_mlflow_masked(tmp_path):
+    """register.tracking_uri in params.yaml with `user:password@` (the user's own file, so it holds it): the
+    registration's MLflow params and its params.yaml artifact carry the URI masked, and nothing else the
+    registration writes (the sqlite store, mlartifacts/) holds the password."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from flows import registry
+    from support.pipeline import make_outputs, scores
+    from support.secrets import PASSWORD, leaks_in_files
+
+    root = make_outputs(tmp_path / "proj", scores(0.8, 80.0))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["register"]["tracking_uri"] = f"http://team:{PASSWORD}@mlflow.example:5000"
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # --tracking-uri wins over the file's server
+    result = registry.register_outputs(root, tracking_uri=uri)
+    client = MlflowClient(uri, uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["register.tracking_uri"] == "http://team:***@mlflow.example:5000"
+    logged = (Path(client.download_artifacts(run.info.run_id, "params.yaml", str(tmp_path / "dl")))).read_text()
+    assert "http://team:***@mlflow.example:5000" in logged and PASSWORD not in logged
+    assert yaml.safe_load(logged)["gate"] == params["gate"]  # the rest of the file as it was
+    assert leaks_in_files(tmp_path) == {str(root / "params.yaml"): [PASSWORD]}  # only where the user put it

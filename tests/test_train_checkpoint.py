@@ -135,3 +135,19 @@ def test_load_errors(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="weights do not fit"):
         load_generator(tmp_path)
+
+
+def test_the_same_weights_give_the_same_file_bytes(tmp_path):
+    """model.safetensors is a DVC output: equal weights must give equal bytes (safetensors itself orders the header
+    metadata differently from one save to the next, twinflow_core/checkpoint._sort_metadata)."""
+    tok = Tokenizer(WORDS, max_len=8)
+    net = _net(tok)
+    kwargs = {**TINY, "vocab_size": tok.size, "max_len": tok.max_len}
+    files = []
+    for i in range(8):
+        save_generator(tmp_path / str(i), net, "unet", kwargs, tok, {"stage": "test"})
+        files.append((tmp_path / str(i) / "model.safetensors").read_bytes())
+    assert all(f == files[0] for f in files)
+    assert b'"__metadata__":{"format":"twinflow-generator/1","net":"unet"}' in files[0]
+    gen = load_generator(tmp_path / "0")  # still a safetensors file the loader reads
+    assert torch.equal(next(iter(gen.net.state_dict().values())), next(iter(net.state_dict().values())))

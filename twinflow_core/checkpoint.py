@@ -41,6 +41,24 @@ def to_pixels(x: torch.Tensor) -> np.ndarray:
     return pixels.to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def _sort_metadata(path: Path) -> None:
+    """The header of a safetensors file with its __metadata__ keys sorted, so that the same weights give the same
+    bytes. safetensors writes the metadata from a Rust HashMap whose order changes from one save to the next
+    (two keys: half the time), and model.safetensors is a DVC output that reruns must leave bitwise equal.
+    The header keeps its length: the same JSON in another order, padded with spaces as safetensors pads it."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text.ljust(size, b" "))
+
+
 def save_generator(directory, net: torch.nn.Module, net_name: str, net_kwargs: dict, tokenizer: Tokenizer,
                    extra: dict | None = None) -> Path:
     """Write model.safetensors + model.json into `directory` (created); returns the directory."""
@@ -50,6 +68,7 @@ def save_generator(directory, net: torch.nn.Module, net_name: str, net_kwargs: d
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT, "net": net_name})
+    _sort_metadata(out / WEIGHTS)
     meta = {
         "format": FORMAT,
         "net": net_name,

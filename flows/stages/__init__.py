@@ -15,3 +15,9 @@ if _missing:
           "or create it with `make venv`", file=_sys.stderr)
     raise SystemExit(18)
 del _util, _missing
+
+# started by the flow's `dvc repro`: end with it, so a SIGKILLed pipeline leaves no stage training (flows/lifetime.py)
+from flows.lifetime import die_with_parent_if_asked as _die_with_parent_if_asked  # noqa: E402
+
+_die_with_parent_if_asked()
+del _die_with_parent_if_asked

@@ -43,9 +43,11 @@ def load(params_path: str | Path, overrides: list[str]):
 def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from flows.tracking import hide_run_links_with_credentials
     from twinflow_core.training.config import to_dict
     from twinflow_core.training.run import run_key
 
+    hide_run_links_with_credentials(uri)
     logger = MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_name=f"{stage}-{run_key(sections, stage)}",
                           tags={"stage": stage, "twinflow.run_key": run_key(sections, stage)})
     resolved = {"model": to_dict(sections.model), "objective": to_dict(getattr(sections.objective, stage)),

@@ -115,3 +115,42 @@ def toy_env() -> dict[str, str]:
     """PYTHONPATH so that `python -m support.toy_stages` resolves from a project outside tests/."""
     tests_dir = str(Path(__file__).resolve().parents[1])
     return {"PYTHONPATH": os.pathsep.join(p for p in (tests_dir, os.environ.get("PYTHONPATH", "")) if p)}
+
+
+# ---- a copy of the real project, for the end-to-end runs (tests/test_pipeline_e2e.py, test_pipeline_sigkill.py) ----
+
+# A run of seconds per stage: a few images, the tiny net, 4 steps, a handful of prompts; gate at 0 so it passes.
+TINY = [
+    "data.shapes.n_images=400",
+    "model.channels=[16,32]", "model.attn_levels=[1]", "model.text_dim=32", "model.text_layers=1",
+    "model.heads=2", "model.time_dim=32",
+    "pretrain.steps=4", "pretrain.batch_size=16", "pretrain.ckpt_every=2", "pretrain.sample_every=0",
+    "pretrain.progress=false",
+    "train.init=checkpoints/base", "evaluate.base=checkpoints/base",  # a fresh tiny base, not the committed one
+    "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "train.sample_every=0", "train.progress=false",
+    "evaluate.images_per_prompt=2",  # the default guided 50-step reference: 16 images of a tiny net
+    "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2",
+    "evaluate.grid_prompts=4", "evaluate.batch=16",
+    "gate.min.geneval-shapes/overall@1nfe=0.0", "gate.min.dpg-shapes/score@1nfe=0.0",
+    "gate.ratio.geneval-shapes/overall@1nfe.min=0", "gate.ratio.dpg-shapes/score@1nfe.min=0",
+]
+
+
+def copy_project(dest: Path) -> Path:
+    """What a fresh clone has: tracked and not-ignored files (no outputs, no dvc.lock, no caches)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
+                           capture_output=True, text=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if rel == "dvc.lock" or not src.is_file():
+            continue
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest / rel)
+    for rel in (".dvc/config", ".dvc/.gitignore", ".dvcignore"):
+        if (REPO / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    for args in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
+                 ["git", "config", "user.name", "t"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
+        subprocess.run(args, cwd=dest, check=True, capture_output=True)
+    return dest

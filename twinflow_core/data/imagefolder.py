@@ -69,7 +69,7 @@ class Folder:
             raise StorageError(f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
                             "AWS_SECRET_ACCESS_KEY, or data.imagefolder.storage_options)") from None
         except PermissionError:
-            raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+            raise self._refused(where) from None
         except FileNotFoundError:
             if what is None:
                 raise StorageError(f"{where}: bucket {self.bucket!r} does not exist"
@@ -84,10 +84,16 @@ class Folder:
             if "NoSuchBucket" in text:
                 raise StorageError(f"{where}: bucket {self.bucket!r} does not exist") from None
             if any(s in text for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden")):
-                raise StorageError(f"{where}: access denied by S3 (wrong or unauthorised AWS credentials?)") from None
+                raise self._refused(where) from None
             if any(s in text for s in ("connect", "Connect", "timed out")):
                 raise StorageError(f"{where}: cannot reach the S3 endpoint {self.endpoint or '(AWS default)'}") from None
             raise StorageError(f"{where}: S3 error {type(err).__name__}") from None
+
+    def _refused(self, where: str) -> StorageError:
+        # a HEAD answers a bare 403, so an unknown key, a wrong secret and a missing permission read the same
+        return StorageError(f"{where}: S3{' at ' + self.endpoint if self.endpoint else ''} refused the AWS "
+                            f"credentials for bucket {self.bucket!r} (403: unknown access key, wrong secret, or no "
+                            "permission to read it)")
 
     def where(self, rel: str) -> str:
         return f"{self.url}/{rel}"

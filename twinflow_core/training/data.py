@@ -62,7 +62,13 @@ class MicroBatches(torch.utils.data.Dataset):
 
 
 class StepSampler(torch.utils.data.Sampler):
-    """Keys (step, micro) this rank processes, from `start_step` to `steps`."""
+    """Keys (step, micro) this rank processes, from `start_step` to `steps`.
+
+    Its length is the whole run's, from step 0, even when it starts later: the run is one Lightning epoch, and a
+    resumed one restores that epoch's count of batches already done, so Lightning expects len - done more. A
+    length of only what is left ended a run resumed before its half early and began a second epoch at
+    start_step again, training the last steps on the first steps' batches (and a resumed state.ckpt then
+    counted two epochs where the uninterrupted run has one)."""
 
     def __init__(self, start_step: int, steps: int, accumulate: int, rank: int, world: int):
         self.start_step, self.steps = start_step, steps
@@ -74,7 +80,7 @@ class StepSampler(torch.utils.data.Sampler):
                 yield step, a * self.world + self.rank
 
     def __len__(self) -> int:
-        return max(self.steps - self.start_step, 0) * self.accumulate
+        return self.steps * self.accumulate
 
 
 class PreparedDataModule(L.LightningDataModule):

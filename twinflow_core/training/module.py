@@ -25,6 +25,31 @@ from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective, sanitize
 from twinflow_core.training.data import mix_seed
 
 
+def canonical_state(obj):
+    """`obj` in fresh containers with interned strings, so that its pickle (a resume state, state.ckpt) depends
+    on its content only. Pickle writes an object seen before as a reference: equal strings that are one object
+    (the literal 'step' of torch's Adam) cost a reference, equal ones that are not (the same key unpickled from
+    the state a resumed run started from) are written again, so a resumed run's state.ckpt differed from the
+    uninterrupted run's in bytes (53 of 99 kB) though not in any value. Tensors are kept as they are; dict
+    subclasses keep their attributes (a module state_dict's _metadata)."""
+    import copy
+    import sys
+
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        items = [(canonical_state(k), canonical_state(v)) for k, v in obj.items()]
+        fresh = copy.copy(obj)
+        fresh.clear()
+        fresh.update(items)
+        return fresh
+    if isinstance(obj, list):
+        return [canonical_state(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(canonical_state(v) for v in obj)
+    return obj
+
+
 class _StepEMA:
     """The EMA as the objective sees it: updates only when `active` (the first micro-batch of a step)."""
 
@@ -124,6 +149,9 @@ class TwinFlowModule(L.LightningModule):
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()[1].tolist()),
                              "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1]}
         checkpoint["history"] = self.history
+        # last of Lightning's hooks on the dict it is about to save: every part of it, canonical (see canonical_state)
+        for key in list(checkpoint):
+            checkpoint[key] = canonical_state(checkpoint[key])
 
     def on_load_checkpoint(self, checkpoint):
         self.ema.load_state_dict(checkpoint["ema"])
