@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from support.pipeline import BIN, TINY, copy_project, free_port, start_mlflow_server, start_prefect_server, stop, wait_http
-from support.secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
+from support.planted_secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
 
 @pytest.mark.slow
 def test_twinflow_run_end_to_end_on_loopback_servers(tmp_path):

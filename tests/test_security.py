@@ -99,7 +99,7 @@ def test_the_secret_grep_finds_a_planted_value_in_a_file_and_in_a_git_commit(tmp
     plain file, and one committed to a git repository (whose objects are compressed), are both found."""
     import subprocess
 
-    from support.secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
+    from support.planted_secrets import PASSWORD, PLANTED, leaks_in_files, leaks_in_text
 
     secret = PLANTED["AWS_SECRET_ACCESS_KEY"]
     (tmp_path / "plain").mkdir()
@@ -125,7 +125,7 @@ def test_a_password_the_user_put_in_params_yaml_reaches_mlflow_masked(tmp_path):
 
     from flows import registry
     from support.pipeline import make_outputs, scores
-    from support.secrets import PASSWORD, leaks_in_files
+    from support.planted_secrets import PASSWORD, leaks_in_files
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0))
     params = yaml.safe_load((root / "params.yaml").read_text())
