@@ -31,30 +31,35 @@ TIP_MARKER = "\N{ELECTRIC LIGHT BULB} Tip:"
 MLFLOW_ADVICE = (r".*Add type hints to the `predict` method", r".*An input example was not provided")
 
 
-class _DropTorchvisionFallback(logging.Filter):
+class _DropMessages(logging.Filter):
+    """Drops a logger's records whose message starts with `prefix` or contains `part`; keeps every other one."""
+
+    def __init__(self, prefix: str = "", part: str = ""):
+        super().__init__()
+        self.prefix, self.part = prefix, part
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision (not installed)" not in str(record.getMessage())
+        text = str(record.getMessage())
+        return not ((self.prefix and text.startswith(self.prefix)) or (self.part and self.part in text))
 
 
-class _DropTips(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(TIP_MARKER)
+def _drop_messages(logger_name: str, prefix: str = "", part: str = "") -> None:
+    """Install the filter on the named logger once (the same logger object exists before its library imports)."""
+    log = logging.getLogger(logger_name)
+    if not any(isinstance(f, _DropMessages) and (f.prefix, f.part) == (prefix, part) for f in log.filters):
+        log.addFilter(_DropMessages(prefix, part))
 
 
 def quiet_third_party() -> None:
     """Install the filters above (idempotent)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
-        log = logging.getLogger(name)
-        if not any(isinstance(f, _DropTips) for f in log.filters):
-            log.addFilter(_DropTips())
+        _drop_messages(name, prefix=TIP_MARKER)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)\` is deprecated", category=FutureWarning,
                             module=r"lightning\.pytorch\.utilities\._pytree")
     for advice in MLFLOW_ADVICE:
         warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
-    fallback = logging.getLogger("transformers.utils.import_utils")  # the same object once transformers imports
-    if not any(isinstance(f, _DropTorchvisionFallback) for f in fallback.filters):
-        fallback.addFilter(_DropTorchvisionFallback())
+    _drop_messages("transformers.utils.import_utils", part="requires torchvision (not installed)")
     if not sys.stderr.isatty():
         # transformers reads this at import; diffusers has no switch before import: quiet_loading_bars() after
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
