@@ -78,7 +78,7 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
     start = time.monotonic()
     tail: deque[str] = deque(maxlen=60)
     result = CommandResult(args=args, seconds=0.0)
-    env = {**(env or tool_env()), lifetime.DIE_WITH_PARENT_ENV: "1"}
+    env = {**(env or tool_env()), lifetime.DIE_WITH_PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
                             start_new_session=True, pass_fds=pass_fds, preexec_fn=lifetime.die_with_parent_hook())
     assert proc.stdout is not None

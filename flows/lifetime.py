@@ -1,13 +1,20 @@
-"""A pipeline's processes die together: a `dvc repro` child, and the stage DVC starts, end when their parent does.
+"""A pipeline's processes die together: a `dvc repro` child, and the stage DVC starts, end when the flow does.
 
 The flow runs each `dvc repro` in a session of its own (dvc_ops.run_streaming: an interrupt is passed to the
 whole group and awaited). The flip side: a SIGKILL of `twinflow run` (kill -9 of its process group, the OOM
 killer) cannot pass anything on, and without this the orphaned dvc and its stage went on training, holding the
-checkout lock, so the rerun was refused as busy instead of resuming. With Linux's parent-death signal the kernel
-kills dvc when the thread that started it goes, and the stage (which DVC starts; it asks for the same itself,
-flows/stages/__init__.py, when DIE_WITH_PARENT_ENV is set) when dvc goes. Elsewhere than Linux: a no-op.
+checkout lock, so the rerun was refused as busy instead of resuming.
 
-Imports only the standard library (the stage guard imports it before anything heavy).
+- dvc: Linux's parent-death signal, set in the forked child (die_with_parent_hook), kills it when the thread of the
+  flow that started it goes.
+- the stage: DVC starts it through `$SHELL -c`, and whether the stage is then dvc's child depends on the shell:
+  bash execs a lone command, dash (Debian's /bin/sh, what DVC uses when SHELL is unset, as under many CI runners)
+  forks it, and a parent-death signal of the stage then watches the shell, which outlives dvc. So the stage
+  (flows/stages/__init__.py, when DIE_WITH_PARENT_ENV holds the flow's pid) watches every process between itself
+  and the flow, and kills itself when any of them ends: whichever shell, launcher or wrapper stands in between.
+
+Elsewhere than Linux: a no-op. Imports only the standard library (the stage guard imports it before anything
+heavy).
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import os
 import signal
 import sys
 
-# set by run_streaming for the commands it starts; a stage run by hand (no such variable) is left as it is
+# set by run_streaming, to the flow's pid, for the commands it starts; a stage run by hand (no such variable) is
+# left as it is
 DIE_WITH_PARENT_ENV = "TWINFLOW_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
 
@@ -47,13 +55,67 @@ def die_with_parent_hook():
     return hook
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+def _ancestors_up_to(flow: int) -> list[int]:
+    """The pids from this process's parent up to `flow`; just the parent when `flow` is not an ancestor (a stage
+    started on another node of a multi-node launch, say, where the flow's pid means nothing)."""
+    chain, pid = [], os.getppid()
+    while pid > 1 and len(chain) < 64:
+        chain.append(pid)
+        if pid == flow:
+            return chain
+        pid = _parent_of(pid)
+        if pid is None:
+            break
+    return [os.getppid()]
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)  # what the parent-death signal does: no cleanup, as under kill -9
+
+
+def _watch(pids: list[int]) -> None:
+    """A daemon thread that kills this process when any of `pids` ends (a pidfd per process: no polling, no
+    mistaking a recycled pid; where pidfds are missing, a check every half second)."""
+    import threading
+
+    try:
+        fds = [os.pidfd_open(pid) for pid in pids]
+    except ProcessLookupError:  # one of them has ended already
+        _die()
+    except (AttributeError, OSError):  # no pidfd (Python < 3.9, Linux < 5.3): poll
+        import time
+
+        def poll() -> None:
+            while all(_parent_of(pid) is not None for pid in pids):
+                time.sleep(0.5)
+            _die()
+        threading.Thread(target=poll, name="die-with-flow", daemon=True).start()
+        return
+
+    def wait() -> None:
+        import select
+
+        select.select(fds, [], [])  # a pidfd turns readable when its process ends
+        _die()
+    threading.Thread(target=wait, name="die-with-flow", daemon=True).start()
+
+
 def die_with_parent_if_asked() -> None:
-    """In a stage: when started by the flow's dvc (DIE_WITH_PARENT_ENV), end with that dvc."""
-    if os.environ.get(DIE_WITH_PARENT_ENV) != "1":
+    """In a stage: when started under the flow's dvc (DIE_WITH_PARENT_ENV holds the flow's pid), end with the flow
+    and with every process between (dvc, a shell)."""
+    flow = os.environ.get(DIE_WITH_PARENT_ENV, "")
+    if not flow.isdigit() or _prctl() is None:
         return
-    prctl = _prctl()
-    if prctl is None:
-        return
-    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() == 1:  # dvc is already gone (re-parented to init)
-        os._exit(137)
+    _prctl()(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # the direct parent: at once, from the kernel
+    if os.getppid() == 1:  # the parent is already gone (re-parented to init)
+        _die()
+    _watch(_ancestors_up_to(int(flow)))

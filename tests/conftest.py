@@ -7,6 +7,10 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("ITERATIVE_DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# under pytest-xdist (make test: two workers), each worker's ephemeral Prefect server gets a database of its own:
+# two servers migrating and writing one SQLite file lock each other out
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME"):
+    os.environ["PREFECT_HOME"] = os.path.join(os.environ["PREFECT_HOME"], "xdist-" + os.environ["PYTEST_XDIST_WORKER"])
 
 import torch  # noqa: E402
 
@@ -31,3 +35,10 @@ def _checkout_untouched():
     if touched:
         pytest.fail(f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy",
                     pytrace=False)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Files with end-to-end (`slow`) tests first, so that under two workers (--dist loadfile) the minutes-long
+    files are shared out at the start and the quick ones fill the gaps, instead of one long file starting last."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept

@@ -37,11 +37,15 @@ def train_md5(project: Path) -> str:
     return next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "checkpoints/twinflow")
 
 
-# stands in for `dvc repro`: a child of the flow's process that starts a stage, which imports flows.stages
-_MIDDLE = """
-import subprocess, sys
-subprocess.run([sys.executable, "-c", "import flows.stages, time; print('stage up', flush=True); time.sleep(120)"])
-"""
+# stands in for `dvc repro`: a child of the flow's process that starts a stage, which imports flows.stages; DVC
+# starts it through `$SHELL -c`, and dash (/bin/sh, DVC's shell when SHELL is unset) forks a lone command where bash
+# execs it: the stage is then a grandchild of dvc, under a shell that a parent-death signal of the stage watches
+_STAGE = "import flows.stages, time; print('stage up', flush=True); time.sleep(120)"
+_MIDDLE = {
+    "direct": f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {_STAGE!r}])",
+    "dash": "import shlex, subprocess, sys\n"
+            f"subprocess.run(['/bin/sh', '-c', shlex.quote(sys.executable) + ' -c ' + shlex.quote({_STAGE!r}) + ' ; true'])",
+}
 _FLOW = """
 import sys
 from flows.dvc_ops import run_streaming
@@ -49,18 +53,21 @@ run_streaming([sys.executable, "-c", sys.argv[1]], ".", lambda line: print(line,
 """
 
 
-def test_a_sigkilled_flow_process_takes_its_command_and_the_stage_with_it(tmp_path):
+@pytest.mark.parametrize("middle", sorted(_MIDDLE))
+def test_a_sigkilled_flow_process_takes_its_command_and_the_stage_with_it(tmp_path, middle):
     """flows/lifetime.py without the pipeline around it (seconds): SIGKILL the process that ran run_streaming;
-    the command it started (in a session of its own) and the stage that command started end too."""
+    the command it started (in a session of its own) and the stage that command started (directly, or through a
+    shell that does not exec it) end too."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-c", _FLOW, _MIDDLE], cwd=Path(__file__).resolve().parents[1],
+    proc = subprocess.Popen([sys.executable, "-c", _FLOW, _MIDDLE[middle]], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     tree: list = []
     try:
         assert proc.stdout.readline().strip() == "stage up"
         tree = psutil.Process(proc.pid).children(recursive=True)
-        assert len(tree) == 2 and os.getpgid(tree[0].pid) != os.getpgid(proc.pid)  # out of the killed group
+        assert len(tree) == (2 if middle == "direct" else 3), [" ".join(p.cmdline()) for p in tree]
+        assert os.getpgid(tree[0].pid) != os.getpgid(proc.pid)  # out of the killed group
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         _, alive = psutil.wait_procs(tree, timeout=15)
@@ -86,7 +93,9 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
     params_before = (project / "params.yaml").read_bytes()
     home = tmp_path / "prefect"
     api, prefect = start_prefect_server(home)
-    env = {**tool_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    # SHELL=/bin/sh: DVC runs each stage through dash, which forks it (see _MIDDLE): the case a CI runner without
+    # SHELL meets, where a parent-death signal alone left train running to its end after the kill
+    env = {**tool_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1", "SHELL": "/bin/sh"}
     env.pop("MLFLOW_TRACKING_URI", None)
     twinflow = [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "--no-push", "--no-register"]
     states = project / "outputs" / "resume"
