@@ -11,6 +11,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # two servers migrating and writing one SQLite file lock each other out
 if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("PREFECT_HOME"):
     os.environ["PREFECT_HOME"] = os.path.join(os.environ["PREFECT_HOME"], "xdist-" + os.environ["PYTEST_XDIST_WORKER"])
+    os.makedirs(os.environ["PREFECT_HOME"], exist_ok=True)  # Prefect makes only the last level (a warning else)
 
 import torch  # noqa: E402
 
