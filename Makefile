@@ -28,9 +28,11 @@ toy: venv
 	$(ENVVARS) $(BIN)/twinflow toy --data 8gaussians --method twinflow --out reports/toy/8gaussians-twinflow
 
 # two pytest workers, a test file each at a time: most tests wait on a server or a subprocess, so on 2 cores the
-# suite takes about half the time it takes serially (TEST_WORKERS=0 runs it in one process)
+# suite takes about half the time it takes serially (TEST_WORKERS=0 runs it in one process). --no-loadscope-reorder
+# keeps the order tests/conftest.py sets (files with slow tests first); xdist would else sort files by their number
+# of tests, which hands the one-test end-to-end files out last
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+PYTEST_PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: venv
 	$(ENVVARS) $(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
