@@ -246,6 +246,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--cost-only", action="store_true")
     ap.add_argument("--cost-steps", type=int, default=5)
+    ap.add_argument("--cost-rounds", type=int, default=3, help="alternating fm / twinflow rounds (median reported)")
     args = ap.parse_args(argv)
     out = Path(args.out) / args.domain
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +268,7 @@ def main(argv=None) -> int:
             res.setdefault("metrics", {}).update(evaluate_runs(args.domain, out, runs, prompts))
             res_path.write_text(json.dumps(res, indent=1))
     if args.domain == "shapes" and (args.cost_only or not args.skip_eval):
-        res["cost"] = step_cost(args.cost_steps, args.threads)
+        res["cost"] = step_cost(args.cost_steps, args.threads, args.cost_rounds)
     res["load_after"] = loadavg()
     res["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res_path.write_text(json.dumps(res, indent=1))
