@@ -113,9 +113,10 @@ def die_with_parent_if_asked() -> None:
     """In a stage: when started under the flow's dvc (DIE_WITH_PARENT_ENV holds the flow's pid), end with the flow
     and with every process between (dvc, a shell)."""
     flow = os.environ.get(DIE_WITH_PARENT_ENV, "")
-    if not flow.isdigit() or _prctl() is None:
+    prctl = _prctl() if flow.isdigit() else None
+    if prctl is None:
         return
-    _prctl()(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # the direct parent: at once, from the kernel
+    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)  # the direct parent: at once, from the kernel
     if os.getppid() == 1:  # the parent is already gone (re-parented to init)
         _die()
     _watch(_ancestors_up_to(int(flow)))
