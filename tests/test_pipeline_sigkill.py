@@ -40,6 +40,7 @@ def train_md5(project: Path) -> str:
 # stands in for `dvc repro`: a child of the flow's process that starts a stage, which imports flows.stages; DVC
 # starts it through `$SHELL -c`, and dash (/bin/sh, DVC's shell when SHELL is unset) forks a lone command where bash
 # execs it: the stage is then a grandchild of dvc, under a shell that a parent-death signal of the stage watches
+# (the trailing `; true` keeps the shell in between whatever its version does with a lone command)
 _STAGE = "import flows.stages, time; print('stage up', flush=True); time.sleep(120)"
 _MIDDLE = {
     "direct": f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {_STAGE!r}])",
