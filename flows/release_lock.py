@@ -81,8 +81,7 @@ def release_lock(client, name: str, *, wait_s: float = 120.0, stale_after_s: flo
                                            description=f"held while a release action changes {name}@{CHAMPION}")
             break
         except MlflowException as err:
-            text = _code(err)
-            if "RESOURCE_ALREADY_EXISTS" not in text and "database is locked" not in text:
+            if not _lock_taken_or_racing(_code(err)):
                 raise
         _break_if_stale(client, lock, stale_after_s)
         if time.monotonic() > deadline:
@@ -96,6 +95,18 @@ def release_lock(client, name: str, *, wait_s: float = 120.0, stale_after_s: flo
     finally:
         if _tags(client, lock).get("token") == token:
             client.delete_registered_model(lock)
+
+
+def _lock_taken_or_racing(text: str) -> bool:
+    """Whether a failed create of the lock means "someone else has it, or just had it: try again".
+
+    - RESOURCE_ALREADY_EXISTS: it is held.
+    - RESOURCE_DOES_NOT_EXIST: it was held and has just been given back. The SQL store answers a duplicate insert
+      by reading the existing model to word its error (mlflow's SqlAlchemyStore.create_registered_model, the
+      IntegrityError branch); when the holder deletes the lock between our insert and that read, the read fails
+      and the create reports the lock as missing. Creating a model raises this for no other reason.
+    - "database is locked": sqlite's writer lock, busy for a moment under many clients."""
+    return any(mark in text for mark in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "database is locked"))
 
 
 def _tags(client, lock: str) -> dict:
