@@ -13,9 +13,17 @@ from pathlib import Path
 
 import yaml
 
-from flows.servers import BIN, free_port, start_mlflow_server, start_prefect_server, stop, wait_http  # noqa: F401
+from flows import servers
+from flows.servers import BIN, free_port, start_mlflow_server, stop, wait_http  # noqa: F401
+from support import prefect_db
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def start_prefect_server(home: Path, port: int | None = None) -> tuple[str, "subprocess.Popen"]:
+    """flows.servers.start_prefect_server (sqlite in `home`) on a copy of the suite's migrated database."""
+    prefect_db.seed(home)
+    return servers.start_prefect_server(home, port)
 
 
 # ---- tiny real artifacts for registry tests ----
