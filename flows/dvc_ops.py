@@ -145,10 +145,36 @@ def stop_group(proc: subprocess.Popen, sig: int, grace_s: float = 30.0) -> None:
             continue
 
 
+class DvcAdviceFilter:
+    """Passes `dvc repro` output lines to `log` except DVC's closing advice, which does not apply under the flow:
+    "To track the changes with git, run:" with its `git add ...` line, "To enable auto staging, run:" with
+    `dvc config core.autostage true`, and "Use `dvc push` to send your updates to remote storage." (the flow
+    records the run as a git ref of its own and pushes the outputs itself). Seven lines per stage in every run
+    log; each is matched by its exact text, every other line passes."""
+
+    HEADERS = {"To track the changes with git, run:": "git add ", "To enable auto staging, run:": "dvc config core.autostage true"}
+    ALONE = ("Use `dvc push` to send your updates to remote storage.",)
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.expect = log, None  # expect: the start of the line an advice header announces
+
+    def __call__(self, line: str) -> None:
+        text = line.strip()
+        if self.expect is not None:
+            expected, self.expect = self.expect, None
+            if text.startswith(expected):
+                return
+        if text in self.HEADERS:
+            self.expect = self.HEADERS[text]
+            return
+        if text not in self.ALONE:
+            self.log(line)
+
+
 def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None],
                 pass_fds: tuple[int, ...] = ()) -> CommandResult:
     """`dvc repro <stage>`: runs it (and any changed upstream stage) or reports it unchanged."""
-    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, log, f"stage '{stage}'",
+    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, DvcAdviceFilter(log), f"stage '{stage}'",
                          pass_fds=pass_fds)
 
 

@@ -16,6 +16,9 @@
   pipeline's image processors; torchvision is not part of this stack: the PIL processors are what it uses), and,
   in a log rather than a terminal, the model-loading progress bars of transformers and diffusers (many lines per
   load; the stages print their own progress).
+- DVC's closing advice after each `dvc repro` ("To track the changes with git", "To enable auto staging", "Use
+  `dvc push`"): the flow records and pushes the run itself. Dropped where the flow relays DVC's output
+  (flows/dvc_ops.py DvcAdviceFilter), not here: it is DVC's stdout, not a log record of this process.
 - torch's FutureWarning that `LeafSpec` is deprecated, raised where Lightning's own pytree helper builds one
   (lightning.pytorch.utilities._pytree, at every fit): a deprecation between two libraries, nothing a user can change.
 """

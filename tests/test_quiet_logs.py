@@ -95,3 +95,28 @@ def test_transformers_torchvision_fallback_note_is_dropped_other_lines_kept(capl
         log.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
         log.warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_dvc_repro_advice_is_dropped_from_the_stage_log_other_lines_kept(tmp_path, monkeypatch):
+    """A real `dvc repro` of a toy project's stage: DVC's closing advice (git add / autostage / dvc push) is in its
+    own output, and not in the lines the flow logs; the stage's own lines and DVC's other lines are."""
+    import subprocess
+    import sys
+
+    from flows.dvc_ops import repro_stage, tool_env
+    from support.pipeline import make_toy_project, toy_env
+
+    project = make_toy_project(tmp_path / "proj")
+    env = {**tool_env(), **toy_env()}
+    raw = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=project, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    advice = ["To track the changes with git, run:", "git add ", "To enable auto staging, run:",
+              "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage."]
+    assert all(a in raw for a in advice), raw  # DVC does give the advice: the filter has something to drop
+    logged: list[str] = []
+    monkeypatch.setenv("PYTHONPATH", toy_env()["PYTHONPATH"])  # repro_stage's environment: toy stages from tests/
+    result = repro_stage("validate", project, logged.append)
+    text = "\n".join(logged)
+    assert result.ran == ["validate"] and "Running stage 'validate'" in text
+    assert "Updating lock file 'dvc.lock'" in text
+    assert not [line for line in logged if any(a in line for a in advice)], text
