@@ -152,7 +152,8 @@ class DvcAdviceFilter:
     records the run as a git ref of its own and pushes the outputs itself). Seven lines per stage in every run
     log; each is matched by its exact text, every other line passes."""
 
-    HEADERS = {"To track the changes with git, run:": "git add ", "To enable auto staging, run:": "dvc config core.autostage true"}
+    HEADERS = {"To track the changes with git, run:": "git add ",  # header -> the start of the line it announces
+               "To enable auto staging, run:": "dvc config core.autostage true"}
     ALONE = ("Use `dvc push` to send your updates to remote storage.",)
 
     def __init__(self, log: Callable[[str], None]):
