@@ -1,5 +1,6 @@
 """Shared test set-up: quiet, offline tools and one thread for torch (tests run beside other work on 2 cores)."""
 import os
+import sys
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -40,6 +41,28 @@ def _checkout_untouched():
     if touched:
         pytest.fail(f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy",
                     pytrace=False)
+
+
+_MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uris_restored():
+    """Give each test the MLflow target it started with. mlflow.set_tracking_uri / set_registry_uri (tests, and
+    flows.tracking.configure in-process) set a module global *and* os.environ, and the global outranks a later
+    test's MLFLOW_TRACKING_URI: after a test that pointed mlflow at a server it then stopped, the next test of the
+    same xdist worker logged to the dead server (CI of 9ca945b, test_quiet_logs)."""
+    before = {key: os.environ.get(key) for key in _MLFLOW_ENV}
+    yield
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)  # None: back to "read MLFLOW_TRACKING_URI", and the variable unset
+        mlflow.set_registry_uri(None)
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def pytest_collection_modifyitems(session, config, items):
