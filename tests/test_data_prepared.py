@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,12 @@ def _samples(n, fail_at=None):
 
 
 def _write(out, n, fail_at=None):
-    return write_prepared(_samples(n, fail_at), n, out, name="grey", source="test", image_size=8, seed=0,
-                          shard_size=4, source_meta={"vocabulary": [], "kinds": ["grey"]}, progress=False)
+    return _write_with(_samples(n, fail_at), out, n)
+
+
+def _write_with(samples, out, n):
+    return write_prepared(samples, n, out, name="grey", source="test", image_size=8, seed=0, shard_size=4,
+                          source_meta={"vocabulary": [], "kinds": ["grey"]}, progress=False)
 
 
 def test_a_failed_build_leaves_nothing_that_looks_like_a_dataset(tmp_path):
@@ -106,6 +111,47 @@ def test_a_failed_build_leaves_nothing_that_looks_like_a_dataset(tmp_path):
     (out / "meta.json").unlink()
     with pytest.raises(DataError, match="not a complete prepared dataset"):
         load_prepared(out)
+
+
+_SLOW_WRITER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from tests.test_data_prepared import _samples, _write_with
+def slow(n):
+    for s in _samples(n):
+        time.sleep(0.3)
+        yield s
+_write_with(slow(10), sys.argv[2], 10)
+"""
+
+
+def test_two_writers_of_one_dataset_at_once_both_finish_and_only_dead_writers_scratch_is_swept(tmp_path):
+    """A writer sweeps the scratch folders that killed writers left, not a live writer's: before, the second of
+    two prepares deleted the first's tmp folder under it (FileNotFoundError; seen with two bench runs)."""
+    import socket
+
+    out = tmp_path / "prepared" / "grey"
+    out.parent.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = out.parent / f".grey.tmp-{socket.gethostname()}-{int(gone.stdout)}"
+    (dead / "shards").mkdir(parents=True)
+    slow = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(REPO), str(out)], stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.time() + 60
+        while not [p for p in out.parent.glob(".grey.tmp-*") if p != dead and (p / "shards").is_dir()]:
+            assert slow.poll() is None, slow.stderr.read()[-2000:]
+            assert time.time() < deadline, "the slow writer made no scratch folder in 60 s"
+            time.sleep(0.05)
+        _write(out, 10)  # the same dataset, in this process, while the slow writer is half-way
+    finally:
+        err = slow.communicate(timeout=60)[1]
+    assert slow.returncode == 0, err[-2000:]
+    assert not dead.exists()
+    assert [p.name for p in out.parent.iterdir()] == ["grey"]
+    reference = tmp_path / "alone" / "grey"
+    _write(reference, 10)
+    assert files_of(out) == files_of(reference)
 
 
 def test_bad_data_config_is_a_config_error():

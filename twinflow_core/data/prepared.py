@@ -17,11 +17,13 @@ only when complete, so a failed or killed run never leaves a directory that look
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import socket
 import time
 import zipfile
 from collections.abc import Iterable
@@ -91,8 +93,48 @@ def read_shard(path: Path) -> np.ndarray:
         raise DataError(f"{path}: unreadable shard ({type(err).__name__}: {str(err)[:80]})") from None
 
 
+def _writer_tag() -> str:
+    """The host and pid of this writer, in its scratch folders' names (.<name>.tmp-<host>-<pid>)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 def _stale_siblings(out: Path) -> list[Path]:
-    return [p for p in out.parent.glob(f".{out.name}.tmp-*")] + [p for p in out.parent.glob(f".{out.name}.old-*")]
+    """Scratch folders of writers that died on this host. Another writer's live folder is not stale: two
+    prepares of one dataset at once (two bench runs, two users) each wrote a tmp folder, and the second to start
+    deleted the first's under it (FileNotFoundError in its shard write). Folders of other hosts (a shared file
+    system) are left to their own host's writer."""
+    host = socket.gethostname()
+    stale = []
+    for kind in ("tmp", "old"):
+        prefix = f".{out.name}.{kind}-"
+        for path in out.parent.glob(prefix + "*"):
+            writer_host, _, pid = path.name[len(prefix):].rpartition("-")  # "<host>-<pid>" ("<pid>" before hosts)
+            if writer_host not in ("", host) or not pid.isdigit():
+                continue
+            if int(pid) == os.getpid():  # an earlier process that had our pid (we have made nothing yet)
+                stale.append(path)
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                stale.append(path)
+            except PermissionError:  # alive, another user's
+                pass
+    return stale
+
+
+@contextlib.contextmanager
+def _swap_lock(out: Path):
+    """One writer at a time moves its finished folder into place (the old one aside, the new one in). The lock
+    is an flock on the parent folder itself, so that it leaves no file beside the dataset."""
+    import fcntl
+
+    fd = os.open(out.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: str, source: str,
@@ -108,7 +150,7 @@ def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: 
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in _stale_siblings(out):  # left by a killed run; never a dataset
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = out.parent / f".{out.name}.tmp-{_writer_tag()}"
     (tmp / SHARD_DIR).mkdir(parents=True)
     try:
         rows, shards, buffer = [], [], []
@@ -164,10 +206,11 @@ def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        os.rename(out, old)
-    os.rename(tmp, out)
+    old = out.parent / f".{out.name}.old-{_writer_tag()}"
+    with _swap_lock(out):
+        if out.exists():
+            os.rename(out, old)
+        os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return meta
 
