@@ -20,9 +20,10 @@ STAGES = ("pretrain", "train")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+LR_SCHEDULES = ("constant", "cosine", "linear")
 # lower bounds of a stage's integer fields (0 means "auto" / "never" for micro_batch, sample_every, threads)
 STAGE_MINIMUMS = {"trainer.devices": 1, "trainer.num_nodes": 1, "steps": 1, "batch_size": 1, "micro_batch": 0,
-                  "ckpt_every": 1, "log_every": 1, "sample_every": 0, "threads": 0}
+                  "lr_warmup": 0, "ckpt_every": 1, "log_every": 1, "sample_every": 0, "threads": 0}
 
 
 def untracked(default, **kwargs):
@@ -141,9 +142,18 @@ class StageConfig:
     batch_size: int = 128                # global batch per optimiser step
     micro_batch: int = 0                 # rows per forward; 0 = batch_size / (devices * num_nodes)
     lr: float = 2e-4
+    # the learning rate over the run: constant, or from lr down to 0 at the last step by a cosine or a straight
+    # line, after lr_warmup steps that rise linearly from 0 (training/module.py lr_factor). The official recipes
+    # keep lr constant; a decay is this project's choice for short CPU budgets (bench/results/recipe_study.md)
+    lr_schedule: str = "constant"
+    lr_warmup: int = 0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     ema_decay: float = 0.99
+    # > 0: the exported generator is a second, slower average of the online weights (this decay, the EMA's
+    # warm-up rule, updated after each optimiser step), while the EMA of ema_decay stays the objective's teacher.
+    # 0: export the teacher, as the official code does. The in-house nets only (a 20B copy is not cheap)
+    export_ema_decay: float = 0.0
     grad_clip: float = 1.0
     # fraction of captions replaced by the null caption (the CFG branch). Kept in the TwinFlow stage too, a
     # deviation: the official loaders drop none there; here the baked-CFG target reads the unconditional branch
@@ -302,6 +312,15 @@ def check(s: TrainingSections, where: str) -> None:
                               f"(the objective splits each batch into quarters)")
         if not 0.0 <= st.ema_decay <= 1.0:
             raise ConfigError(f"{p}.ema_decay: expected 0..1, got {st.ema_decay}")
+        if st.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"{p}.lr_schedule: {st.lr_schedule!r} not in {LR_SCHEDULES}")
+        if st.lr_warmup >= st.steps:
+            raise ConfigError(f"{p}.lr_warmup: {st.lr_warmup} warm-up steps leave none of the {st.steps} steps")
+        if not 0.0 <= st.export_ema_decay < 1.0:
+            raise ConfigError(f"{p}.export_ema_decay: expected 0 <= export_ema_decay < 1, got {st.export_ema_decay}")
+        if st.export_ema_decay > 0 and isinstance(s.model, PretrainedModelConfig):
+            raise ConfigError(f"{p}.export_ema_decay: the in-house nets only; a pretrained model exports its "
+                              f"teacher (set 0)")
         if not 0.0 <= st.cond_drop < 1.0:
             raise ConfigError(f"{p}.cond_drop: expected 0 <= cond_drop < 1, got {st.cond_drop}")
         if st.lr <= 0 or st.grad_clip <= 0 or st.weight_decay < 0:

@@ -7,12 +7,14 @@ Manual optimisation, one micro-batch per `training_step` (see data.py for what a
   module's forward (which is what DDP wraps): DDP's hooks run once per micro-batch, on one backward;
 - the EMA is updated once per optimiser step, on the step's first micro-batch, right after the grad forward
   (where the official step updates it), and then serves as the teacher;
-- after the last micro-batch: gradients nan_to_num'd, clipped to norm `grad_clip`, AdamW step.
+- after the last micro-batch: gradients nan_to_num'd, clipped to norm `grad_clip`, AdamW step, the learning-rate
+  schedule's step (lr_factor) and, when asked for, the export average's update (a second EMA, not the teacher).
 The EMA copy is a plain attribute, not a submodule: DDP/FSDP neither sync nor shard it, and it is saved
 through on_save_checkpoint together with the RNG state.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -50,6 +52,17 @@ def canonical_state(obj):
     return obj
 
 
+def lr_factor(step: int, steps: int, schedule: str, warmup: int) -> float:
+    """The multiple of the base lr used by optimiser step `step` (0-based) of `steps`: a linear rise over the
+    first `warmup` steps, then 1 (constant) or a fall towards 0 after the last step (cosine, linear)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+
+
 class _StepEMA:
     """The EMA as the objective sees it: updates only when `active` (the first micro-batch of a step)."""
 
@@ -68,7 +81,8 @@ class _StepEMA:
 class TwinFlowModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, objective: ObjectiveConfig, *, lr: float, betas, weight_decay: float,
                  ema_decay: float, grad_clip: float, seed: int, accumulate: int, null_ids: torch.Tensor,
-                 teacher=None):
+                 teacher=None, steps: int = 1, lr_schedule: str = "constant", lr_warmup: int = 0,
+                 export_ema_decay: float = 0.0):
         super().__init__()
         self.automatic_optimization = False
         self.net = net
@@ -77,6 +91,9 @@ class TwinFlowModule(L.LightningModule):
         # a second adapter inside the net); default the EMA copy / online / frozen copy of twinflow_core.ema
         self.ema = teacher if teacher is not None else EMA(net, ema_decay)
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.steps, self.lr_schedule, self.lr_warmup = steps, lr_schedule, lr_warmup
+        # the exported weights' own average (StageConfig.export_ema_decay); None: export the teacher
+        self.export_ema = EMA(net, export_ema_decay) if export_ema_decay > 0 else None
         self.grad_clip, self.seed, self.accumulate = grad_clip, seed, accumulate
         self.register_buffer("null_ids", null_ids[:1].clone(), persistent=False)
         self.history: list[dict] = []  # per optimiser step: the global mean of each loss term
@@ -84,17 +101,23 @@ class TwinFlowModule(L.LightningModule):
         self._t_step = None
         self.step_seconds: list[float] = []  # wall time of each optimiser step of this run (not restored)
 
-    # -- the weights a generator should use: the EMA copy when there is one
+    # -- the weights a generator should use: the export average, else the EMA copy when there is one
     def generator_net(self) -> torch.nn.Module:
-        return self.ema.teacher(self.net)
+        return self.export_ema.model if self.export_ema is not None else self.ema.teacher(self.net)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # LoRA: the adapter only
-        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant" and not self.lr_warmup:
+            return opt  # no scheduler: the step and its resume state as before schedules existed
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, self.steps, self.lr_schedule, self.lr_warmup))
+        return [opt], [schedule]  # Lightning saves and restores its state; manual optimisation steps it
 
     def on_fit_start(self):
-        if self.ema.model is not None:
-            self.ema.model.to(self.device)
+        for average in (self.ema, self.export_ema):
+            if average is not None and average.model is not None:
+                average.model.to(self.device)
 
     def training_step(self, batch, batch_idx):
         step, micro = int(batch["step"]), int(batch["micro"])
@@ -132,7 +155,12 @@ class TwinFlowModule(L.LightningModule):
             t = self.trainer.strategy.reduce(t, reduce_op="mean")
             stats = dict(zip(keys, t.tolist()))
         rows = self.trainer.datamodule.batch_size if self.trainer.datamodule else 0
-        stats.update({"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]})
+        stats.update({"grad_norm": grad_norm, "lr": opt.param_groups[0]["lr"]})  # the lr this step used
+        schedule = self.lr_schedulers()
+        if schedule is not None:
+            schedule.step()
+        if self.export_ema is not None:
+            self.export_ema.update(self.net)
         # the history (train_log.json, the resume state) holds what the same inputs reproduce bitwise; the
         # wall-clock figures go to the logger (MLflow) and step_seconds only
         self.history.append({"step": int(self.trainer.global_step), **stats})
@@ -146,6 +174,8 @@ class TwinFlowModule(L.LightningModule):
     # -- state that Lightning does not know about: EMA, RNG, loss history
     def on_save_checkpoint(self, checkpoint):
         checkpoint["ema"] = self.ema.state_dict()
+        if self.export_ema is not None:
+            checkpoint["export_ema"] = self.export_ema.state_dict()
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()[1].tolist()),
                              "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1]}
         checkpoint["history"] = self.history
@@ -155,6 +185,8 @@ class TwinFlowModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.ema.load_state_dict(checkpoint["ema"])
+        if self.export_ema is not None:
+            self.export_ema.load_state_dict(checkpoint["export_ema"])
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -151,13 +151,15 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
             module_cls, strategy = fsdp.ShardedTwinFlowModule, fsdp.strategy(trainer_cfg.devices)
         module = module_cls(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
                             ema_decay=st.ema_decay, grad_clip=st.grad_clip, seed=st.seed, accumulate=accumulate,
+                            steps=st.steps, lr_schedule=st.lr_schedule, lr_warmup=st.lr_warmup,
                             null_ids=torch.zeros(1, 1, dtype=torch.long), teacher=parts.teacher)
     else:
         datamodule = PreparedDataModule(st.data, tokenizer, st.steps, st.batch_size, micro, st.seed, st.cond_drop,
                                         int(net_kwargs.get("image_size", data_meta.get("image_size"))))
         module = TwinFlowModule(net, objective, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay,
                                 ema_decay=st.ema_decay, grad_clip=st.grad_clip, seed=st.seed, accumulate=accumulate,
-                                null_ids=tokenizer.null(1))
+                                steps=st.steps, lr_schedule=st.lr_schedule, lr_warmup=st.lr_warmup,
+                                null_ids=tokenizer.null(1), export_ema_decay=st.export_ema_decay)
 
     key = run_key(sections, stage)
     resume_dir = Path(st.resume_dir) / f"{stage}-{key}"
