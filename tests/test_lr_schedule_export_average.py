@@ -79,3 +79,21 @@ def test_scheduled_lr_the_export_average_and_an_exact_resume(tmp_path):
 def test_bad_schedule_values_are_named(tmp_path, override, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         _sections(tmp_path, tmp_path / "data", "o", "r", [override])
+
+
+def test_a_frozen_teacher_run_exports_its_trained_weights_not_the_frozen_copy(tmp_path):
+    """ema_decay 1: the EMA copy is the frozen initial model, the CFG target's teacher only. The export used to be
+    that copy, i.e. the run's starting point unchanged however long it trained."""
+    from twinflow_core.training.run import fit
+
+    data = make_dataset(tmp_path / "data")
+    s = _sections(tmp_path, data, "frozen", "r", ["pretrain.ema_decay=1.0", "pretrain.export_ema_decay=0",
+                                                    "pretrain.lr_schedule=constant", "pretrain.lr_warmup=0",
+                                                    "pretrain.steps=2"])
+    fit("pretrain", s, progress=False)
+    state = torch.load(tmp_path / "frozen" / "state.ckpt", map_location="cpu", weights_only=False)
+    exported = load_weights(tmp_path / "frozen")
+    online = {k[len("net."):]: v for k, v in state["state_dict"].items() if k.startswith("net.")}
+    assert all(torch.equal(online[k], exported[k]) for k in exported)
+    frozen = state["ema"]["model"]
+    assert any(not torch.equal(frozen[k], exported[k]) for k in exported)

@@ -173,13 +173,14 @@ class ExportGenerator(L.Callback):
         from twinflow_core.checkpoint import save_generator
 
         net = pl_module.generator_net()
-        if pl_module.ema.model is None:
+        online = pl_module.exports_online_weights()
+        if online:
             # online weights; under FSDP this gathers the full state on rank 0 (every rank must call it)
             full = trainer.strategy.lightning_module_state_dict()
             state = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
         if not trainer.is_global_zero:
             return
-        if pl_module.ema.model is None:
+        if online:
             import copy
 
             net = copy.deepcopy(pl_module.net).cpu()

@@ -86,7 +86,8 @@ class ExportLatentGenerator(L.Callback):
 
         self.done = True
         lora = self.model.finetune == "lora"
-        if not lora and pl_module.ema.model is None:
+        online = not lora and pl_module.exports_online_weights()  # no EMA copy, or a frozen one (the base)
+        if online:
             # online weights; under FSDP this gathers the full state on rank 0 (every rank must call it)
             full = trainer.strategy.lightning_module_state_dict()
             state = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
@@ -94,7 +95,7 @@ class ExportLatentGenerator(L.Callback):
             return
         if lora:
             net, adapter = pl_module.net, EMA_ADAPTER if 0.0 < pl_module.ema.decay < 1.0 else TRAIN
-        elif pl_module.ema.model is not None:
+        elif not online:
             net, adapter = pl_module.ema.model, TRAIN
         else:
             net, adapter = copy.deepcopy(pl_module.net).cpu(), TRAIN

@@ -103,7 +103,16 @@ class TwinFlowModule(L.LightningModule):
 
     # -- the weights a generator should use: the export average, else the EMA copy when there is one
     def generator_net(self) -> torch.nn.Module:
-        return self.export_ema.model if self.export_ema is not None else self.ema.teacher(self.net)
+        if self.export_ema is not None:
+            return self.export_ema.model
+        if self.exports_online_weights():
+            return self.net
+        return self.ema.teacher(self.net)
+
+    def exports_online_weights(self) -> bool:
+        """No average to export: no EMA copy (decay 0), or a frozen one (decay 1), which is the initial model and
+        only the CFG target's teacher; its export was the base itself, unchanged by the run."""
+        return self.export_ema is None and (self.ema.model is None or self.ema.decay >= 1.0)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # LoRA: the adapter only
