@@ -120,6 +120,9 @@ def test_lora_trains_only_the_adapter_and_lowers_the_loss(batch, decay, tmp_path
     after = eval_losses(net, x, cond, uncond)
     assert after[1] < 0.95 * before[1] and after[0] < 1.1 * before[0], (before, after)
     assert all(torch.equal(p, frozen[n]) for n, p in net.named_parameters() if n in frozen)
+    # the generator: the EMA adapter's view of the net, else the trained adapter itself (the frozen-base
+    # teacher, the adapter disabled, is not what the run made)
+    assert (module.generator_net() is net) == (decay in (0.0, 1.0))
     if decay == 0.99:
         assert module.ema.current > 0.85
         meta = generator_meta("sd3", "half", pipe, 32, 8)

@@ -110,9 +110,11 @@ class TwinFlowModule(L.LightningModule):
         return self.ema.teacher(self.net)
 
     def exports_online_weights(self) -> bool:
-        """No average to export: no EMA copy (decay 0), or a frozen one (decay 1), which is the initial model and
-        only the CFG target's teacher; its export was the base itself, unchanged by the run."""
-        return self.export_ema is None and (self.ema.model is None or self.ema.decay >= 1.0)
+        """No average to export: no EMA (decay 0), or a frozen teacher (decay 1), which is the initial model (a
+        frozen copy, or a LoRA net's disabled adapter) and only the CFG target's teacher; its export was the base
+        itself, unchanged by the run. Decided by the decay, not by `ema.model`: a LoRA teacher keeps its average
+        inside the net and has no copy."""
+        return self.export_ema is None and self.ema.decay in (0.0, 1.0)
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # LoRA: the adapter only
