@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from support import mlflow_db
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -388,7 +390,7 @@ class Env:
             self.monkeypatch.setenv("AWS_CONFIG_FILE", str(self.db.parent / "none"))
 
     def sqlite(self, tmp: Path) -> str:
-        return f"sqlite:///{self.db}"
+        return mlflow_db.sqlite_uri(self.db)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
+from support import mlflow_db
 from support.pipeline import CAPTIONS, make_checkpoint
 
 
@@ -62,7 +63,7 @@ def test_grid_from_the_registered_champion(tmp_path):
     from support.pipeline import make_outputs, scores
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     assert registry.register_outputs(root, tracking_uri=uri)["promoted"]
     local, remote = tmp_path / "local.png", tmp_path / "remote.png"
     common = [CAPTIONS[0], "--seeds", "0", "1", "--tracking-uri", uri]

@@ -75,10 +75,12 @@ def test_scheduled_lr_the_export_average_and_an_exact_resume(tmp_path):
     ("pretrain.lr_warmup=6", "pretrain.lr_warmup: 6 warm-up steps leave none of the 6 steps"),
     ("pretrain.lr_warmup=-1", "pretrain.lr_warmup: expected >= 0, got -1"),
     ("pretrain.export_ema_decay=1.0", "pretrain.export_ema_decay: expected 0 <= export_ema_decay < 1, got 1.0"),
+    ("pretrain.trainer.strategy=fsdp pretrain.ema_decay=0 pretrain.export_ema_decay=0.9",
+     "pretrain.export_ema_decay: the fsdp strategy keeps no averaged copy; set 0"),
 ])
 def test_bad_schedule_values_are_named(tmp_path, override, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
-        _sections(tmp_path, tmp_path / "data", "o", "r", [override])
+        _sections(tmp_path, tmp_path / "data", "o", "r", override.split())
 
 
 def test_a_frozen_teacher_run_exports_its_trained_weights_not_the_frozen_copy(tmp_path):

@@ -88,7 +88,8 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
 
     project = copy_project(tmp_path / "proj")
     # written into the copy and committed: a run without overrides works in the checkout, as `make run` does
-    sets = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=2"]
+    # grids every 2 steps: the killed run's grids are gone with its outputs, and the resumed run puts them back
+    sets = [*TINY, f"train.steps={STEPS}", "train.ckpt_every=2", "train.sample_every=2"]
     apply_overrides(project / "params.yaml", parse_overrides(sets, load_params(project / "params.yaml")))
     subprocess.run(["git", "commit", "-qam", "tiny config"], cwd=project, check=True)
     params_before = (project / "params.yaml").read_bytes()
@@ -143,6 +144,7 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
 
         resumed, reference = files(project / "checkpoints/twinflow"), files(other / "checkpoints/twinflow")
         assert sorted(resumed) == sorted(reference) and {"model.safetensors", "state.ckpt"} <= set(resumed)
+        assert sum(name.startswith("samples/step-") for name in resumed) == STEPS // 2  # a 1-NFE grid per 2 steps
         assert [name for name in resumed if resumed[name] != reference[name]] == []
         assert train_md5(project) == train_md5(other)
         assert (project / "params.yaml").read_bytes() == params_before

@@ -3,6 +3,7 @@ import logging
 import warnings
 
 from flows.quiet import TIP_MARKER, quiet_third_party
+from support import mlflow_db
 
 
 def test_lightning_tips_are_dropped_other_info_kept(caplog):
@@ -62,7 +63,8 @@ def test_model_logging_advice_is_muted_although_mlflow_resets_the_filters(tmp_pa
     from flows.quiet import mlflow_advice_muted
     from flows.tracking import PYFUNC_CODE
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # restored after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_db.sqlite_uri(tmp_path / "mlflow.db"))  # restored after the test
+    monkeypatch.chdir(tmp_path)  # the Default experiment's artifacts go to ./mlruns: not into the checkout
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "model.json").write_text("{}")
 

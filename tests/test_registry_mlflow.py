@@ -10,6 +10,7 @@ pytest.importorskip("twinflow_core.checkpoint", reason="needs the training helpe
 
 from flows import registry  # noqa: E402
 from flows.cli import main  # noqa: E402
+from support import mlflow_db  # noqa: E402
 from support.pipeline import CAPTIONS, make_outputs, scores, start_mlflow_server, stop  # noqa: E402
 
 NAME = "tiny-gen"
@@ -27,7 +28,7 @@ def _aliases(client, version):
 
 def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     client = _client(uri)
 
     # v1 passes the gate, no champion yet -> champion and challenger
@@ -106,7 +107,7 @@ def test_champion_generates_from_safetensors(tmp_path):
     from twinflow_core.checkpoint import load_generator
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=5)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     registry.register_outputs(root, tracking_uri=uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -158,7 +159,7 @@ def test_a_ratio_gate_shows_in_the_verdict_and_the_version_tags(tmp_path):
     gate = {"min": {"geneval-shapes/overall@1nfe": 0.1},
             "ratio": {"geneval-shapes/overall@1nfe": {"of": "geneval-shapes/overall@base-euler50", "min": 0.9}}}
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0, gate=gate)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     r = registry.register_outputs(root, tracking_uri=uri)
     assert r["verdict"] == "failed"  # 0.8 / 0.9 = 0.889 < 0.9, though the minimum holds
     mv = _client(uri).get_model_version(NAME, r["version"])

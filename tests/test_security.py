@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from support import mlflow_db
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -131,7 +133,7 @@ def test_a_password_the_user_put_in_params_yaml_reaches_mlflow_masked(tmp_path):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["register"]["tracking_uri"] = f"http://team:{PASSWORD}@mlflow.example:5000"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # --tracking-uri wins over the file's server
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")  # --tracking-uri wins over the file's server
     result = registry.register_outputs(root, tracking_uri=uri)
     client = MlflowClient(uri, uri)
     run = client.get_run(result["mlflow_run_id"])

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows import init_source
+from tests.support import mlflow_db
 from tests.support.pipeline import make_checkpoint, make_outputs, scores
 from tests.support.s3 import SECRET, moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 from tests.support.training import ROOT, make_dataset, smoke_params, stage_cmd, stage_env
@@ -50,7 +51,7 @@ def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     from flows.pipeline import localise_inits
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=5)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     registry.register_outputs(root, tracking_uri=uri)
     logged = []
     parsed = localise_inits(root, {"train.init": f"models:/{NAME}@champion", "train.steps": 3}, uri,

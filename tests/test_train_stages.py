@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.support import mlflow_db
 from tests.support.training import ROOT, make_dataset, smoke_params, stage_cmd, stage_env
 
 pytestmark = pytest.mark.slow
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_pretrain_then_train_with_mlflow(tmp_path):
     data = make_dataset(tmp_path / "data")
     params = smoke_params(tmp_path, data, ["pretrain.sample_every=2", "pretrain.log_every=1", "pretrain.progress=true"])
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     env = {**stage_env(), "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "stage-test"}
     pre = subprocess.run(stage_cmd("pretrain", params), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -107,11 +108,16 @@ class SampleGrid(L.Callback):
     flow-matching base, whose 1 NFE is then one Euler step).
 
     Written to <out>/samples/step-XXXXXXXX-<sampler>.png every `every` steps (0: only at the end); each path is
-    also passed to `on_grid(path, step)` hooks (the stage entry points log them to MLflow)."""
+    also passed to `on_grid(path, step)` hooks (the stage entry points log them to MLflow).
+
+    `keep` (the run's resume folder) holds a copy of each grid: a run resumed after a kill, or one that only
+    re-exports from its final state (`dvc repro` deletes the stage's outputs first), cannot redraw the grids of
+    steps it did not run, so it puts the kept ones back and its output folder is the uninterrupted run's."""
 
     def __init__(self, out: str | Path, captions: list[str], tokenizer, every: int = 0, euler_steps: int = 0,
-                 seed: int = 0, on_grid: list[Callable] | None = None):
+                 seed: int = 0, on_grid: list[Callable] | None = None, keep: str | Path | None = None):
         self.out, self.captions, self.tokenizer = Path(out) / "samples", captions, tokenizer
+        self.keep = Path(keep) if keep is not None else None
         self.every, self.euler_steps, self.seed = every, euler_steps, seed
         self.on_grid = on_grid or []
         self.paths: list[Path] = []
@@ -143,6 +149,11 @@ class SampleGrid(L.Callback):
             path = self.out / f"step-{step:08d}-{name}.png"
             save_image_grid(run(), path, captions=self.captions, ncol=8,
                             title=f"step {step}, {name} (EMA weights)")
+            if self.keep is not None:
+                self.keep.mkdir(parents=True, exist_ok=True)
+                tmp = self.keep / f".{path.name}.tmp"
+                shutil.copyfile(path, tmp)
+                os.replace(tmp, self.keep / path.name)  # a kill mid-copy leaves no half grid to restore
             self.paths.append(path)
             for hook in self.on_grid:
                 hook(path, step)
@@ -157,6 +168,13 @@ class SampleGrid(L.Callback):
         self.done = True
         if not self.paths or f"step-{trainer.global_step:08d}" not in self.paths[-1].name:
             self._grid(trainer, pl_module)
+        if self.keep is not None and trainer.is_global_zero and self.keep.is_dir():
+            # grids of the steps a resumed run did not run itself; only steps up to this run's end
+            for kept in sorted(self.keep.glob("step-*.png")):
+                step = int(kept.name.split("-")[1])
+                if step <= trainer.global_step and not (self.out / kept.name).exists():
+                    self.out.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(kept, self.out / kept.name)
 
 
 class ExportGenerator(L.Callback):

@@ -333,6 +333,9 @@ def check(s: TrainingSections, where: str) -> None:
         if tr.strategy == "fsdp" and 0.0 < st.ema_decay < 1.0:
             raise ConfigError(f"{p}: the fsdp strategy keeps no EMA copy (as the official FSDP run); "
                               f"set ema_decay: 0")
+        if tr.strategy == "fsdp" and st.export_ema_decay > 0:
+            # the export average is an unsharded copy updated from the online parameters, which FSDP shards
+            raise ConfigError(f"{p}.export_ema_decay: the fsdp strategy keeps no averaged copy; set 0")
         getattr(s.objective, name).build(f"{where}: objective.{name}")
 
 

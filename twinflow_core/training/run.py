@@ -177,9 +177,11 @@ def fit(stage: str, sections: TrainingSections, *, loggers=None, on_grid: list[C
         grid, exporter = None, ExportLatentGenerator(out, parts, sections.model, extra)
     else:
         grid = SampleGrid(out, grid_captions(datamodule.dataset.captions), tokenizer, every=st.sample_every,
-                          euler_steps=25 if objective.estimate_order == 0 else 0, seed=st.seed, on_grid=on_grid)
+                          euler_steps=25 if objective.estimate_order == 0 else 0, seed=st.seed, on_grid=on_grid,
+                          keep=resume_dir / "samples")
         exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
-    all_callbacks = [PeriodicState(resume_dir, st.ckpt_every), *([grid] if grid else []), exporter,
+    # the grid before the state: a state of step k on disk then means that step k's grid is kept beside it
+    all_callbacks = [*([grid] if grid else []), PeriodicState(resume_dir, st.ckpt_every), exporter,
                      *(callbacks or [])]
     show = st.progress if progress is None else progress
     if show and not sys.stderr.isatty():  # no bar in a log: print a line every log_every * 5 steps instead

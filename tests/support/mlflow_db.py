@@ -1,0 +1,75 @@
+"""An MLflow sqlite store migrated once, copied wherever a test starts a fresh store.
+
+A new sqlite file costs MLflow ~6 s of alembic migrations on this machine (every `SqlAlchemyStore` on an empty
+database runs all of them, and an `mlflow server` does the same before it answers); the suite opens a few dozen
+fresh stores, in-process, in stage subprocesses and behind four servers. A copy of one migrated database skips
+that: MLflow still checks the schema version on open (`_verify_schema`), so the copy must be the very schema this
+MLflow version makes, and it is, being made by it.
+
+The template holds no experiment at all: each store creates its Default experiment (id 0) on open when it is
+missing, with the artifact location of *that* store (a sqlite file's folder, or a server's artifact proxy), which
+a copied row would get wrong. It lives in the project's git-ignored `.prefect/`, beside Prefect's, one per MLflow
+version; a file lock lets the first of several workers build it while the others wait.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+_BUILD = """
+import sys
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+uri = "sqlite:///" + sys.argv[1]
+SqlAlchemyStore(uri, sys.argv[2])
+RegistryStore(uri)
+"""
+
+
+def template() -> Path:
+    """The migrated, experiment-free template database, built on first use."""
+    folder = REPO / ".prefect" / f"template-mlflow-{version('mlflow')}"
+    db = folder / "mlflow.db"
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / "template-mlflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not db.is_file():
+            building = folder.with_name(folder.name + ".building")
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_URI")}
+            done = subprocess.run([sys.executable, "-c", _BUILD, str(building / "mlflow.db"), str(building / "mlruns")],
+                                  env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode or not (building / "mlflow.db").is_file():
+                raise RuntimeError(f"could not build the MLflow template database: {(done.stdout + done.stderr)[-2000:]}")
+            with sqlite3.connect(building / "mlflow.db") as con:
+                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+                for table in ("experiment_tags", "experiments"):  # the Default experiment, made on open
+                    if table in tables:
+                        con.execute(f"DELETE FROM {table}")
+            con.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            building.rename(folder)
+    return db
+
+
+def seed(db: Path) -> Path:
+    """Put a copy of the migrated template at `db` unless a database is already there; returns `db`."""
+    db = Path(db)
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template(), db)
+    return db
+
+
+def sqlite_uri(db: Path) -> str:
+    """The tracking URI of a seeded sqlite store at `db`."""
+    return f"sqlite:///{seed(db)}"
