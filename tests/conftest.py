@@ -24,16 +24,17 @@ torch.set_num_threads(1)
 
 import pytest  # noqa: E402
 
-from support.checkout_guard import changed, snapshot, tracked_files  # noqa: E402
+from support.checkout_guard import changed, snapshot, tool_stores, tracked_files  # noqa: E402
 
 _TRACKED = tracked_files()
 _STATE = snapshot(_TRACKED)
+_STORES = tool_stores()  # a developer's own mlflow.db is theirs: only new ones count
 
 
 @pytest.fixture(autouse=True)
 def _checkout_untouched():
     """Fail the test that modifies, deletes or re-creates a tracked file of the checkout (use tmp_path copies)."""
-    global _STATE
+    global _STATE, _STORES
     yield
     now = snapshot(_TRACKED)
     touched = changed(_STATE, now)
@@ -41,6 +42,11 @@ def _checkout_untouched():
     if touched:
         pytest.fail(f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy",
                     pytrace=False)
+    stores = tool_stores()
+    made, _STORES = sorted(stores - _STORES), stores
+    if made:
+        pytest.fail(f"{made} appeared in the checkout during this test (a tool's default store in its working "
+                    f"folder; under xdist possibly another worker's test): give it a tmp_path location", pytrace=False)
 
 
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

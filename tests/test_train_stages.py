@@ -19,6 +19,10 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
     data = make_dataset(tmp_path / "data")
     params = smoke_params(tmp_path, data, ["pretrain.sample_every=2", "pretrain.log_every=1", "pretrain.progress=true"])
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
+    import mlflow
+
+    # an experiment the stage creates itself keeps its artifacts in ./mlruns of its cwd, the checkout
+    mlflow.MlflowClient(uri).create_experiment("stage-test", artifact_location=(tmp_path / "mlruns").as_uri())
     env = {**stage_env(), "MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": "stage-test"}
     pre = subprocess.run(stage_cmd("pretrain", params), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]
@@ -30,8 +34,6 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
         assert (base / name).is_file(), name
     assert sorted(p.name for p in (base / "samples").iterdir()) == [
         "step-00000002-1nfe.png", "step-00000002-euler25.png", "step-00000004-1nfe.png", "step-00000004-euler25.png"]
-
-    import mlflow
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(summary["mlflow_run_id"])

@@ -1,5 +1,7 @@
 """Tests never modify the checkout: every tracked file's (size, mtime, mode) is recorded once per session and
-compared after each test, so the test that writes into the repository fails, naming the files it touched."""
+compared after each test, so the test that writes into the repository fails, naming the files it touched.
+Stores that MLflow makes on its own in its working folder (git-ignored, so not tracked) are watched too: a test
+that lets a tool default to the checkout leaves a store there that the user's own runs then read."""
 from __future__ import annotations
 
 import os
@@ -30,3 +32,11 @@ def snapshot(files: list[str], repo: Path = REPO) -> dict[str, tuple]:
 
 def changed(before: dict[str, tuple], after: dict[str, tuple]) -> list[str]:
     return sorted(rel for rel in before if before[rel] != after.get(rel))
+
+
+# MLflow's defaults relative to the working folder: a sqlite file, a file store / artifact root, served artifacts
+TOOL_DEFAULTS = ("mlflow.db", "mlruns", "mlartifacts")
+
+
+def tool_stores(repo: Path = REPO) -> set[str]:
+    return {name for name in TOOL_DEFAULTS if (repo / name).exists()}
