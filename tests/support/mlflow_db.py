@@ -9,12 +9,10 @@ MLflow version makes, and it is, being made by it.
 The template holds no experiment at all: each store creates its Default experiment (id 0) on open when it is
 missing, with the artifact location of *that* store (a sqlite file's folder, or a server's artifact proxy), which
 a copied row would get wrong. It lives in the project's git-ignored `.prefect/`, beside Prefect's, one per MLflow
-version; a file lock lets the first of several workers build it while the others wait.
+version (support/db_template.py).
 """
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -22,7 +20,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support.db_template import built_once
 
 _BUILD = """
 import sys
@@ -36,29 +34,20 @@ RegistryStore(uri)
 
 def template() -> Path:
     """The migrated, experiment-free template database, built on first use."""
-    folder = REPO / ".prefect" / f"template-mlflow-{version('mlflow')}"
-    db = folder / "mlflow.db"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / "template-mlflow.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not db.is_file():
-            building = folder.with_name(folder.name + ".building")
-            shutil.rmtree(building, ignore_errors=True)
-            building.mkdir()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_URI")}
-            done = subprocess.run([sys.executable, "-c", _BUILD, str(building / "mlflow.db"), str(building / "mlruns")],
-                                  env=env, capture_output=True, text=True, timeout=600)
-            if done.returncode or not (building / "mlflow.db").is_file():
-                raise RuntimeError(f"could not build the MLflow template database: {(done.stdout + done.stderr)[-2000:]}")
-            with sqlite3.connect(building / "mlflow.db") as con:
-                tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-                for table in ("experiment_tags", "experiments"):  # the Default experiment, made on open
-                    if table in tables:
-                        con.execute(f"DELETE FROM {table}")
-            con.close()
-            shutil.rmtree(folder, ignore_errors=True)
-            building.rename(folder)
-    return db
+    return built_once(f"template-mlflow-{version('mlflow')}", "mlflow.db", _migrate)
+
+
+def _migrate(folder: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _BUILD, str(folder / "mlflow.db"), str(folder / "mlruns")],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"could not build the MLflow template database: {(done.stdout + done.stderr)[-2000:]}")
+    with sqlite3.connect(folder / "mlflow.db") as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table in ("experiment_tags", "experiments"):  # the Default experiment, made on open
+            if table in tables:
+                con.execute(f"DELETE FROM {table}")
+    con.close()
 
 
 def seed(db: Path) -> Path:

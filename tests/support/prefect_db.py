@@ -5,11 +5,10 @@ upgrade`, mostly CPU), the same again in each xdist worker's home for the epheme
 The suite starts six such servers: copying one migrated database into each home saves about 2 minutes of CPU per
 run. The copy has the schema the server would make itself (it still runs its migration step on start, which
 then has nothing to do) and no rows of any run. The template lives in the project's git-ignored `.prefect/`,
-one per Prefect version; a file lock lets the first of several workers build it while the others wait.
+one per Prefect version (support/db_template.py).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -17,32 +16,25 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from support.db_template import built_once
+
 DB_NAME = "prefect.db"  # Prefect's default database: sqlite at $PREFECT_HOME/prefect.db
 
 
 def template() -> Path:
     """The migrated template database, built on first use."""
-    folder = REPO / ".prefect" / f"template-prefect-{version('prefect')}"
-    db = folder / DB_NAME
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / "template.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not db.is_file():
-            building = folder.with_name(folder.name + ".building")
-            shutil.rmtree(building, ignore_errors=True)
-            building.mkdir()
-            env = {**os.environ, "PREFECT_HOME": str(building)}
-            for key in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
-                env.pop(key, None)
-            prefect = Path(sys.executable).parent / "prefect"
-            done = subprocess.run([str(prefect), "server", "database", "upgrade", "-y"], env=env,
-                                  capture_output=True, text=True, timeout=600)
-            if done.returncode or not (building / DB_NAME).is_file():
-                raise RuntimeError(f"could not build the Prefect template database: {(done.stdout + done.stderr)[-2000:]}")
-            shutil.rmtree(folder, ignore_errors=True)
-            building.rename(folder)
-    return db
+    return built_once(f"template-prefect-{version('prefect')}", DB_NAME, _upgrade)
+
+
+def _upgrade(folder: Path) -> None:
+    env = {**os.environ, "PREFECT_HOME": str(folder)}
+    for key in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(key, None)
+    prefect = Path(sys.executable).parent / "prefect"
+    done = subprocess.run([str(prefect), "server", "database", "upgrade", "-y"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"could not build the Prefect template database: {(done.stdout + done.stderr)[-2000:]}")
 
 
 def seed(home: Path) -> None:
