@@ -12,7 +12,7 @@ OUT=${1:-outputs/bench/recipe_study}
 COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --base-cfg0)
 # the former default, pinned, so that the study keeps its meaning when conf/ changes
 FORMER=(--set train.lr=0.0005 --set train.ema_decay=0.98 --set train.batch_size=64
-        --set train.cond_drop=0.1)
+        --set train.cond_drop=0.1 --set train.lr_schedule=constant --set "++objective.train.overrides.probs={e2e:1,mul:1,any:1,adv:1}")
 python bench/finetune_curve.py "${COMMON[@]}" --threads 2 --base-only
 stream() {
   for v in "$@"; do

@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/bench/recipe_study_any2_long}
-COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 750,1000)
+COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 750,1000
+        --set train.lr_schedule=cosine)
 ANY2="++objective.train.overrides.probs={e2e:1,mul:1,any:2,adv:1}"
 python bench/finetune_curve.py "${COMMON[@]}" --threads 2 --base-only
 for v in "a1000-s1=train.steps=1000;$ANY2" "a1000-s2=train.seed=2;train.steps=1000;$ANY2"; do

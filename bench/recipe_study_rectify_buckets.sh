@@ -16,7 +16,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/bench/recipe_study_rectify_buckets}
-COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 500,750)
+# the default of the time, pinned (study 4 changed the buckets): cosine lr, buckets 1:1:1:1
+COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 500,750
+        --set train.lr_schedule=cosine --set "++objective.train.overrides.probs={e2e:1,mul:1,any:1,adv:1}")
 LAM1="++objective.train.overrides.dist_match_cof=1.0"
 ANY2="++objective.train.overrides.probs={e2e:1,mul:1,any:2,adv:1}"
 python bench/finetune_curve.py "${COMMON[@]}" --threads 2 --base-only

@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/bench/recipe_study_schedules}
-COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 500,750)
+# the recipe of the time, pinned (later studies changed the defaults): constant lr, buckets 1:1:1:1
+COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 500,750
+        --set train.lr_schedule=constant --set "++objective.train.overrides.probs={e2e:1,mul:1,any:1,adv:1}")
 python bench/finetune_curve.py "${COMMON[@]}" --threads 2 --base-only
 batch() {
   for v in "$@"; do python bench/finetune_curve.py "${COMMON[@]}" --threads 1 --variant "$v" & done
