@@ -9,19 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/bench/recipe_study_any2_long}
-COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 750,1000
-        --set train.lr_schedule=cosine)
+# the recipe of the time, pinned: cosine lr (finetune_curve.py sets train.steps to the last milestone)
+COMMON=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --set train.lr_schedule=cosine)
 ANY2="++objective.train.overrides.probs={e2e:1,mul:1,any:2,adv:1}"
 python bench/finetune_curve.py "${COMMON[@]}" --threads 2 --base-only
-for v in "a1000-s1=train.steps=1000;$ANY2" "a1000-s2=train.seed=2;train.steps=1000;$ANY2"; do
-  python bench/finetune_curve.py "${COMMON[@]}" --threads 1 --variant "$v" &
-done
-wait
-# the same recipe stretched to 1500 steps (the cosine reaches 0 at 1500), exported at 1000 and 1500
-LONG=(--base artifacts/bases/shapes24-fm --eval-prompts 0 --images-per-prompt 4 --out "$OUT" --milestones 1000,1500
-      --set train.lr_schedule=cosine)
-for v in "a1500-s1=$ANY2" "a1500-s2=train.seed=2;$ANY2"; do
-  python bench/finetune_curve.py "${LONG[@]}" --threads 1 --variant "$v" &
-done
-wait
+two_seeds() {  # MILESTONES NAME: seeds 1 and 2 side by side
+  python bench/finetune_curve.py "${COMMON[@]}" --milestones "$1" --threads 1 --variant "$2-s1=$ANY2" &
+  python bench/finetune_curve.py "${COMMON[@]}" --milestones "$1" --threads 1 --variant "$2-s2=train.seed=2;$ANY2" &
+  wait
+}
+two_seeds 750,1000 a1000    # the cosine reaches 0 at step 1000
+two_seeds 1000,1500 a1500   # the same recipe stretched to 1500 steps
 python bench/finetune_curve.py --out "$OUT" --summarize
