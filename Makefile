@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 ENVVARS := source tools/env.sh &&
 
-.PHONY: run test test-fast toy bench venv clean
+.PHONY: run test test-fast lint format toy venv clean
 
 # pip byte-compiles what it installs one file after another (130 of the install's 180 s here); compileall on every
 # core does the same work in about half the time. Files that only a newer Python can parse fail to compile, and
@@ -49,6 +49,13 @@ test: venv
 
 test-fast: venv
 	$(ENVVARS) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
+
+# ruff's lint (E, F, W, I, B, UP) and format check, configured in pyproject.toml; `make format` applies both
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) .prefect

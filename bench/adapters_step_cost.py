@@ -6,6 +6,7 @@
 Times are medians of optimiser steps (objective + backward + AdamW); on a shared CPU they are inflated, which
 is why the settings alternate within one process and the ratio is the figure to read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,11 @@ def main() -> None:
         before = vm_hwm_mb()
         for _ in range(args.steps):
             step()
-        print(json.dumps({"setting": args.memory, "vm_hwm_mb_after_setup": round(before, 1),
-                          "vm_hwm_mb": round(vm_hwm_mb(), 1)}))
+        print(
+            json.dumps(
+                {"setting": args.memory, "vm_hwm_mb_after_setup": round(before, 1), "vm_hwm_mb": round(vm_hwm_mb(), 1)}
+            )
+        )
         return
     names = [(m, o) for m in ("full", "lora") for o in ("fm", "twinflow")]
     steps = {n: setting(*n, args.batch) for n in names}
@@ -84,8 +88,12 @@ def main() -> None:
         for n in names:
             times[n] += [steps[n]() for _ in range(args.steps)]
     med = {f"{m}/{o}": round(statistics.median(times[(m, o)]) * 1000, 2) for m, o in names}
-    out = {"batch": args.batch, "threads": args.threads, "median_ms": med,
-           "twinflow_over_fm": {m: round(med[f"{m}/twinflow"] / med[f"{m}/fm"], 2) for m in ("full", "lora")}}
+    out = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "median_ms": med,
+        "twinflow_over_fm": {m: round(med[f"{m}/twinflow"] / med[f"{m}/fm"], 2) for m in ("full", "lora")},
+    }
     print(json.dumps(out, indent=1))
 
 

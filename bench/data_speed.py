@@ -7,6 +7,7 @@ of PNGs (64x64 shapes renders, resized to --size) written first; --s3 also reads
 server on 127.0.0.1. Writes reports/data/speed.json and a captioned sample grid per dataset under
 reports/data/<name>/samples.png. Timings are wall-clock on whatever else the machine is doing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,19 @@ def timed(name: str, data: dict, tmp: Path, grid: bool = True) -> dict:
     path, meta, seconds = prepare(cfg, root=REPO, out=tmp / name, progress=False)
     if grid:
         save_sample_grid(load_prepared(path), REPO / "reports" / "data" / name / "samples.png")
-    row = {"dataset": name, "source": cfg.source, "images": meta["n"], "size": cfg.image_size,
-           "seconds": round(seconds, 2), "images_per_s": round(meta["n"] / seconds, 1)}
-    print(f"{name:>16}: {row['images']:6d} images at {row['size']}px in {row['seconds']:6.2f} s "
-          f"= {row['images_per_s']:7.1f} images/s", flush=True)
+    row = {
+        "dataset": name,
+        "source": cfg.source,
+        "images": meta["n"],
+        "size": cfg.image_size,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(meta["n"] / seconds, 1),
+    }
+    print(
+        f"{name:>16}: {row['images']:6d} images at {row['size']}px in {row['seconds']:6.2f} s "
+        f"= {row['images_per_s']:7.1f} images/s",
+        flush=True,
+    )
     return row
 
 
@@ -61,12 +71,28 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
-        rows.append(timed("shapes", {"name": "shapes", "image_size": args.size,
-                                     "shapes": {"n_images": args.shapes}}, tmp, grid=False))
+        rows.append(
+            timed(
+                "shapes",
+                {"name": "shapes", "image_size": args.size, "shapes": {"n_images": args.shapes}},
+                tmp,
+                grid=False,
+            )
+        )
         rows.append(timed("digits", {"name": "digits", "image_size": args.size}, tmp))
         folder = make_folder(tmp / "folder", args.folder)
-        rows.append(timed("imagefolder", {"name": "imagefolder", "source": "imagefolder", "image_size": args.size,
-                                          "imagefolder": {"path": str(folder)}}, tmp))
+        rows.append(
+            timed(
+                "imagefolder",
+                {
+                    "name": "imagefolder",
+                    "source": "imagefolder",
+                    "image_size": args.size,
+                    "imagefolder": {"path": str(folder)},
+                },
+                tmp,
+            )
+        )
         if args.s3:
             import logging
 
@@ -89,9 +115,19 @@ def main() -> int:
                 client.create_bucket(Bucket="bench")
                 for p in sorted(folder.iterdir()):
                     client.put_object(Bucket="bench", Key=f"folder/{p.name}", Body=p.read_bytes())
-                rows.append(timed("imagefolder-s3", {
-                    "name": "imagefolder-s3", "source": "imagefolder", "image_size": args.size,
-                    "imagefolder": {"path": "s3://bench/folder", "endpoint_url": endpoint}}, tmp, grid=False))
+                rows.append(
+                    timed(
+                        "imagefolder-s3",
+                        {
+                            "name": "imagefolder-s3",
+                            "source": "imagefolder",
+                            "image_size": args.size,
+                            "imagefolder": {"path": "s3://bench/folder", "endpoint_url": endpoint},
+                        },
+                        tmp,
+                        grid=False,
+                    )
+                )
             finally:
                 server.stop()
     out = REPO / "reports" / "data" / "speed.json"

@@ -12,6 +12,7 @@ cache, so every row is comparable with `metrics/eval.json` and with each other.
 
 Run it in a checkout where `make run` has produced checkpoints/twinflow (and the base cache under outputs/).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,14 @@ def variant(params: dict, nfe: int, middle: float, rho: float, out: Path) -> dic
     saved = (dict(few["gaps"]), few["rho"])
     # 2 NFE: time_grid(2, (g0, g)) = [1 - g0, g, 0]; 4 NFE: [1 - g0, ..., g, 0] in equal steps
     few["gaps"][nfe], few["rho"] = (0.001, middle), rho
-    ev = dict(params["evaluate"], nfe=[nfe], metrics=str(out / "eval.json"), breakdown=str(out / "breakdown.json"),
-              plots_dir=str(out / "plots"), reports_dir=str(out / "reports"))
+    ev = dict(
+        params["evaluate"],
+        nfe=[nfe],
+        metrics=str(out / "eval.json"),
+        breakdown=str(out / "breakdown.json"),
+        plots_dir=str(out / "plots"),
+        reports_dir=str(out / "reports"),
+    )
     try:
         t0 = time.perf_counter()
         metrics = evaluate.run({**params, "evaluate": ev})
@@ -60,21 +67,30 @@ def report(rows: list[dict], committed: dict) -> str:
             return "-"
         return f"{v:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None else "")
 
-    lines = ["# Few-step schedule study (the default run's weights, the sampler varied)", "",
-             "Written by `bench/few_step_schedule.py` (its docstring has the command). Ratios are paired over prompts "
-             "against the base at 50 guided Euler steps, with their standard errors; FD ratio = FD / the base's FD "
-             "at that setting.", "",
-             "| NFE | middle time | rho | geneval-shapes | dpg-shapes | FD | geneval ratio | dpg ratio | FD ratio | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Few-step schedule study (the default run's weights, the sampler varied)",
+        "",
+        "Written by `bench/few_step_schedule.py` (its docstring has the command). Ratios are paired over prompts "
+        "against the base at 50 guided Euler steps, with their standard errors; FD ratio = FD / the base's FD "
+        "at that setting.",
+        "",
+        "| NFE | middle time | rho | geneval-shapes | dpg-shapes | FD | geneval ratio | dpg ratio | FD ratio | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['nfe']} | {r['middle']} | {r['rho']} | {fmt(r['geneval-shapes/overall'], r['geneval-shapes/overall_se'])} "
-                     f"| {fmt(r['dpg-shapes/score'], r['dpg-shapes/score_se'], 1)} | {fmt(r['features-shapes/fd'], None, 2)} "
-                     f"| {fmt(r['ratio/geneval-shapes/overall'], r['ratio/geneval-shapes/overall_se'], 2)} "
-                     f"| {fmt(r['ratio/dpg-shapes/score'], r['ratio/dpg-shapes/score_se'], 2)} | {fmt(r['fd_ratio'], None, 2)} "
-                     f"| {r['seconds']} |")
+        lines.append(
+            f"| {r['nfe']} | {r['middle']} | {r['rho']} | {fmt(r['geneval-shapes/overall'], r['geneval-shapes/overall_se'])} "
+            f"| {fmt(r['dpg-shapes/score'], r['dpg-shapes/score_se'], 1)} | {fmt(r['features-shapes/fd'], None, 2)} "
+            f"| {fmt(r['ratio/geneval-shapes/overall'], r['ratio/geneval-shapes/overall_se'], 2)} "
+            f"| {fmt(r['ratio/dpg-shapes/score'], r['ratio/dpg-shapes/score_se'], 2)} | {fmt(r['fd_ratio'], None, 2)} "
+            f"| {r['seconds']} |"
+        )
     if committed:
-        lines += ["", "The committed `metrics/eval.json` (official schedule) for comparison: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in committed.items())]
+        lines += [
+            "",
+            "The committed `metrics/eval.json` (official schedule) for comparison: "
+            + ", ".join(f"{k} {v:.4g}" for k, v in committed.items()),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -105,8 +121,15 @@ def main(argv=None) -> int:
     committed = {}
     if Path("metrics/eval.json").is_file():
         m = json.loads(Path("metrics/eval.json").read_text())
-        committed = {k: m[k] for k in (f"ratio/geneval-shapes/overall@{args.nfe}nfe", f"ratio/dpg-shapes/score@{args.nfe}nfe",
-                                       f"features-shapes/fd@{args.nfe}nfe") if k in m}
+        committed = {
+            k: m[k]
+            for k in (
+                f"ratio/geneval-shapes/overall@{args.nfe}nfe",
+                f"ratio/dpg-shapes/score@{args.nfe}nfe",
+                f"features-shapes/fd@{args.nfe}nfe",
+            )
+            if k in m
+        }
     text = report(rows, committed)
     print(text)
     if args.report:

@@ -20,6 +20,7 @@ ratio to the base carries the paired error of the two. The base's per-prompt sco
 <out>/base_units.npz (keyed by the base folder and prompt set), so parallel or later variant runs share them.
 Writes <out>/<variant>/scores.json (and results.json, results.md); <out>/summary.md over all variants.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 BOOTSTRAP = 400
+EXPERIMENT = "shapes_cpu"  # the recipe train_variant composes (bench/capacity_study.py --experiment sets another)
+DEVICE = "cpu"  # where the generators sample (bench/capacity_study.py sets "cuda" on a GPU machine)
 KEYS = ("geneval", "dpg", "fd")
 BASE_SETTINGS = ("euler50-cfg0.5", "1nfe")  # + "euler50" (no guidance) with --base-cfg0, for enhanced_ratio 0
 
@@ -50,8 +53,9 @@ def milestone_exporter(out: Path, milestones: list[int]):
             step = trainer.global_step
             if step in milestones and not (out / f"step-{step:05d}" / "model.json").is_file():
                 main = next(c for c in trainer.callbacks if isinstance(c, ExportGenerator))
-                ExportGenerator(out / f"step-{step:05d}", main.net_name, main.net_kwargs, main.tokenizer,
-                                main.extra).on_train_end(trainer, pl_module)
+                ExportGenerator(
+                    out / f"step-{step:05d}", main.net_name, main.net_kwargs, main.tokenizer, main.extra
+                ).on_train_end(trainer, pl_module)
 
     return ExportAtMilestones()
 
@@ -68,9 +72,11 @@ def unit_scores(ev, images: np.ndarray) -> dict:
     g = ps.n_geneval
     _, rows = score_geneval_shapes(images[:g], ps.geneval_meta, ev.ev.detector)
     dpg = score_dpg_shapes(images[g:], ps.dpg_items, ev.questions, ev.ev.detector)["official"]["items"]
-    return {"correct": np.array([r["correct"] for r in rows], dtype=float),
-            "dpg": np.array([dpg.get(it, np.nan) for it in dict.fromkeys(ps.dpg_items)], dtype=float),
-            "feats": ev.ev.features.embed(images)}
+    return {
+        "correct": np.array([r["correct"] for r in rows], dtype=float),
+        "dpg": np.array([dpg.get(it, np.nan) for it in dict.fromkeys(ps.dpg_items)], dtype=float),
+        "feats": ev.ev.features.embed(images),
+    }
 
 
 class Resampler:
@@ -133,16 +139,19 @@ def generate(ev, gen, setting) -> np.ndarray:
 
 def base_units(ev, base_dir: str, cache: Path, names=BASE_SETTINGS) -> dict[str, dict]:
     from twinflow_core.benchmarks.evaluate import Setting
-    from twinflow_core.checkpoint import load_generator
+    from twinflow_core.loader import load_generator
 
     key = f"{Path(base_dir).resolve()}|{len(ev.ps.captions)}|{ev.cfg.images_per_prompt}|{ev.cfg.seed}|{','.join(names)}"
     if cache.is_file():
         z = np.load(cache, allow_pickle=False)
         if str(z["key"]) == key:
             return {s: {f: z[f"{s}/{f}"] for f in ("correct", "dpg", "feats")} for s in names}
-    base = load_generator(base_dir)
-    settings = {"euler50-cfg0.5": Setting("euler50-cfg0.5", 50, "euler", 0.5), "euler50": Setting("euler50", 50, "euler"),
-                "1nfe": Setting("1nfe", 1, "euler")}
+    base = load_generator(base_dir, DEVICE)
+    settings = {
+        "euler50-cfg0.5": Setting("euler50-cfg0.5", 50, "euler", 0.5),
+        "euler50": Setting("euler50", 50, "euler"),
+        "1nfe": Setting("1nfe", 1, "euler"),
+    }
     units = {s: unit_scores(ev, generate(ev, base, settings[s])) for s in names}
     flat = {f"{s}/{f}": v for s, u in units.items() for f, v in u.items()}
     tmp = cache.with_suffix(".tmp.npz")
@@ -160,22 +169,31 @@ def train_variant(base_dir: str, out: Path, milestones: list[int], overrides: li
     from twinflow_core.training.config import compose
     from twinflow_core.training.run import fit
 
-    s, data = compose(["experiment=shapes_cpu", *overrides])
+    s, data = compose([f"experiment={EXPERIMENT}", *overrides])
     ensure_dataset(data["data"])
     st = s.train
     st.data, st.init, st.out = str(ROOT / data["data"]["path"]), base_dir, str(out / "final")
     st.steps, st.resume_dir, st.threads, st.sample_every = milestones[-1], str(out / "resume"), threads, 0
     t0, c0 = time.perf_counter(), time.process_time()
     info = fit("train", s, callbacks=[milestone_exporter(out, milestones)])
-    recipe = {"lr": st.lr, "batch_size": st.batch_size, "ema_decay": st.ema_decay, "cond_drop": st.cond_drop,
-              "objective": s.objective.train.build("objective.train").to_dict()}
-    return {**info, "recipe": recipe, "wall_seconds": round(time.perf_counter() - t0, 1),
-            "cpu_seconds": round(time.process_time() - c0, 1)}
+    recipe = {
+        "lr": st.lr,
+        "batch_size": st.batch_size,
+        "ema_decay": st.ema_decay,
+        "cond_drop": st.cond_drop,
+        "objective": s.objective.train.build("objective.train").to_dict(),
+    }
+    return {
+        **info,
+        "recipe": recipe,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
+    }
 
 
 def score_variant(ev, rs: Resampler, base: dict, out: Path, milestones: list[int], overrides: list[str]) -> dict:
     from twinflow_core.benchmarks.evaluate import Setting
-    from twinflow_core.checkpoint import load_generator
+    from twinflow_core.loader import load_generator
 
     # the matching guidance of the reference: what the fine-tuning target bakes in (enhanced_ratio)
     # (no guidance for enhanced_ratio 0; cfg 0.5 otherwise, the pipeline's reference)
@@ -184,9 +202,11 @@ def score_variant(ev, rs: Resampler, base: dict, out: Path, milestones: list[int
     ref = "euler50" if unguided and "euler50" in base else "euler50-cfg0.5"
     scores: dict = {"reference": ref, "overrides": overrides, "steps": {}}
     for m in milestones:
-        gen = load_generator(out / f"step-{m:05d}")
-        scores["steps"][str(m)] = {f"{n}nfe": with_errors(rs, unit_scores(ev, generate(ev, gen, Setting(f"{n}nfe", n, "few"))),
-                                                          base[ref]) for n in (1, 2, 4)}
+        gen = load_generator(out / f"step-{m:05d}", DEVICE)
+        scores["steps"][str(m)] = {
+            f"{n}nfe": with_errors(rs, unit_scores(ev, generate(ev, gen, Setting(f"{n}nfe", n, "few"))), base[ref])
+            for n in (1, 2, 4)
+        }
     return scores
 
 
@@ -200,8 +220,10 @@ def summarize(out: Path) -> str:
     """One table over every <out>/<variant>/scores.json: per milestone, 1/2/4 NFE as ratios to the base's
     many-step score at matching guidance (± bootstrap SE), and the absolute 1-NFE figures."""
     base = json.loads((out / "base_scores.json").read_text())
-    lines = ["| variant | steps | s/step | 1 NFE geneval / dpg / FD (x base) | 2 NFE | 4 NFE | 1 NFE absolute |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| variant | steps | s/step | 1 NFE geneval / dpg / FD (x base) | 2 NFE | 4 NFE | 1 NFE absolute |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for path in sorted([*out.glob("scores.json"), *out.glob("*/scores.json")], key=lambda p: p.stat().st_mtime):
         sc = json.loads(path.read_text())
         sps = sc.get("sec_per_step_median")
@@ -209,9 +231,15 @@ def summarize(out: Path) -> str:
             cells = [" / ".join(fmt(by[f"{n}nfe"], k, True) for k in KEYS) for n in (1, 2, 4)]
             absolute = " / ".join(fmt(by["1nfe"], k, False) for k in KEYS)
             lines.append(f"| {path.parent.name} | {step} | {sps} | " + " | ".join(cells) + f" | {absolute} |")
-    head = ["base (same prompts): " + "; ".join(
-        f"{s}: geneval {b['geneval']:.3f}±{b['geneval_se']:.3f}, dpg {b['dpg']:.1f}±{b['dpg_se']:.1f}, "
-        f"FD {b['fd']:.2f}±{b['fd_se']:.2f}" for s, b in base.items()), ""]
+    head = [
+        "base (same prompts): "
+        + "; ".join(
+            f"{s}: geneval {b['geneval']:.3f}±{b['geneval_se']:.3f}, dpg {b['dpg']:.1f}±{b['dpg_se']:.1f}, "
+            f"FD {b['fd']:.2f}±{b['fd_se']:.2f}"
+            for s, b in base.items()
+        ),
+        "",
+    ]
     text = "\n".join(head + lines) + "\n"
     (out / "summary.md").write_text(text)
     return text
@@ -234,12 +262,25 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help="flow-matching generator checkpoint folder (pretrain output)")
     ap.add_argument("--milestones", default="250,500,1000")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "finetune_curve"))
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override for every run (Hydra syntax, as conf/)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OVERRIDES",
-                    help="a study run: NAME=key=value;key=value (repeatable; runs in order, each in <out>/NAME)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every run (Hydra syntax, as conf/)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVERRIDES",
+        help="a study run: NAME=key=value;key=value (repeatable; runs in order, each in <out>/NAME)",
+    )
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eval-prompts", type=int, default=36, help="geneval-shapes prompts (0: all 132; dpg: half, 0: all)")
+    ap.add_argument(
+        "--eval-prompts", type=int, default=36, help="geneval-shapes prompts (0: all 132; dpg: half, 0: all)"
+    )
     ap.add_argument("--images-per-prompt", type=int, default=4)
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--base-cfg0", action="store_true", help="also score the base at 50 steps without guidance")
@@ -257,16 +298,23 @@ def main(argv=None) -> int:
 
     from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation
 
-    cfg = EvalConfig(domain="shapes", geneval_max_prompts=args.eval_prompts,
-                     dpg_max_items=max(args.eval_prompts // 2, 8) if args.eval_prompts else 0,
-                     images_per_prompt=args.images_per_prompt, reference_max_prompts=0)
+    cfg = EvalConfig(
+        domain="shapes",
+        geneval_max_prompts=args.eval_prompts,
+        dpg_max_items=max(args.eval_prompts // 2, 8) if args.eval_prompts else 0,
+        images_per_prompt=args.images_per_prompt,
+        reference_max_prompts=0,
+        base_cfg=[0.0, 0.5],
+    )
     ev = Evaluation(cfg, "shapes", json.loads((Path(args.base) / "model.json").read_text())["net_kwargs"]["image_size"])
     rs = Resampler(ev, cfg.images_per_prompt)
     base = None
     names = (*BASE_SETTINGS, "euler50") if args.base_cfg0 else BASE_SETTINGS
     if args.base_only:
         base = base_units(ev, args.base, out / "base_units.npz", names)
-        (out / "base_scores.json").write_text(json.dumps({s: with_errors(rs, u, None) for s, u in base.items()}, indent=1))
+        (out / "base_scores.json").write_text(
+            json.dumps({s: with_errors(rs, u, None) for s, u in base.items()}, indent=1)
+        )
         print((out / "base_scores.json").read_text())
         return 0
     for name, overrides in parse_variants(args.variant, args.overrides):
@@ -277,8 +325,9 @@ def main(argv=None) -> int:
             (vout / "results.json").write_text(json.dumps(res, indent=1, default=str))
         if base is None:  # after the first run's training, so that a parallel runner has usually cached it
             base = base_units(ev, args.base, out / "base_units.npz", names)
-            (out / "base_scores.json").write_text(json.dumps({s: with_errors(rs, u, None) for s, u in base.items()},
-                                                             indent=1))
+            (out / "base_scores.json").write_text(
+                json.dumps({s: with_errors(rs, u, None) for s, u in base.items()}, indent=1)
+            )
         scores = score_variant(ev, rs, base, vout, milestones, overrides)
         scores["sec_per_step_median"] = res.get("training", {}).get("sec_per_step_median")
         scores["wall_seconds"] = res.get("training", {}).get("wall_seconds")

@@ -12,6 +12,7 @@ pixel average of 16 renders of its prompt — what a flow-matching model sampled
 Feature rows: Frechet distance of a second real set (the floor) and of the stressed / mean images, and the
 within-prompt diversity of each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,25 +74,41 @@ def shapes_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list
     feats_ref = evs.features.embed(ref)
     out = []
     details = {}
-    for name, imgs in (("ceiling: real renders, own prompts", real), ("floor: real renders, mismatched prompts", mismatched),
-                       ("stressed: blur sigma<=1 + noise, own prompts", stressed),
-                       ("conditional mean of 16 renders, own prompts", mean),
-                       ("blank background, own prompts", blank)):
+    for name, imgs in (
+        ("ceiling: real renders, own prompts", real),
+        ("floor: real renders, mismatched prompts", mismatched),
+        ("stressed: blur sigma<=1 + noise, own prompts", stressed),
+        ("conditional mean of 16 renders, own prompts", mean),
+        ("blank background, own prompts", blank),
+    ):
         t = time.perf_counter()
         gs, _ = ev.score_geneval_shapes(imgs[:g], ps.geneval_meta, evs.detector)
         dpg = ev.score_dpg_shapes(imgs[g:], ps.dpg_items, questions, evs.detector)
         f = evs.features.embed(imgs)
-        row = {"set": name, "geneval-shapes": gs["overall"], "dpg-shapes": dpg["official"]["score"],
-               "dpg-shapes corrected": dpg["corrected"]["score"], "seconds": time.perf_counter() - t}
+        row = {
+            "set": name,
+            "geneval-shapes": gs["overall"],
+            "dpg-shapes": dpg["official"]["score"],
+            "dpg-shapes corrected": dpg["corrected"]["score"],
+            "seconds": time.perf_counter() - t,
+        }
         if imgs is not mismatched:  # a permutation of the ceiling's images: same FD and diversity
             row.update({"fd vs real": frechet_distance(f, feats_ref), "diversity": diversity(f, ps.groups)})
         out.append(row)
-        details[name] = {"geneval_tags": {t_: v["score"] for t_, v in gs["tags"].items()},
-                         "correct_prompts": gs["correct_prompts"], "dpg_l1": dpg["official"]["l1"],
-                         "dpg_l1_corrected": dpg["corrected"]["l1"],
-                         "dpg_dropped": dpg["official"]["dropped"]}
-    out.append({"set": "real vs real (a second render set)", "fd vs real": frechet_distance(evs.features.embed(real), feats_ref),
-                "diversity": diversity(feats_ref, ps.groups)})
+        details[name] = {
+            "geneval_tags": {t_: v["score"] for t_, v in gs["tags"].items()},
+            "correct_prompts": gs["correct_prompts"],
+            "dpg_l1": dpg["official"]["l1"],
+            "dpg_l1_corrected": dpg["corrected"]["l1"],
+            "dpg_dropped": dpg["official"]["dropped"],
+        }
+    out.append(
+        {
+            "set": "real vs real (a second render set)",
+            "fd vs real": frechet_distance(evs.features.embed(real), feats_ref),
+            "diversity": diversity(feats_ref, ps.groups),
+        }
+    )
     details["n_images"] = {"geneval-shapes": g, "dpg-shapes": len(ps.dpg_items), "images_per_prompt": k}
     return out, details
 
@@ -126,12 +143,24 @@ def digits_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list
     rows = [
         {"set": "ceiling: held-out real scans, own label", "digits accuracy": float((pred == test_y).mean())},
         {"set": "floor: held-out real scans, another label", "digits accuracy": float((pred == wrong).mean())},
-        {"set": "real scans (training split), own label", "digits accuracy": acc(b, b_y),
-         "fd vs real": frechet_distance(fb, fa), "diversity": diversity(fb, groups)},
-        {"set": "stressed: blur sigma<=1 + noise, own label", "digits accuracy": acc(stressed, b_y),
-         "fd vs real": frechet_distance(fs, fa), "diversity": diversity(fs, groups)},
-        {"set": "class mean image + faint noise, own label", "digits accuracy": acc(class_mean, b_y),
-         "fd vs real": frechet_distance(fm, fa), "diversity": diversity(fm, groups)},
+        {
+            "set": "real scans (training split), own label",
+            "digits accuracy": acc(b, b_y),
+            "fd vs real": frechet_distance(fb, fa),
+            "diversity": diversity(fb, groups),
+        },
+        {
+            "set": "stressed: blur sigma<=1 + noise, own label",
+            "digits accuracy": acc(stressed, b_y),
+            "fd vs real": frechet_distance(fs, fa),
+            "diversity": diversity(fs, groups),
+        },
+        {
+            "set": "class mean image + faint noise, own label",
+            "digits accuracy": acc(class_mean, b_y),
+            "fd vs real": frechet_distance(fm, fa),
+            "diversity": diversity(fm, groups),
+        },
     ]
     return rows, {"n_test": int(len(test_y)), "fd_set_size": len(ps.labels)}  # noqa: E501
 
@@ -141,12 +170,14 @@ def _dpg_floor_note(details: dict) -> str:
     floor = next(v for k, v in details.items() if k.startswith("floor") and isinstance(v, dict))
     l1 = floor["dpg_l1"]
     cats = ", ".join(f"{c} {v:.1f}" for c, v in sorted(l1.items()))
-    return ("dpg-shapes floor by question category (official rules): " + cats + ". Every dpg-shapes question "
-            "binds a colour to a class (\"Is there a blue circle?\", \"Are there exactly two blue triangles?\", "
-            "relations between two such objects, each depending on both), so an unrelated image answers "
-            "\"yes\" only when it happens to hold that (colour, class) pair, one of 24; bare existence questions "
-            "(\"Is there a circle?\", which held the floor at 41.5 before) are not asked. The geneval-shapes floor "
-            "is dominated by single_object (any image with a circle answers 'a photo of a circle').")
+    return (
+        "dpg-shapes floor by question category (official rules): " + cats + ". Every dpg-shapes question "
+        'binds a colour to a class ("Is there a blue circle?", "Are there exactly two blue triangles?", '
+        "relations between two such objects, each depending on both), so an unrelated image answers "
+        '"yes" only when it happens to hold that (colour, class) pair, one of 24; bare existence questions '
+        '("Is there a circle?", which held the floor at 41.5 before) are not asked. The geneval-shapes floor '
+        "is dominated by single_object (any image with a circle answers 'a photo of a circle')."
+    )
 
 
 def fmt(v) -> str:
@@ -177,12 +208,14 @@ def main(argv=None) -> int:
         print(te.train_shapes_features(Path(args.evaluators) / "shapes-features", size=args.size))
         print(te.train_digits_classifier(Path(args.evaluators) / "digits-classifier", size=args.size))
 
-    cfg = ev.EvalConfig(prompts_dir=str(ROOT / "data/prompts"), evaluators_dir=args.evaluators)
+    cfg = ev.EvalConfig(prompts_dir=str(ROOT / "data/prompts"), evaluators_dir=args.evaluators, digits_per_class=20)
     t0 = time.perf_counter()
     s_rows, s_details = shapes_rows(cfg, args.size, ev.Evaluators.load("shapes", args.evaluators))
     d_rows, d_details = digits_rows(cfg, args.size, ev.Evaluators.load("digits", args.evaluators))
-    metas = {name: json.loads((Path(args.evaluators) / name / "evaluator.json").read_text())
-             for name in ("shapes-detector", "shapes-features", "digits-classifier")}
+    metas = {
+        name: json.loads((Path(args.evaluators) / name / "evaluator.json").read_text())
+        for name in ("shapes-detector", "shapes-features", "digits-classifier")
+    }
     total = time.perf_counter() - t0
 
     md = [
@@ -208,8 +241,14 @@ def main(argv=None) -> int:
         "",
         "Per-tag geneval-shapes:",
         "",
-        table([{"set": k, **v["geneval_tags"]} for k, v in s_details.items() if isinstance(v, dict) and "geneval_tags" in v],
-              ["single_object", "two_object", "counting", "colors", "position", "color_attr"]),
+        table(
+            [
+                {"set": k, **v["geneval_tags"]}
+                for k, v in s_details.items()
+                if isinstance(v, dict) and "geneval_tags" in v
+            ],
+            ["single_object", "two_object", "counting", "colors", "position", "color_attr"],
+        ),
         "",
         "## Digits (classifier: small CNN on sklearn digits, scans [0, 1200) train, [1200, 1797) test)",
         "",
@@ -229,9 +268,20 @@ def main(argv=None) -> int:
         md.append(f"- `{name}`: {json.dumps(keep)}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(md) + "\n")
-    Path(args.out).with_suffix(".json").write_text(json.dumps(
-        {"shapes": s_rows, "shapes_details": s_details, "digits": d_rows, "digits_details": d_details,
-         "evaluators": metas, "seconds": total}, indent=2) + "\n")
+    Path(args.out).with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "shapes": s_rows,
+                "shapes_details": s_details,
+                "digits": d_rows,
+                "digits_details": d_details,
+                "evaluators": metas,
+                "seconds": total,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(md))
     return 0
 

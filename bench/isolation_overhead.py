@@ -12,6 +12,7 @@ cached and only the machinery is timed), alternated round by round so that load 
 Also checked: whether `dvc exp run --temp` sees an ignored (untracked) input, as a remote init fetched into
 checkpoints/<stage>-init is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,10 @@ def main() -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
-    from flows import workspace
-    from flows.overrides import apply_overrides
     from support.pipeline import make_toy_project, toy_env
+
+    from flows import workspace
+    from flows.params import apply_overrides
 
     env = {**os.environ, **toy_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
@@ -66,8 +68,7 @@ def main() -> int:
     def exp_temp(i):
         sh(DVC + ["exp", "run", "--temp", "-S", f"toy.note={1000 + i}"], project, env)
 
-    ways = {"in place (dvc repro)": in_place, "worktree (flows.workspace)": worktree,
-            "dvc exp run --temp": exp_temp}
+    ways = {"in place (dvc repro)": in_place, "worktree (flows.workspace)": worktree, "dvc exp run --temp": exp_temp}
     times: dict[str, list[float]] = {k: [] for k in ways}
     for i in range(args.rounds):
         for name, fn in ways.items():
@@ -79,9 +80,14 @@ def main() -> int:
     (project / ".gitignore").write_text((project / ".gitignore").read_text() + "/fetched-init/\n")
     (project / "fetched-init").mkdir()
     (project / "fetched-init" / "w.txt").write_text("weights\n")
-    dvc_yaml = (project / "dvc.yaml").read_text().replace(
-        "deps:\n    - data/prepared/toy\n    params:\n    - toy.seed\n    outs:\n    - checkpoints/base",
-        "deps:\n    - data/prepared/toy\n    - fetched-init\n    params:\n    - toy.seed\n    outs:\n    - checkpoints/base")
+    dvc_yaml = (
+        (project / "dvc.yaml")
+        .read_text()
+        .replace(
+            "deps:\n    - data/prepared/toy\n    params:\n    - toy.seed\n    outs:\n    - checkpoints/base",
+            "deps:\n    - data/prepared/toy\n    - fetched-init\n    params:\n    - toy.seed\n    outs:\n    - checkpoints/base",
+        )
+    )
     assert "fetched-init" in dvc_yaml
     (project / "dvc.yaml").write_text(dvc_yaml)
     sh(["git", "add", "-A"], project, env)
@@ -95,20 +101,30 @@ def main() -> int:
     workspace.remove_isolated(ws)
 
     base = statistics.median(times["in place (dvc repro)"])
-    lines = ["# Isolating a run: wall time, toy project, all stages cached", "",
-             f"`python bench/isolation_overhead.py --rounds {args.rounds}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())});",
-             "the 2-core machine was shared with other jobs, so absolute seconds are inflated; the three ways "
-             "were alternated round by round.", "",
-             "| way | median s | rounds (s) | overhead vs in place |", "|---|---:|---|---:|"]
+    lines = [
+        "# Isolating a run: wall time, toy project, all stages cached",
+        "",
+        f"`python bench/isolation_overhead.py --rounds {args.rounds}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())});",
+        "the 2-core machine was shared with other jobs, so absolute seconds are inflated; the three ways "
+        "were alternated round by round.",
+        "",
+        "| way | median s | rounds (s) | overhead vs in place |",
+        "|---|---:|---|---:|",
+    ]
     for name, ts in times.items():
         med = statistics.median(ts)
-        lines.append(f"| {name} | {med:.1f} | {', '.join(f'{t:.1f}' for t in ts)} | "
-                     f"{'-' if name.startswith('in place') else f'{med - base:+.1f} s'} |")
-    lines += ["", "An ignored input (a fetched init under a .gitignore'd folder) as a stage dependency:",
-              f"- `dvc exp run --temp`: exit {temp.returncode}: "
-              f"{(temp.stderr.strip().splitlines() or [temp.stdout.strip()[-200:]])[-1][:300]}",
-              f"- worktree (flows.workspace; the init fetched inside it, as the flow does), `dvc repro`: exit {ours.returncode}: "
-              f"{(ours.stderr.strip().splitlines() or ours.stdout.strip().splitlines() or [''])[-1][:300]}"]
+        lines.append(
+            f"| {name} | {med:.1f} | {', '.join(f'{t:.1f}' for t in ts)} | "
+            f"{'-' if name.startswith('in place') else f'{med - base:+.1f} s'} |"
+        )
+    lines += [
+        "",
+        "An ignored input (a fetched init under a .gitignore'd folder) as a stage dependency:",
+        f"- `dvc exp run --temp`: exit {temp.returncode}: "
+        f"{(temp.stderr.strip().splitlines() or [temp.stdout.strip()[-200:]])[-1][:300]}",
+        f"- worktree (flows.workspace; the init fetched inside it, as the flow does), `dvc repro`: exit {ours.returncode}: "
+        f"{(ours.stderr.strip().splitlines() or ours.stdout.strip().splitlines() or [''])[-1][:300]}",
+    ]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

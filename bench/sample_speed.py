@@ -13,6 +13,7 @@ shared machine it moves much less with the neighbours' load than wall time does)
 rounds; the ratios are medians of the per-round ratios (both sides within the same round). The headline is
 the CPU-time ratio, the wall-time one beside it. Writes bench/results/sample_speed.md (and .json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def default_generator(params_path: Path, seed: int):
-    """A Generator of the params.yaml `model` net with random weights and the shapes vocabulary."""
+    """A NetGenerator of the params.yaml `model` net with random weights and the shapes vocabulary."""
     import torch
     import yaml
 
-    from twinflow_core.checkpoint import Generator
     from twinflow_core.data import shapes
     from twinflow_core.nets import build_net
+    from twinflow_core.nets.generator import NetGenerator
     from twinflow_core.text import Tokenizer
     from twinflow_core.training.config import ModelConfig
 
@@ -44,7 +45,7 @@ def default_generator(params_path: Path, seed: int):
     torch.manual_seed(seed)
     net = build_net(model.name, **kwargs).eval()
     meta = {"net": model.name, "net_kwargs": kwargs, "image": {"size": model.image_size, "channels": 3}}
-    return Generator(net, tok, meta), f"params.yaml model ({model.name}, {model.image_size} px, random weights)"
+    return NetGenerator(net, tok, meta), f"params.yaml model ({model.name}, {model.image_size} px, random weights)"
 
 
 def timed(gen, captions, setting: dict, min_seconds: float) -> tuple[float, float]:
@@ -75,8 +76,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from twinflow_core.checkpoint import load_generator
     from twinflow_core.data import prompt_sets
+    from twinflow_core.loader import load_generator
 
     torch.set_num_threads(args.threads)
     if args.checkpoint:
@@ -87,9 +88,12 @@ def main(argv=None) -> int:
     prompts = [r["prompt"] for r in prompt_sets.load_geneval_metadata(ROOT / "data/prompts")]
     captions = [prompts[i % len(prompts)] for i in range(args.batch)]
     ref = f"base euler{args.steps}-cfg{args.cfg:g}"
-    settings = {"1 NFE": (model, {"nfe": 1, "style": "few"}), "2 NFE": (model, {"nfe": 2, "style": "few"}),
-                "4 NFE": (model, {"nfe": 4, "style": "few"}),
-                ref: (base, {"nfe": args.steps, "style": "euler", "cfg_scale": args.cfg})}
+    settings = {
+        "1 NFE": (model, {"nfe": 1, "style": "few"}),
+        "2 NFE": (model, {"nfe": 2, "style": "few"}),
+        "4 NFE": (model, {"nfe": 4, "style": "few"}),
+        ref: (base, {"nfe": args.steps, "style": "euler", "cfg_scale": args.cfg}),
+    }
     calls = {"1 NFE": 1, "2 NFE": 2, "4 NFE": 4, ref: args.steps * (2 if args.cfg > 0 else 1)}
     for gen, s in settings.values():  # warm-up (allocator, first-call overheads)
         gen.generate(captions[:8], **{**s, "nfe": min(s["nfe"], 2)})
@@ -98,15 +102,23 @@ def main(argv=None) -> int:
     cpu_rounds: list[dict[str, float]] = []
     t_start = time.perf_counter()
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         row, cpu_row = {}, {}
         for name in order:
             gen, s = settings[name]
             row[name], cpu_row[name] = timed(gen, captions, s, args.min_seconds)
         rounds.append(row)
         cpu_rounds.append(cpu_row)
-        print(json.dumps({"round": r, "wall": {k: round(v, 2) for k, v in row.items()},
-                          "cpu": {k: round(v, 2) for k, v in cpu_row.items()}}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "round": r,
+                    "wall": {k: round(v, 2) for k, v in row.items()},
+                    "cpu": {k: round(v, 2) for k, v in cpu_row.items()},
+                }
+            ),
+            flush=True,
+        )
     wall = time.perf_counter() - t_start
     med = {k: statistics.median(r[k] for r in rounds) for k in names}
     cpu_med = {k: statistics.median(r[k] for r in cpu_rounds) for k in names}
@@ -135,16 +147,34 @@ def main(argv=None) -> int:
         xw = f"{wall_ratio[k]:.1f}x" if k in wall_ratio else "1x"
         rng = f"{spread[k][0]:.1f}x - {spread[k][1]:.1f}x" if k in spread else ""
         md.append(f"| {k} | {calls[k]} | {cpu_med[k]:.1f} | {x} | {rng} | {med[k]:.1f} | {xw} |")
-    md += ["", f"1 NFE is **{ratio['1 NFE']:.0f}x** faster than the base at {args.steps} guided Euler steps "
-               f"({calls[ref]} network calls) by CPU time ({wall_ratio['1 NFE']:.0f}x by wall clock); target >= 90x."]
+    md += [
+        "",
+        f"1 NFE is **{ratio['1 NFE']:.0f}x** faster than the base at {args.steps} guided Euler steps "
+        f"({calls[ref]} network calls) by CPU time ({wall_ratio['1 NFE']:.0f}x by wall clock); target >= 90x.",
+    ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(md) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(
-        {"what": what, "batch": args.batch, "threads": args.threads, "rounds_wall": rounds, "rounds_cpu": cpu_rounds,
-         "median_images_per_s_wall": med, "median_images_per_cpu_s": cpu_med, "ratio_to_reference_cpu": ratio,
-         "ratio_to_reference_wall": wall_ratio, "reference": ref, "seconds": wall, "loadavg": load},
-        indent=2) + "\n")
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "what": what,
+                "batch": args.batch,
+                "threads": args.threads,
+                "rounds_wall": rounds,
+                "rounds_cpu": cpu_rounds,
+                "median_images_per_s_wall": med,
+                "median_images_per_cpu_s": cpu_med,
+                "ratio_to_reference_cpu": ratio,
+                "ratio_to_reference_wall": wall_ratio,
+                "reference": ref,
+                "seconds": wall,
+                "loadavg": load,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print("\n".join(md))
     return 0
 

@@ -6,6 +6,7 @@ Each setting runs in a fresh subprocess so its peak resident memory (ru_maxrss) 
 is the peak during training minus the resident size just before the first step (activations, grads, optimiser
 state and any EMA copy). One torch thread.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,16 @@ print(json.dumps({{"ms_per_step": 1000 * sec, "peak_extra_mib": (peak - before) 
 
 
 def measure(method, args):
-    code = CHILD.format(root=str(ROOT), net=args.net, kwargs=json.loads(args.net_kwargs), shape=tuple(args.shape),
-                        batch=args.batch, method=method, steps=args.steps, ema=args.ema)
+    code = CHILD.format(
+        root=str(ROOT),
+        net=args.net,
+        kwargs=json.loads(args.net_kwargs),
+        shape=tuple(args.shape),
+        batch=args.batch,
+        method=method,
+        steps=args.steps,
+        ema=args.ema,
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -67,8 +76,10 @@ def main():
     for m, r in rows.items():
         print(f"| {m} | {r['ms_per_step']:.1f} | {r['peak_extra_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
     fm, tw = rows["fm"], rows["twinflow"]
-    print(f"twinflow / fm: time x{tw['ms_per_step'] / fm['ms_per_step']:.2f}, "
-          f"peak extra memory x{tw['peak_extra_mib'] / max(fm['peak_extra_mib'], 1e-9):.2f}")
+    print(
+        f"twinflow / fm: time x{tw['ms_per_step'] / fm['ms_per_step']:.2f}, "
+        f"peak extra memory x{tw['peak_extra_mib'] / max(fm['peak_extra_mib'], 1e-9):.2f}"
+    )
 
 
 if __name__ == "__main__":

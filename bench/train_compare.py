@@ -17,6 +17,7 @@ Guidance: the TwinFlow target bakes in w_e = 0.5 (F_c + 0.5 (F_c - F_u), i.e. cl
 Writes <out>/<domain>/results.json, results.md and grid_*.png. Timings are wall clock on this shared 2-core
 machine (other agents were running; see results.json "load") plus process CPU time, which load inflates less.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def ensure_dataset(data: dict) -> Path:
     if (path / "meta.json").is_file():
         size = json.loads((path / "meta.json").read_text()).get("image_size")
         if size != data["image_size"]:
-            raise SystemExit(f"{path}: prepared at {size} px, the recipe wants {data['image_size']} px; "
-                             f"run `dvc repro validate` or pass --set data.name=<another name>")
+            raise SystemExit(
+                f"{path}: prepared at {size} px, the recipe wants {data['image_size']} px; "
+                f"run `dvc repro validate` or pass --set data.name=<another name>"
+            )
     else:
         cfg = DataConfig.from_dict({"name": data["name"], "source": data["source"], "image_size": data["image_size"]})
         prepare(cfg, root=ROOT, out=path, progress=True)
@@ -105,11 +108,17 @@ def train_runs(domain: str, out: Path, runs: list[str], threads: int, overrides:
 
 def evaluate_runs(domain: str, out: Path, runs: list[str], prompts: int) -> dict:
     from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation, Setting
-    from twinflow_core.checkpoint import load_generator
+    from twinflow_core.loader import load_generator
     from twinflow_core.viz import save_image_grid
 
-    cfg = EvalConfig(domain=domain, geneval_max_prompts=prompts, dpg_max_items=max(prompts // 2, 8),
-                     reference_max_prompts=0, digits_per_class=max(prompts // 10, 5), base_cfg=[0.0, 0.5])
+    cfg = EvalConfig(
+        domain=domain,
+        geneval_max_prompts=prompts,
+        dpg_max_items=max(prompts // 2, 8),
+        reference_max_prompts=0,
+        digits_per_class=max(prompts // 10, 5),
+        base_cfg=[0.0, 0.5],
+    )
     size = load_generator(out / "base").image_size
     ev = Evaluation(cfg, domain, size)
     metrics = dict(ev.real_metrics())
@@ -178,21 +187,31 @@ def step_cost(steps: int, threads: int, rounds: int = 3) -> dict:
     runs: dict = {"fm": [], "twinflow": []}
     for _ in range(rounds):
         for preset in ("fm", "twinflow"):
-            proc = subprocess.run([sys.executable, "-c", COST_SNIPPET, preset, str(steps), str(ROOT), str(threads)],
-                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            proc = subprocess.run(
+                [sys.executable, "-c", COST_SNIPPET, preset, str(steps), str(ROOT), str(threads)],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+            )
             if proc.returncode:
                 raise RuntimeError(proc.stderr[-2000:])
             runs[preset].append(json.loads(proc.stdout.strip().splitlines()[-1]))
     out: dict = {}
     for preset, results in runs.items():
-        out[preset] = {**results[0], **{k: sorted(r[k] for r in results)[len(results) // 2]
-                                        for k in ("sec_per_step", "cpu_sec_per_step", "peak_rss_mb", "setup_rss_mb")}}
+        out[preset] = {
+            **results[0],
+            **{
+                k: sorted(r[k] for r in results)[len(results) // 2]
+                for k in ("sec_per_step", "cpu_sec_per_step", "peak_rss_mb", "setup_rss_mb")
+            },
+        }
         out[preset]["rounds_sec_per_step"] = [round(r["sec_per_step"], 4) for r in results]
     fm, tf = out["fm"], out["twinflow"]
     paired = sorted(t["sec_per_step"] / f["sec_per_step"] for f, t in zip(runs["fm"], runs["twinflow"]))
     out["ratios"] = {
         # each round's twinflow over the fm run just before it (the same few minutes of this VM), median
-        "time": paired[len(paired) // 2], "cpu_time": tf["cpu_sec_per_step"] / fm["cpu_sec_per_step"],
+        "time": paired[len(paired) // 2],
+        "cpu_time": tf["cpu_sec_per_step"] / fm["cpu_sec_per_step"],
         "peak_rss": tf["peak_rss_mb"] / fm["peak_rss_mb"],
         # step memory: the growth of peak RSS over the set-up (weights, EMA, inputs) during the steps
         "step_memory": (tf["peak_rss_mb"] - tf["setup_rss_mb"]) / max(fm["peak_rss_mb"] - fm["setup_rss_mb"], 1e-9),
@@ -203,18 +222,33 @@ def step_cost(steps: int, threads: int, rounds: int = 3) -> dict:
 
 def report(domain: str, res: dict) -> str:
     m = res.get("metrics", {})
-    lines = [f"# train_compare: {domain}", "", f"load average before/after: {res['load_before']} / {res['load_after']}", ""]
+    lines = [
+        f"# train_compare: {domain}",
+        "",
+        f"load average before/after: {res['load_before']} / {res['load_after']}",
+        "",
+    ]
     if "training" in res:
         lines += ["| run | steps | wall s | CPU s | median s/step |", "|---|---|---|---|---|"]
         for k, v in res["training"].items():
-            lines.append(f"| {k} | {v['steps']} | {v['seconds']} | {v.get('cpu_seconds')} | {v.get('sec_per_step_median')} |")
+            lines.append(
+                f"| {k} | {v['steps']} | {v['seconds']} | {v.get('cpu_seconds')} | {v.get('sec_per_step_median')} |"
+            )
         lines.append("")
     if m:
-        keys = (["geneval-shapes/overall", "dpg-shapes/score", "features-shapes/fd", "features-shapes/diversity"]
-                if domain == "shapes" else ["digits/accuracy", "features-digits/fd", "features-digits/diversity"])
+        keys = (
+            ["geneval-shapes/overall", "dpg-shapes/score", "features-shapes/fd", "features-shapes/diversity"]
+            if domain == "shapes"
+            else ["digits/accuracy", "features-digits/fd", "features-digits/diversity"]
+        )
         lines += ["| model@setting | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        labels = sorted({k.split("@", 1)[0].split("/", 1)[0] + "@" + k.split("@", 1)[1] for k in m if "@" in k and "/" in k.split("@")[0]
-                         and k.split("/", 1)[0] in RUNS})
+        labels = sorted(
+            {
+                k.split("@", 1)[0].split("/", 1)[0] + "@" + k.split("@", 1)[1]
+                for k in m
+                if "@" in k and "/" in k.split("@")[0] and k.split("/", 1)[0] in RUNS
+            }
+        )
         for lab in labels:
             run, setting = lab.split("@")
             row = [f"{m.get(f'{run}/{k}@{setting}', float('nan')):.4g}" for k in keys]
@@ -223,11 +257,13 @@ def report(domain: str, res: dict) -> str:
         lines += ["", "real vs real: " + ", ".join(real), ""]
     if "cost" in res:
         c = res["cost"]
-        lines += [f"step cost (batch {c['fm']['batch']}, {c['fm']['params']} params): fm {c['fm']['sec_per_step']:.3f} s "
-                  f"({c['fm']['cpu_sec_per_step']:.3f} CPU s), twinflow {c['twinflow']['sec_per_step']:.3f} s "
-                  f"({c['twinflow']['cpu_sec_per_step']:.3f} CPU s); ratios {json.dumps({k: round(v, 2) for k, v in c['ratios'].items()})}; "
-                  f"peak RSS fm {c['fm']['peak_rss_mb']:.0f} MB, twinflow {c['twinflow']['peak_rss_mb']:.0f} MB; "
-                  f"time ratio per round {c.get('time_ratio_rounds')}"]
+        lines += [
+            f"step cost (batch {c['fm']['batch']}, {c['fm']['params']} params): fm {c['fm']['sec_per_step']:.3f} s "
+            f"({c['fm']['cpu_sec_per_step']:.3f} CPU s), twinflow {c['twinflow']['sec_per_step']:.3f} s "
+            f"({c['twinflow']['cpu_sec_per_step']:.3f} CPU s); ratios {json.dumps({k: round(v, 2) for k, v in c['ratios'].items()})}; "
+            f"peak RSS fm {c['fm']['peak_rss_mb']:.0f} MB, twinflow {c['twinflow']['peak_rss_mb']:.0f} MB; "
+            f"time ratio per round {c.get('time_ratio_rounds')}"
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -236,12 +272,22 @@ def main(argv=None) -> int:
     ap.add_argument("--domain", default="shapes", choices=("shapes", "digits"))
     ap.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "train_compare"))
     ap.add_argument("--runs", default=",".join(RUNS), help=f"subset of {RUNS}")
-    ap.add_argument("--eval-prompts", type=int, default=None,
-                    help="shapes: geneval prompts (dpg items = half; default 60); digits: images, 1/10 per class "
-                         "(default 500: the Frechet distance of fewer images is dominated by its small-sample bias)")
+    ap.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=None,
+        help="shapes: geneval prompts (dpg items = half; default 60); digits: images, 1/10 per class "
+        "(default 500: the Frechet distance of fewer images is dominated by its small-sample bias)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded 2-core box)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="Hydra override of the recipe (repeatable), e.g. --set train.steps=400 --set data.image_size=24")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override of the recipe (repeatable), e.g. --set train.steps=400 --set data.image_size=24",
+    )
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-eval", action="store_true")
     ap.add_argument("--cost-only", action="store_true")

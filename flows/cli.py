@@ -5,6 +5,7 @@ Each sub-command lives in its own module under `flows.commands` and exposes
 Modules are imported only to build the parser, so each must keep heavy imports
 (torch, lightning, mlflow, prefect, great_expectations) inside its handlers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,10 +49,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="twinflow", description=DESCRIPTION, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(
+        prog="twinflow", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in COMMAND_MODULES.items():
+    for module_name in COMMAND_MODULES.values():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:

@@ -1,38 +1,31 @@
 """The whole params.yaml checked at once, before anything runs, by the validators the stages themselves use.
 
-Each section keeps its own schema where the stage that reads it lives (data: twinflow_core/data/config.py,
-validate: flows/stages/validate.py, model/objective/pretrain/train: twinflow_core/training/config.py, evaluate:
-twinflow_core/benchmarks/evaluate.py EvalConfig, gate: flows/gating.py); this module only calls each of them on the
-resolved configuration and adds the rules that span sections. So `twinflow run train.steps=-5` fails in seconds
-with the same one-line message the `pretrain` stage would print an hour later, and nothing is written.
+Every key's type, range and default is declared once (twinflow_core/schema.py, flows/schema.py); each section's
+typed config takes them from there (data: twinflow_core/data/config.py, validate: flows/schema.py ValidateConfig,
+model/objective/pretrain/train: twinflow_core/training/config.py, evaluate: twinflow_core/benchmarks/evaluate.py
+EvalConfig, gate: flows/gating.py). This module calls each of them on the resolved configuration and adds the
+rules that span sections. So `twinflow run train.steps=-5` fails in seconds (`check_overrides`) with the same
+one-line message the `pretrain` stage would print an hour later, and nothing is written.
 
-The `register` and `pipeline` sections are read by the flow with defaults filled in (flows/overrides.section);
-their keys and types are checked here against those defaults.
+The `register` and `pipeline` sections are read by the flow with defaults filled in (flows/params.section); their
+keys and types are checked here against their rows in flows/schema.py.
 """
+
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from flows.overrides import with_overrides
-from twinflow_core.errors import ConfigError
+from flows.init_arch import check_inits
+from flows.params import flatten, load_params, parse_overrides, refuse_credentials, repo_root, with_overrides
+from flows.schema import flat_schema, split_section, validate_config
+from twinflow_core.bounds import check_numbers
+from twinflow_core.errors import CheckpointError, ConfigError
 
-# The flow's sections: key -> (types, rule or None). flows/pipeline.py PIPELINE_DEFAULTS and flows/registry.py
-# REGISTER_DEFAULTS give the defaults; tests/test_config_check.py checks the keys agree.
-PIPELINE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
-    "push": ((bool,), None),
-    "dvc_remote": ((str,), None),
-    "git_remote": ((str,), None),
-    "retries": ((int,), (0, 20)),
-    "retry_delay_s": ((int, float), (0.0, 3600.0)),
-}
-REGISTER_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
-    "model_name": ((str,), "nonempty"),
-    "experiment": ((str,), "nonempty"),
-    "tracking_uri": ((str,), None),
-    "checkpoint": ((str,), "nonempty"),
-    "metrics": ((str,), "nonempty"),
-    "artifacts": ((list,), None),
-}
+# The flow's sections: key -> (types, rule or None), from their rows in flows/schema.py (which also gives the
+# defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/registry.py REGISTER_DEFAULTS).
+PIPELINE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("pipeline")
+REGISTER_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("register")
 
 
 def _check_flat_section(params: dict, name: str, schema: dict, where: str) -> None:
@@ -51,8 +44,10 @@ def _check_flat_section(params: dict, name: str, schema: dict, where: str) -> No
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{where}: {name}.{key}: expected {names}, got {value!r}")
-        if isinstance(rule, tuple) and not rule[0] <= value <= rule[1]:
+        if isinstance(rule, tuple) and not isinstance(rule[0], str) and not rule[0] <= value <= rule[1]:
             raise ConfigError(f"{where}: {name}.{key}: expected {rule[0]}..{rule[1]}, got {value!r}")
+        if isinstance(rule, tuple) and isinstance(rule[0], str) and value not in rule:
+            raise ConfigError(f"{where}: {name}.{key}: expected one of {list(rule)}, got {value!r}")
         if rule == "nonempty" and not value:
             raise ConfigError(f"{where}: {name}.{key}: must not be empty")
 
@@ -63,22 +58,25 @@ def _cross_section(params: dict, data_cfg, sections, where: str) -> None:
     for stage in ("pretrain", "train"):
         st = getattr(sections, stage)
         if st.data.rstrip("/") == prepared and sections.model.image_size != data_cfg.image_size:
-            raise ConfigError(f"{where}: model.image_size is {sections.model.image_size} but {stage}.data "
-                              f"({prepared}) is prepared at data.image_size {data_cfg.image_size}; set both "
-                              f"(conf/ keeps them in step: python -m flows.stages.configure)")
+            raise ConfigError(
+                f"{where}: model.image_size is {sections.model.image_size} but {stage}.data "
+                f"({prepared}) is prepared at data.image_size {data_cfg.image_size}; set both "
+                f"(conf/ keeps them in step: python -m flows.stages.configure)"
+            )
 
 
 def check_params(params: dict, where: str = "params.yaml") -> None:
     """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid."""
-    from flows.gating import GateConfig
-    from flows.stages.evaluate import split_section
-    from flows.stages.validate import _config as validate_config
-    from twinflow_core.benchmarks.evaluate import EvalConfig
+    from flows.gating import GateConfig, check_settings
+    from twinflow_core.benchmarks.evaluate import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
     from twinflow_core.training.config import load_sections
 
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")
+    # the one place every number of every section passes: a NaN or an infinity slips through any range check
+    # written `value < low` (all comparisons with NaN are False), and a huge int overflows torch/numpy later
+    check_numbers(params, where)
 
     def named(fn, *args):
         try:
@@ -90,10 +88,18 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
     data_cfg = named(DataConfig.from_dict, params.get("data"))
     named(validate_config, params.get("validate"))
     sections = load_sections(params, where=where)
-    if "evaluate" in params:
-        named(EvalConfig.from_dict, split_section(params.get("evaluate") or {})[1])
+    eval_cfg = (
+        named(EvalConfig.from_dict, split_section(params.get("evaluate") or {})[1]) if "evaluate" in params else None
+    )
     if "gate" in params:
-        GateConfig.from_params(params, where=where)
+        gate = GateConfig.from_params(params, where=where)
+        if eval_cfg is not None:
+            check_settings(
+                gate,
+                [s.label for s in settings_for(eval_cfg, base=False)],
+                [s.label for s in settings_for(eval_cfg, base=True)],
+                where,
+            )
     _check_flat_section(params, "pipeline", PIPELINE_SCHEMA, where)
     _check_flat_section(params, "register", REGISTER_SCHEMA, where)
     _cross_section(params, data_cfg, sections, where)
@@ -103,3 +109,64 @@ def check_resolved(params: dict, parsed: dict[str, Any], where: str) -> None:
     """Validate params.yaml with the overrides applied (an override may also mend a bad value in the file)."""
     shown = " ".join(f"{k}={v}" for k, v in parsed.items())
     check_params(with_overrides(params, parsed), f"{where} with {shown}" if parsed else where)
+
+
+def check_local_inputs(params: dict, root) -> None:
+    """Local folders the stages read and no earlier stage makes: each must be there before the first stage, with
+    the error the stage itself would give (paths relative to the project folder `root`)."""
+    from pathlib import Path
+
+    from flows.init_source import is_remote
+    from twinflow_core.loader import is_latent
+    from twinflow_core.nets.generator import read_meta
+
+    root = Path(root)
+    data = params.get("data") or {}
+    folder = (data.get("imagefolder") or {}).get("path") if data.get("source") == "imagefolder" else None
+    if isinstance(folder, str) and folder and "://" not in folder:
+        from twinflow_core.data.imagefolder import Folder
+
+        Folder(str(root / folder)).read_metadata()  # a missing folder, or no metadata.jsonl in it
+    made = {str((params.get("pretrain") or {}).get("out", "")).rstrip("/")}  # pretrain's output feeds train
+    for stage in ("pretrain", "train"):
+        init = (params.get(stage) or {}).get("init")
+        if not isinstance(init, str) or not init or is_remote(init) or init.rstrip("/") in made:
+            continue
+        if (params.get("model") or {}).get("name") == "diffusers" or is_latent(root / init):
+            if not (root / init).is_dir():
+                raise CheckpointError(f"{stage}.init {init}: no such pipeline folder")
+            continue
+        read_meta(root / init)  # the train stage's own check: no folder / no model.json / not a generator
+    check_inits(params, root)  # an init of another architecture than model.*: refused now, not trained silently
+
+
+def check_model_sources(root, params: dict, where: str, log=print) -> dict[str, Any]:
+    """model.source, train.init and evaluate.base of a pretrained diffusers model found before any stage runs
+    (flows/model_source.py); returns the overrides that point a hub id at its cached snapshot."""
+    from pathlib import Path
+
+    from flows.model_source import check_sources, localise_hub
+
+    return localise_hub(check_sources(Path(root), params, where), params, log)
+
+
+def check_overrides(
+    overrides: list[str] | None, workdir: str | None = None, tracking_uri: str | None = None
+) -> tuple[Path, dict]:
+    """Fail on a bad override (unknown key, wrong type, out of range, a credential) before anything runs; returns
+    (root, parsed). `tracking_uri` (`twinflow run --tracking-uri`) is checked for credentials with them."""
+    root = repo_root(workdir)
+    params = load_params(root / "params.yaml")
+    parsed = parse_overrides(overrides, params, where=str(root / "params.yaml"))
+    refuse_credentials({"--tracking-uri": tracking_uri or ""}, "twinflow run ")
+    refuse_credentials(parsed, "override ")
+    refuse_credentials(flatten(params), f"{root / 'params.yaml'}: ")
+    # every section, ranges and cross-field rules included, by the stages' own validators; nothing written yet
+    check_resolved(params, parsed, where=str(root / "params.yaml"))
+    from flows.dvc_ops import read_lock
+
+    read_lock(root)  # a hand-edited dvc.lock is named here, not in DVC's INFO log after the flow started
+    # the pipeline folders exist (or are DVC-tracked, or in the Hugging Face cache: then named by their snapshot)
+    parsed = {**parsed, **check_model_sources(root, with_overrides(params, parsed), str(root / "params.yaml"))}
+    check_local_inputs(with_overrides(params, parsed), root)
+    return root, parsed

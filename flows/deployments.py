@@ -11,6 +11,7 @@ git repository cloned for every run (--git-url, a git_clone pull step, as infra/
 Cron schedules fire only with a real Prefect server (the ephemeral one has no scheduler): give
 PREFECT_API_URL, or --start-server (serve) to start one on 127.0.0.1:4200.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,12 +32,15 @@ def load_specs(path: Path = ROOT / "prefect.yaml") -> list[dict]:
         raise ConfigError(f"{path}: no deployments")
     for spec in specs:
         if spec.get("entrypoint") != "flows/pipeline.py:pipeline":
-            raise ConfigError(f"{path}: deployment {spec.get('name')!r} has entrypoint {spec.get('entrypoint')!r};"
-                              " only flows/pipeline.py:pipeline is served here")
+            raise ConfigError(
+                f"{path}: deployment {spec.get('name')!r} has entrypoint {spec.get('entrypoint')!r};"
+                " only flows/pipeline.py:pipeline is served here"
+            )
         for sched in spec.get("schedules") or []:
             if not sched.get("timezone"):
-                raise ConfigError(f"{path}: deployment {spec['name']!r}: cron {sched.get('cron')!r} needs an "
-                                  "explicit timezone")
+                raise ConfigError(
+                    f"{path}: deployment {spec['name']!r}: cron {sched.get('cron')!r} needs an explicit timezone"
+                )
     return specs
 
 
@@ -47,8 +51,10 @@ def _concurrency(spec: dict):
     limit = spec.get("concurrency_limit")
     if limit is None or isinstance(limit, int):
         return limit
-    return ConcurrencyLimitConfig(limit=int(limit["limit"]), collision_strategy=ConcurrencyLimitStrategy(
-        limit.get("collision_strategy", "ENQUEUE")))
+    return ConcurrencyLimitConfig(
+        limit=int(limit["limit"]),
+        collision_strategy=ConcurrencyLimitStrategy(limit.get("collision_strategy", "ENQUEUE")),
+    )
 
 
 def build_deployments(specs: list[dict], workdir: str | None = None):
@@ -62,11 +68,19 @@ def build_deployments(specs: list[dict], workdir: str | None = None):
         params = dict(spec.get("parameters") or {})
         if workdir:
             params.setdefault("workdir", str(Path(workdir).resolve()))
-        schedules = [Cron(s["cron"], timezone=s["timezone"], active=s.get("active", True))
-                     for s in spec.get("schedules") or []]
-        deployments.append(pipeline.to_deployment(
-            name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
-            parameters=params, schedules=schedules or None, concurrency_limit=_concurrency(spec)))
+        schedules = [
+            Cron(s["cron"], timezone=s["timezone"], active=s.get("active", True)) for s in spec.get("schedules") or []
+        ]
+        deployments.append(
+            pipeline.to_deployment(
+                name=spec["name"],
+                description=spec.get("description"),
+                tags=spec.get("tags"),
+                parameters=params,
+                schedules=schedules or None,
+                concurrency_limit=_concurrency(spec),
+            )
+        )
     return deployments
 
 
@@ -85,8 +99,9 @@ def code_storage(code: str | None = None, git_url: str | None = None, git_branch
     return LocalStorage(str(folder))
 
 
-def deploy(specs: list[dict], pool: str | None, storage, workdir: str | None = None,
-           pool_type: str = "process") -> list[str]:
+def deploy(
+    specs: list[dict], pool: str | None, storage, workdir: str | None = None, pool_type: str = "process"
+) -> list[str]:
     """Register the deployments to their work pool (`pool`, else the one prefect.yaml names), creating a pool
     of `pool_type` that does not exist yet; returns "flow/deployment -> pool" lines."""
     from prefect.client.orchestration import get_client
@@ -114,13 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.deployments", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
     serve = sub.add_parser("serve", help="serve the deployments until interrupted")
-    serve.add_argument("--start-server", action="store_true",
-                       help="start `prefect server` on 127.0.0.1 (port --port) unless PREFECT_API_URL is set")
+    serve.add_argument(
+        "--start-server",
+        action="store_true",
+        help="start `prefect server` on 127.0.0.1 (port --port) unless PREFECT_API_URL is set",
+    )
     serve.add_argument("--port", type=int, default=4200)
     serve.add_argument("--only", action="append", help="serve only this deployment (repeatable)")
     serve.add_argument("--workdir", default=None, help="project folder the runs use (default: this checkout)")
-    dep = sub.add_parser("deploy", help="register the deployments to a work pool (run them with "
-                                        "`prefect worker start --pool NAME`)")
+    dep = sub.add_parser(
+        "deploy", help="register the deployments to a work pool (run them with `prefect worker start --pool NAME`)"
+    )
     dep.add_argument("--pool", default=None, help="work pool (default: the one prefect.yaml names)")
     dep.add_argument("--pool-type", default="process", help="type of a pool created here (default process)")
     where = dep.add_mutually_exclusive_group()
@@ -135,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "deploy":
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("deploy: set PREFECT_API_URL to the Prefect server the workers poll")
+        from flows.servers import check_prefect_login
+        from twinflow_core.errors import TwinflowError
+
+        try:
+            check_prefect_login()  # a refused login is one line, not a traceback from the first API call
+        except TwinflowError as err:
+            raise SystemExit(f"deploy: {err}") from None
         storage = code_storage(args.code, args.git_url, args.git_branch)
         for line in deploy(specs, args.pool, storage, args.workdir, args.pool_type):
             print(line, flush=True)
@@ -148,8 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PREFECT_API_URL"] = api
         print(f"Prefect server: {api.removesuffix('/api')} (pid {server.pid})", flush=True)
     if not os.environ.get("PREFECT_API_URL"):
-        print("note: no PREFECT_API_URL: runs can be triggered but cron schedules will not fire on the "
-              "ephemeral server; use --start-server or `prefect server start`", file=sys.stderr)
+        print(
+            "note: no PREFECT_API_URL: runs can be triggered but cron schedules will not fire on the "
+            "ephemeral server; use --start-server or `prefect server start`",
+            file=sys.stderr,
+        )
     try:
         from prefect import serve as prefect_serve
 

@@ -3,8 +3,10 @@
 Stages run as `dvc repro <stage>` subprocesses so the flow runs exactly what `dvc repro` runs: an unchanged
 stage is skipped by DVC, and dvc.lock records what each output was made from. Output is streamed line by
 line to a callback (the Prefect task logger) while it runs; a failure raises with the stage's own error
-line first, classified as transient or not (flows.faults).
+line first, classified as transient or not (flows.faults). DVC's Python API is imported where it is asked
+(it takes seconds to import; the stages themselves run as subprocesses).
 """
+
 from __future__ import annotations
 
 import os
@@ -14,15 +16,18 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from flows import lifetime
 from flows.faults import RETRY_MARK, StageFailed, TransientFault, is_transient_text
-from twinflow_core.errors import StorageError
+from flows.git import git_remote as pick_remote
+from twinflow_core.bounds import load_yaml
+from twinflow_core.errors import ConfigError, StorageError
+from twinflow_core.redaction import redact
 
 # "didn't change": dvc.lock matches; "is cached": restored from DVC's run-cache (made before, anywhere)
 _SKIPPED = re.compile(r"Stage '([^']+)' (?:didn't change, skipping|is cached - skipping run)")
@@ -36,7 +41,7 @@ _ERROR_LINE = re.compile(r"(Error|error|ERROR|Exception|FAILED|failed)")
 class CommandResult:
     args: list[str]
     seconds: float
-    ran: list[str] = field(default_factory=list)      # stages DVC executed
+    ran: list[str] = field(default_factory=list)  # stages DVC executed
     skipped: list[str] = field(default_factory=list)  # stages DVC found unchanged
     tail: list[str] = field(default_factory=list)
 
@@ -63,15 +68,21 @@ def _first_error(lines: list[str]) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], what: str,
-                  env: dict[str, str] | None = None, progress_every_s: float = 10.0,
-                  pass_fds: tuple[int, ...] = ()) -> CommandResult:
+def run_streaming(
+    args: list[str],
+    cwd: str | Path,
+    log: Callable[[str], None],
+    what: str,
+    env: dict[str, str] | None = None,
+    progress_every_s: float = 10.0,
+    pass_fds: tuple[int, ...] = (),
+) -> CommandResult:
     """Run a command, sending each output line to `log` as it comes; raise on a non-zero exit.
 
     Progress bars redraw with carriage returns; only one such redraw every `progress_every_s` seconds
     is logged, so a task log stays readable while still showing that work moves.
     The command runs in a process group of its own: when this process is interrupted (Ctrl-C, or the
-    SIGTERM that Prefect turns into an exception), the signal is passed to the whole group (dvc and the
+    SIGTERM that Prefect turns into an exception), SIGTERM is sent to the whole group (dvc and the
     stage it spawned) and awaited, so no stage goes on writing after its run has stopped. A SIGKILL of this
     process, which cannot be passed on, takes the command and its stage with it (flows.lifetime).
     `pass_fds`: descriptors the command inherits (the checkout lock, workspace.checkout_lock)."""
@@ -79,8 +90,17 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
     tail: deque[str] = deque(maxlen=60)
     result = CommandResult(args=args, seconds=0.0)
     env = {**(env or tool_env()), lifetime.DIE_WITH_PARENT_ENV: str(os.getpid())}
-    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0,
-                            start_new_session=True, pass_fds=pass_fds, preexec_fn=lifetime.die_with_parent_hook())
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        bufsize=0,
+        start_new_session=True,
+        pass_fds=pass_fds,
+        preexec_fn=lifetime.die_with_parent_hook(),
+    )
     assert proc.stdout is not None
     buf = b""
     last_progress = 0.0
@@ -110,12 +130,15 @@ def run_streaming(args: list[str], cwd: str | Path, log: Callable[[str], None], 
                 idx = min((i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0), default=-1)
                 if idx < 0:
                     break
-                seg, sep, buf = buf[:idx], buf[idx:idx + 1], buf[idx + 1:]
+                seg, sep, buf = buf[:idx], buf[idx : idx + 1], buf[idx + 1 :]
                 emit(seg, is_progress=(sep == b"\r"))
         emit(buf, is_progress=False)
         rc = proc.wait()
-    except BaseException as interrupt:
-        stop_group(proc, signal.SIGINT if isinstance(interrupt, KeyboardInterrupt) else signal.SIGTERM)
+    except BaseException:
+        # SIGTERM whatever stopped this process, a Ctrl-C included: dvc ignores SIGINT while its stage runs and
+        # Lightning winds a fit down gracefully on one (tens of seconds on a busy machine, and nothing it saves is
+        # used: resume states are written on their own schedule); on SIGTERM dvc ends at once and the stage with it
+        stop_group(proc, signal.SIGTERM)
         raise
     result.seconds = time.monotonic() - start
     result.tail = list(tail)
@@ -152,8 +175,10 @@ class DvcAdviceFilter:
     records the run as a git ref of its own and pushes the outputs itself). Seven lines per stage in every run
     log; each is matched by its exact text, every other line passes."""
 
-    HEADERS = {"To track the changes with git, run:": "git add ",  # header -> the start of the line it announces
-               "To enable auto staging, run:": "dvc config core.autostage true"}
+    HEADERS = {
+        "To track the changes with git, run:": "git add ",  # header -> the start of the line it announces
+        "To enable auto staging, run:": "dvc config core.autostage true",
+    }
     ALONE = ("Use `dvc push` to send your updates to remote storage.",)
 
     def __init__(self, log: Callable[[str], None]):
@@ -172,11 +197,13 @@ class DvcAdviceFilter:
             self.log(line)
 
 
-def repro_stage(stage: str, cwd: str | Path, log: Callable[[str], None],
-                pass_fds: tuple[int, ...] = ()) -> CommandResult:
+def repro_stage(
+    stage: str, cwd: str | Path, log: Callable[[str], None], pass_fds: tuple[int, ...] = ()
+) -> CommandResult:
     """`dvc repro <stage>`: runs it (and any changed upstream stage) or reports it unchanged."""
-    return run_streaming([sys.executable, "-m", "dvc", "repro", stage], cwd, DvcAdviceFilter(log), f"stage '{stage}'",
-                         pass_fds=pass_fds)
+    return run_streaming(
+        [sys.executable, "-m", "dvc", "repro", stage], cwd, DvcAdviceFilter(log), f"stage '{stage}'", pass_fds=pass_fds
+    )
 
 
 def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None) -> CommandResult:
@@ -188,10 +215,12 @@ def push(cwd: str | Path, log: Callable[[str], None], remote: str | None = None)
     except StageFailed as err:
         if not _REFUSED.search(str(err)):
             raise
-        raise StorageError(f"dvc push: the remote {describe_remote(cwd, remote)} refused the credentials "
-                           f"({_REFUSED.search(str(err)).group(0)}: unknown access key, wrong secret, or no permission "
-                           "on the bucket); the outputs stay in the local DVC cache, and a rerun with the right "
-                           "credentials pushes them") from None
+        raise StorageError(
+            f"dvc push: the remote {describe_remote(cwd, remote)} refused the credentials "
+            f"({_REFUSED.search(str(err)).group(0)}: unknown access key, wrong secret, or no permission "
+            "on the bucket); the outputs stay in the local DVC cache, and a rerun with the right "
+            "credentials pushes them"
+        ) from None
     local_remote = Path(cwd) / ".dvc-remote"  # the default remote (.dvc/config): keep it out of git
     if local_remote.is_dir() and not (local_remote / ".gitignore").exists():
         (local_remote / ".gitignore").write_text("*\n")
@@ -203,11 +232,9 @@ _REFUSED = re.compile(r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Fo
 
 
 def describe_remote(cwd: str | Path, remote: str | None) -> str:
-    """"'team' (s3://bucket/store at http://host:port)": the remote a push goes to (the default when None), for an
+    """ "'team' (s3://bucket/store at http://host:port)": the remote a push goes to (the default when None), for an
     error line; its URL as configured, credentials masked."""
     from dvc.repo import Repo
-
-    from twinflow_core.redaction import redact
 
     try:
         with Repo(str(cwd)) as repo:
@@ -220,11 +247,9 @@ def describe_remote(cwd: str | Path, remote: str | None) -> str:
 
 
 def push_ref(cwd: str | Path, ref: str, log: Callable[[str], None], git_remote: str = "") -> str | None:
-    """The run's ref to the git remote (flows.workspace.git_remote), so a clone can fetch it; None when the
+    """The run's ref to the git remote (flows.git.git_remote), so a clone can fetch it; None when the
     repository has no remote (the ref stays in the local repository, where `twinflow models reproduce`
     finds it). Its DVC outputs went to the DVC remote by `push` just before."""
-    from flows.workspace import git_remote as pick_remote
-
     remote = pick_remote(Path(cwd), git_remote)
     if remote is None:
         log(f"no git remote: {ref} stays in the local repository")
@@ -233,12 +258,31 @@ def push_ref(cwd: str | Path, ref: str, log: Callable[[str], None], git_remote: 
     return remote
 
 
-def lock_hashes(cwd: str | Path) -> dict[str, dict[str, str]]:
-    """{stage: {out path: md5}} from dvc.lock: the lineage of what was evaluated and registered."""
+def read_lock(cwd: str | Path) -> dict:
+    """dvc.lock as a mapping ({} when there is none); a hand-edited one that DVC would not read is a ConfigError
+    naming it (DVC itself says so only in its INFO log, and a stage then fails for no visible reason)."""
     lock = Path(cwd) / "dvc.lock"
     if not lock.is_file():
         return {}
-    data = yaml.safe_load(lock.read_text()) or {}
+    fix = f"restore it (git checkout -- {lock.name}) or delete it to rerun every stage"
+    try:
+        data = load_yaml(lock.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{lock}: not valid YAML ({str(err).splitlines()[0]}); {fix}") from None
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict) or not all(
+        isinstance(e, dict)
+        and isinstance(e.get("outs", []) or [], list)
+        and all(isinstance(o, dict) and "path" in o for o in e.get("outs", []) or [])
+        for e in stages.values()
+    ):
+        raise ConfigError(f"{lock}: not a DVC lock file (a 'stages' mapping of stages with outs); {fix}")
+    return data
+
+
+def lock_hashes(cwd: str | Path) -> dict[str, dict[str, str]]:
+    """{stage: {out path: md5}} from dvc.lock: the lineage of what was evaluated and registered."""
+    data = read_lock(cwd)
     hashes: dict[str, dict[str, str]] = {}
     for stage, entry in (data.get("stages") or {}).items():
         outs = {}

@@ -4,6 +4,7 @@ deterministic ones (bad data, a bad config, a bug, a failed gate), decided expli
 A retry only helps when the world may have changed between attempts. A stage that failed on its input
 will fail the same way again, so retrying it wastes time and buries the real error under repeats.
 """
+
 from __future__ import annotations
 
 import re
@@ -13,20 +14,47 @@ from twinflow_core.errors import TwinflowError
 # Output patterns of faults that may go away by themselves. Checked against the tail of a failed
 # command's output (stage, `dvc push`) or an exception's text. Deterministic markers win (below).
 TRANSIENT_PATTERNS = [
-    r"Connection ?refused", r"ConnectionError", r"ConnectTimeout", r"ReadTimeout", r"timed? ?out",
-    r"Temporary failure in name resolution", r"Name or service not known", r"Max retries exceeded",
-    r"EndpointConnectionError", r"Could not connect to the endpoint", r"SlowDown", r"RequestTimeout",
-    r"ServiceUnavailable", r"\b50[234]\b", r"Too ?Many ?Requests", r"\b429\b", r"Connection reset",
-    r"BrokenPipe", r"RemoteDisconnected", r"ClientConnectorError", r"ServerDisconnectedError",
+    r"Connection ?refused",
+    r"ConnectionError",
+    r"ConnectTimeout",
+    r"ReadTimeout",
+    r"timed? ?out",
+    r"Temporary failure in name resolution",
+    r"Name or service not known",
+    r"Max retries exceeded",
+    r"EndpointConnectionError",
+    r"Could not connect to the endpoint",
+    r"SlowDown",
+    r"RequestTimeout",
+    r"ServiceUnavailable",
+    r"\b50[234]\b",
+    r"Too ?Many ?Requests",
+    r"\b429\b",
+    r"Connection reset",
+    r"BrokenPipe",
+    r"RemoteDisconnected",
+    r"ClientConnectorError",
+    r"ServerDisconnectedError",
     r"database is locked",
 ]
 # Failures that no retry can fix, even if their text also mentions a connection (e.g. a DataError
 # whose message quotes a URL). TwinflowError subclasses are user-fixable by definition.
 DETERMINISTIC_PATTERNS = [
-    r"\bDataError\b", r"\bConfigError\b", r"\bCheckpointError\b", r"\bBenchmarkOutputError\b", r"\bGateFailed\b",
-    r"validation failed", r"ValidationError",
-    r"NoSuchBucket", r"AccessDenied", r"InvalidAccessKeyId", r"SignatureDoesNotMatch",
-    r"No such file or directory", r"ModuleNotFoundError", r"SyntaxError", r"is not a DVC stage|does not exist",
+    r"\bDataError\b",
+    r"\bConfigError\b",
+    r"\bCheckpointError\b",
+    r"\bBenchmarkOutputError\b",
+    r"\bGateFailed\b",
+    r"validation failed",
+    r"ValidationError",
+    r"NoSuchBucket",
+    r"AccessDenied",
+    r"InvalidAccessKeyId",
+    r"SignatureDoesNotMatch",
+    r"No such file or directory",
+    r"ModuleNotFoundError",
+    r"SyntaxError",
+    r"is not a DVC stage|does not exist",
 ]
 _TRANSIENT = re.compile("|".join(TRANSIENT_PATTERNS), re.IGNORECASE)
 _DETERMINISTIC = re.compile("|".join(DETERMINISTIC_PATTERNS))
@@ -41,6 +69,7 @@ class StageFailed(TwinflowError):
 
     `exit_code` is the stage's own status when it is one of the input families (10..15 of twinflow_core.errors),
     so `twinflow run` exits 11 for bad data found by `prepare` as `prepare` itself does; else 16."""
+
     exit_code = 16
     kind = "stage"
 
@@ -52,6 +81,7 @@ class StageFailed(TwinflowError):
 
 class TransientFault(TwinflowError):
     """A pipeline step failed on something outside it (network, S3, tracking server): worth a retry."""
+
     exit_code = 17
     kind = "transient"
 
@@ -86,10 +116,13 @@ def retry_on_transient(task, task_run, state) -> bool:
 def gave_up(err: TransientFault, attempts: int, delays: list[float]) -> TransientFault:
     """The last attempt's fault, saying that retrying is over and how it was paced (one line)."""
     waits = ", ".join(f"{d:g}" for d in delays)
-    return TransientFault(str(err).replace(RETRY_MARK, "")
-                          + f" (gave up after {attempts} attempts" + (f", waiting {waits} s between them)" if delays else ")"))
+    return TransientFault(
+        str(err).replace(RETRY_MARK, "")
+        + f" (gave up after {attempts} attempts"
+        + (f", waiting {waits} s between them)" if delays else ")")
+    )
 
 
 def backoff_delays(retries: int, first_delay_s: float) -> list[float]:
     """Exponential backoff: first, 2x first, 4x first..."""
-    return [first_delay_s * (2 ** i) for i in range(max(0, retries))]
+    return [first_delay_s * (2**i) for i in range(max(0, retries))]

@@ -9,6 +9,7 @@ new champion may not be worse than the current one by more than a set margin. Pu
 A gate names the exact metric it compares (`geneval-shapes/overall@1nfe` is the embedded benchmark,
 `geneval/overall@1nfe` the official one); a missing metric fails the gate, never silently passes it.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -49,33 +50,37 @@ class GateConfig:
         return list(dict.fromkeys(names))
 
     @classmethod
-    def from_params(cls, params: dict, where: str = "params.yaml") -> "GateConfig":
+    def from_params(cls, params: dict, where: str = "params.yaml") -> GateConfig:
         gate = params.get("gate")
         if not isinstance(gate, dict):
             raise ConfigError(f"{where}: missing section 'gate' (metric minimums for promotion)")
         unknown = set(gate) - {"min", "ratio", "champion_margin"}
         if unknown:
-            raise ConfigError(f"{where}: gate has unknown key(s) {sorted(unknown)}; expected min, ratio, "
-                              "champion_margin")
+            raise ConfigError(
+                f"{where}: gate has unknown key(s) {sorted(unknown)}; expected min, ratio, champion_margin"
+            )
         mins = gate.get("min") or {}
         ratios = _ratios(gate.get("ratio"), where)
         if not isinstance(mins, dict) or not (mins or ratios):
-            raise ConfigError(f"{where}: gate.min must map metric names to minimums, e.g. "
-                              "{'geneval-shapes/overall@1nfe': 0.5} (or give gate.ratio)")
+            raise ConfigError(
+                f"{where}: gate.min must map metric names to minimums, e.g. "
+                "{'geneval-shapes/overall@1nfe': 0.5} (or give gate.ratio)"
+            )
         for name, value in mins.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}: gate.min[{name!r}] must be a number, got {value!r}")
         margin = gate.get("champion_margin", 0.02)
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
             raise ConfigError(f"{where}: gate.champion_margin must be a fraction in [0, 1), got {margin!r}")
-        return cls(minimums={str(k): float(v) for k, v in mins.items()}, champion_margin=float(margin),
-                   ratios=ratios)
+        return cls(minimums={str(k): float(v) for k, v in mins.items()}, champion_margin=float(margin), ratios=ratios)
 
 
 def _check_name(name: str, where: str) -> None:
     if not METRIC_NAME.match(name):
-        raise ConfigError(f"{where}: {name!r} is not a metric name of metrics/eval.json "
-                          "(<benchmark>/<metric>@<setting>, e.g. geneval-shapes/overall@1nfe)")
+        raise ConfigError(
+            f"{where}: {name!r} is not a metric name of metrics/eval.json "
+            "(<benchmark>/<metric>@<setting>, e.g. geneval-shapes/overall@1nfe)"
+        )
 
 
 def _ratios(raw, where: str) -> tuple[Ratio, ...]:
@@ -98,6 +103,24 @@ def _ratios(raw, where: str) -> tuple[Ratio, ...]:
             raise ConfigError(f"{at}.of: a metric cannot be gated against itself")
         out.append(Ratio(str(name), str(spec["of"]), float(value)))
     return tuple(out)
+
+
+def check_settings(
+    gate: GateConfig, model_settings: list[str], base_settings: list[str], where: str = "params.yaml"
+) -> None:
+    """Every gated metric must name a setting the evaluation publishes (the part after '@': `1nfe` for the
+    trained model, `euler50-cfg0.5` for the base, from evaluate's nfe / base_nfe / base_steps / base_cfg), so
+    that a change to `evaluate` that the gate does not follow fails before the run, not at registration."""
+    for name in gate.gated_metrics:
+        setting = name.rpartition("@")[2]
+        base = name.startswith("base/") or name.startswith("ratio/base/")
+        published = base_settings if base else model_settings
+        if setting != "real" and setting not in published:
+            raise ConfigError(
+                f"{where}: gate names {name!r}, but evaluate publishes {'base' if base else 'model'} "
+                f"settings {published} (evaluate.nfe / base_nfe / base_steps / base_cfg); "
+                "change the gate with them"
+            )
 
 
 def _missing(name: str, scores: dict[str, float]) -> str:
@@ -152,8 +175,11 @@ def check_gate(scores: dict[str, float], gate: GateConfig) -> Verdict:
 
 def ratio_values(scores: dict[str, float], gate: GateConfig) -> dict[str, float]:
     """The gated ratios that can be computed from `scores`, named 'metric / reference'."""
-    return {r.name(): scores[r.metric] / scores[r.of] for r in gate.ratios
-            if r.metric in scores and r.of in scores and scores[r.of] > 0}
+    return {
+        r.name(): scores[r.metric] / scores[r.of]
+        for r in gate.ratios
+        if r.metric in scores and r.of in scores and scores[r.of] > 0
+    }
 
 
 def compare_to_champion(scores: dict[str, float], champion: dict[str, float], gate: GateConfig) -> Verdict:
@@ -165,9 +191,12 @@ def compare_to_champion(scores: dict[str, float], champion: dict[str, float], ga
         floor = champion[name] - gate.champion_margin * abs(champion[name])
         if scores[name] < floor:
             passed = False
-            reasons.append(f"{name} {scores[name]:.4g} < champion {champion[name]:.4g} "
-                           f"- {gate.champion_margin:.0%} margin")
+            reasons.append(
+                f"{name} {scores[name]:.4g} < champion {champion[name]:.4g} - {gate.champion_margin:.0%} margin"
+            )
         else:
-            reasons.append(f"{name} {scores[name]:.4g} within {gate.champion_margin:.0%} of champion "
-                           f"{champion[name]:.4g} or better")
+            reasons.append(
+                f"{name} {scores[name]:.4g} within {gate.champion_margin:.0%} of champion "
+                f"{champion[name]:.4g} or better"
+            )
     return Verdict(passed, reasons)

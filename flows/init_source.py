@@ -18,18 +18,25 @@ Under a multi-process launch (fetch_for_launch) every rank starts at once, on on
 each node fetches, under a file lock, into a folder of that node (checkpoints/<stage>-init-node<N> when the
 launch spans nodes, so a checkout on shared storage is not written by two nodes), then writes a marker naming
 the launch; the other local ranks wait for that marker (or for rank 0's failure marker) before they read it.
+
+MLflow, and torch and numpy with the generator loader, are imported where a checkpoint is fetched: they take seconds to
+import, and the command line's up-front checks import this module for `is_remote` alone.
 """
+
 from __future__ import annotations
 
 import fcntl
 import json
-import os
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from flows import dvc_ops, tracking
+from flows.faults import TransientFault
 from twinflow_core.errors import DataError, TrackingError
+from twinflow_core.files import member_name, no_symlinks
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 INIT_KEYS = ("pretrain.init", "train.init")
@@ -44,24 +51,49 @@ def local_folder(stage_out: str | Path, stage: str) -> Path:
     return Path(stage_out).parent / f"{stage}-init"
 
 
+def check_artifact_names(ref: str) -> int:
+    """Every artifact under the MLflow URI `ref` named inside it, checked before a byte is downloaded: a name that
+    would land outside the download folder (a '..' or absolute path, as a crafted S3 key lists) and, for a store
+    on this machine's disk, a symbolic link anywhere in it (a download would copy what it points at) are refused
+    with a CheckpointError (twinflow_core.files.member_name / no_symlinks). Returns the number of files."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(ref)
+    store = getattr(repo, "repo", repo)  # models:/ and runs:/ resolve to the store that holds the files
+    local = getattr(store, "artifact_dir", None)
+    if local and Path(local).is_dir():
+        no_symlinks(local, ref)
+    count, pending = 0, [None]
+    while pending:
+        path = pending.pop()
+        for info in repo.list_artifacts(path):
+            member_name(info.path, f"{ref}: the MLflow artifact")
+            if info.is_dir:
+                pending.append(info.path)
+            else:
+                count += 1
+    return count
+
+
 def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
     """Download the MLflow artifact `ref` and copy the generator folder inside it (the registered pyfunc model
     keeps it as the artifact `checkpoint`) into `dest`."""
-    from flows import tracking
-    from flows.faults import TransientFault
-    from twinflow_core.checkpoint import fetch_generator
+    from twinflow_core.loader import fetch_generator
 
     try:
         tracking.check_reachable(tracking_uri)
     except TransientFault:
-        raise TransientFault(f"init {ref}: the MLflow tracking server {tracking_uri} is unreachable; nothing was "
-                             "fetched or trained: run again once it is back") from None
+        raise TransientFault(
+            f"init {ref}: the MLflow tracking server {tracking_uri} is unreachable; nothing was "
+            "fetched or trained: run again once it is back"
+        ) from None
     tracking.configure(tracking_uri)
     import mlflow
     from mlflow.exceptions import MlflowException
 
     with tempfile.TemporaryDirectory(prefix="twinflow-init-") as tmp:
         try:
+            check_artifact_names(ref)
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref, dst_path=tmp))
         except MlflowException as err:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -74,8 +106,8 @@ def _from_mlflow(ref: str, dest: Path, tracking_uri: str) -> None:
 
 def fetch(ref: str, dest: Path, tracking_uri: str | None = None) -> Path:
     """Fetch the generator checkpoint `ref` into `dest` and write dest/source.json; returns `dest`."""
-    from twinflow_core.checkpoint import WEIGHTS, fetch_generator
     from twinflow_core.data.prepared import file_sha256
+    from twinflow_core.loader import WEIGHTS, fetch_generator
 
     dest = Path(dest)
     if ref.startswith("s3://"):
@@ -86,7 +118,9 @@ def fetch(ref: str, dest: Path, tracking_uri: str | None = None) -> Path:
         _from_mlflow(ref, dest, tracking_uri)
     else:
         raise DataError(f"init {ref}: not a remote checkpoint (expected s3://, models:/ or runs:/)")
-    source = {"uri": ref, "sha256": file_sha256(dest / WEIGHTS)}
+    # a registered latent version has no model.safetensors: its model.json lists every file's sha256
+    pinned = dest / WEIGHTS if (dest / WEIGHTS).is_file() else dest / "model.json"
+    source = {"uri": ref, "sha256": file_sha256(pinned)}
     (dest / "source.json").write_text(json.dumps(source, indent=1) + "\n")
     return dest
 
@@ -109,12 +143,7 @@ def localise(values: dict, root: Path, tracking_uri: str | None, log=print) -> d
 def track(root: Path, rel: str | Path, log=print) -> Path:
     """`dvc add` the fetched init folder `rel` in the project `root`: <rel>.dvc beside it (kept in git by the
     run's ref; the folder itself stays git-ignored) and its files in the DVC cache, pushed with the run."""
-    import sys
-
-    from flows import dvc_ops
-
-    dvc_ops.run_streaming([sys.executable, "-m", "dvc", "add", "--quiet", str(rel)], root, log,
-                          f"dvc add {rel}")
+    dvc_ops.run_streaming([sys.executable, "-m", "dvc", "add", "--quiet", str(rel)], root, log, f"dvc add {rel}")
     return Path(root) / f"{rel}.dvc"
 
 
@@ -134,8 +163,9 @@ def _markers(dest: Path) -> tuple[Path, Path]:
     return dest.parent / f".{dest.name}.done", dest.parent / f".{dest.name}.failed"
 
 
-def fetch_for_launch(ref: str, dest: Path, tracking_uri: str | None, launch, timeout_s: float = 3600.0,
-                     poll_s: float = 0.2) -> Path:
+def fetch_for_launch(
+    ref: str, dest: Path, tracking_uri: str | None, launch, timeout_s: float = 3600.0, poll_s: float = 0.2
+) -> Path:
     """`ref` fetched once per node of `launch` (twinflow_core.training.launch.Launch); returns the local folder
     every rank of this node reads. Local rank 0 fetches; the others wait for its marker of this launch."""
     dest = Path(dest)
@@ -166,6 +196,8 @@ def fetch_for_launch(ref: str, dest: Path, tracking_uri: str | None, launch, tim
                 raise DataError(f"init {ref}: local rank 0 could not fetch it: {seen.get('error')}")
             return dest
         if time.monotonic() > deadline:
-            raise DataError(f"init {ref}: local rank {launch.local_rank} waited {timeout_s:.0f} s for local rank 0 "
-                            f"to fetch it into {dest}; nothing arrived (is rank 0 of this node running?)")
+            raise DataError(
+                f"init {ref}: local rank {launch.local_rank} waited {timeout_s:.0f} s for local rank 0 "
+                f"to fetch it into {dest}; nothing arrived (is rank 0 of this node running?)"
+            )
         time.sleep(poll_s)

@@ -13,9 +13,16 @@ checkout lock, so the rerun was refused as busy instead of resuming.
   (flows/stages/__init__.py, when DIE_WITH_PARENT_ENV holds the flow's pid) watches every process between itself
   and the flow, and kills itself when any of them ends: whichever shell, launcher or wrapper stands in between.
 
-Elsewhere than Linux: a no-op. Imports only the standard library (the stage guard imports it before anything
-heavy).
+The other way round, a stop signal to `twinflow run` (Ctrl-C, SIGTERM to its pid or to its process group, as `timeout`
+and systemd send it): `raise_on_stop_signals` turns the first one into `Interrupted`, which unwinds the flow (each
+`dvc repro`'s group is sent SIGTERM and awaited, dvc_ops.run_streaming) so that the command can stop what it started and
+exit 128 + the signal's number with one line. Later signals are ignored while it does: a second Ctrl-C must not cut
+that cleanup short and leave a stage or a server behind.
+
+Elsewhere than Linux: the parent-death parts are a no-op. Imports only the standard library (the stage guard
+imports it before anything heavy).
 """
+
 from __future__ import annotations
 
 import os
@@ -52,6 +59,7 @@ def die_with_parent_hook():
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before the call: nobody is left to deliver the signal
             os._exit(137)
+
     return hook
 
 
@@ -98,6 +106,7 @@ def _watch(pids: list[int]) -> None:
             while all(_parent_of(pid) is not None for pid in pids):
                 time.sleep(0.5)
             _die()
+
         threading.Thread(target=poll, name="die-with-flow", daemon=True).start()
         return
 
@@ -106,6 +115,7 @@ def _watch(pids: list[int]) -> None:
 
         select.select(fds, [], [])  # a pidfd turns readable when its process ends
         _die()
+
     threading.Thread(target=wait, name="die-with-flow", daemon=True).start()
 
 
@@ -120,3 +130,53 @@ def die_with_parent_if_asked() -> None:
     if os.getppid() == 1:  # the parent is already gone (re-parented to init)
         _die()
     _watch(_ancestors_up_to(int(flow)))
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_received: list[int] = []  # the stop signal this process got first (raise_on_stop_signals)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal received by `twinflow run`. A KeyboardInterrupt, so every library that lets a Ctrl-C through
+    (Prefect records the run as crashed, the stage's `dvc repro` group is sent SIGTERM) does the same for SIGTERM;
+    `.signal` is its number, as Prefect's own TerminationSignal names it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signal = signum
+
+
+def raise_on_stop_signals(on_first=None) -> None:
+    """From now on the first SIGINT, SIGTERM or SIGHUP raises `Interrupted` in the main thread (after
+    `on_first(signum)`, e.g. muting the console); the ones after it are ignored. Prefect's flow engine puts its own
+    SIGTERM handler in front during a flow run and, once it has recorded the crash, sends the signal again to the
+    handler it replaced: this one."""
+
+    def handler(signum, frame) -> None:
+        if _received:
+            return
+        _received.append(signum)
+        if on_first is not None:
+            on_first(signum)
+        raise Interrupted(signum)
+
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored by whoever started us (nohup, `cmd &`): stays so
+            signal.signal(sig, handler)
+
+
+def stop_signal(exc: BaseException | None = None) -> int | None:
+    """The stop signal that is ending this process: the first one `raise_on_stop_signals` saw, else the one `exc`
+    carries (Interrupted, Prefect's TerminationSignal, a plain KeyboardInterrupt: SIGINT); None when there was none."""
+    if _received:
+        return _received[0]
+    sig = getattr(exc, "signal", None)
+    if isinstance(sig, int):
+        return sig
+    return int(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else None
+
+
+def ignore_stop_signals() -> None:
+    """Stop signals ignored from now on (a process that is only cleaning up before it exits)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

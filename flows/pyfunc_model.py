@@ -2,12 +2,13 @@
 
 Logged as *models-from-code*: MLflow stores this file's source and runs it at load time, so no pickled
 code object is stored. The weights travel as the artifact `checkpoint` (model.safetensors + model.json,
-written by twinflow_core.checkpoint.save_generator) and are read with load_generator.
+written by twinflow_core.nets.generator.save_generator) and are read with twinflow_core.loader.load_generator.
 
     m = mlflow.pyfunc.load_model("models:/twinflow-shapes@champion")
     images = m.predict(["a red circle above a blue square"])            # uint8 (N, H, W, 3)
     images = m.predict(df_with_prompt_column, params={"nfe": 2, "seed": 1})
 """
+
 from __future__ import annotations
 
 import mlflow
@@ -35,8 +36,12 @@ class TwinflowGenerator(mlflow.pyfunc.PythonModel):
     """Prompts in, images out (uint8, N x H x W x 3). Params: nfe (default 1), seed (default 0)."""
 
     def load_context(self, context):
-        from twinflow_core.checkpoint import load_generator
+        # imported when MLflow loads the model: twinflow_core is on sys.path from the model's code paths by then
+        from twinflow_core.files import no_symlinks
+        from twinflow_core.loader import load_generator
 
+        # a model in a store on this disk is read in place: a link there would be followed out of the store
+        no_symlinks(context.artifacts["checkpoint"], "checkpoint")
         self.generator = load_generator(context.artifacts["checkpoint"])
 
     def predict(self, context, model_input, params=None):

@@ -21,7 +21,15 @@
   (flows/dvc_ops.py DvcAdviceFilter), not here: it is DVC's stdout, not a log record of this process.
 - torch's FutureWarning that `LeafSpec` is deprecated, raised where Lightning's own pytree helper builds one
   (lightning.pytorch.utilities._pytree, at every fit): a deprecation between two libraries, nothing a user can change.
+
+- `twinflow run`'s console (run_console): Prefect's own reports of an exception ("Encountered exception during
+  execution" with its ~40-line traceback, "Engine execution interrupted ...") stay off stderr, where the command
+  ends with the one line of the error's family instead; and from the moment a run is interrupted (a stop signal, or
+  Prefect's "Crash detected!", which only a BaseException such as a signal causes) nothing more of the flow's
+  logging reaches stderr, only the command's closing line. Every record, tracebacks included, still goes to the run's
+  log file (credentials redacted), which that line names.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +65,12 @@ def quiet_third_party() -> None:
     """Install the filters above (idempotent)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero"):
         _drop_messages(name, prefix=TIP_MARKER)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)\` is deprecated", category=FutureWarning,
-                            module=r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings(
+        "ignore",
+        message=r".*isinstance\(treespec, LeafSpec\)\` is deprecated",
+        category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
     for advice in MLFLOW_ADVICE:
         warnings.filterwarnings("ignore", message=advice, category=UserWarning, module=r"mlflow\.pyfunc")
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -90,6 +102,29 @@ def mlflow_advice_muted():
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+# what mlflow.register_model prints before it asks the server anything, so also just before a refusal
+MLFLOW_REGISTRATION_CHATTER = ("Successfully registered model ", "Registered model ", "Created version ")
+
+
+@contextlib.contextmanager
+def mlflow_registration_chatter_muted():
+    """Around mlflow.register_model: its progress lines dropped (the caller prints the outcome), anything else it
+    prints passed on."""
+    from mlflow.tracking._model_registry import fluent
+
+    printed = fluent.eprint
+
+    def eprint(*args, **kwargs):
+        if not (args and str(args[0]).startswith(MLFLOW_REGISTRATION_CHATTER)):
+            printed(*args, **kwargs)
+
+    fluent.eprint = eprint
+    try:
+        yield
+    finally:
+        fluent.eprint = printed
+
+
 def quiet_loading_bars() -> None:
     """diffusers' pipeline-loading progress bars off in a log (not on a terminal); call once diffusers is wanted."""
     if sys.stderr.isatty():
@@ -97,3 +132,74 @@ def quiet_loading_bars() -> None:
     import diffusers.utils.logging
 
     diffusers.utils.logging.disable_progress_bar()
+
+
+class _RunConsole(logging.Filter):
+    """On Prefect's console handler during `twinflow run`: drops Prefect's exception reports (a record of a
+    `prefect...` logger carrying a traceback) and, once `muted`, everything."""
+
+    def __init__(self):
+        super().__init__()
+        self.muted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.muted:
+            return False
+        if record.name.startswith("prefect") and (record.exc_info or record.exc_text):
+            return False
+        try:
+            text = str(record.getMessage())
+        except Exception:  # noqa: BLE001 - a record that cannot format is the handler's problem, not this filter's
+            return True
+        if text.startswith("Crash detected!"):  # the flow is being interrupted: the command says so in one line
+            self.muted = True
+            return False
+        return True
+
+
+_console = _RunConsole()
+
+
+class _RedactedFileHandler(logging.FileHandler):
+    """The run's log file: what the console would show, plus tracebacks, with credentials masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from twinflow_core.redaction import redact
+
+        return redact(super().format(record))
+
+
+def run_console(log_path) -> None:
+    """For `twinflow run`, once Prefect is imported (it configures logging at import): the console filter above on
+    Prefect's console handlers, and every record of the root logger's tree (Prefect's flow and task logs, with the
+    output of each stage they relay) appended to `log_path` in Prefect's format, tracebacks included. Idempotent."""
+    root = logging.getLogger()
+    formatter = None
+    for handler in root.handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            if _console not in handler.filters:
+                handler.addFilter(_console)
+            formatter = formatter or handler.formatter
+    if not any(isinstance(h, _RedactedFileHandler) for h in root.handlers):
+        file_handler = _RedactedFileHandler(log_path, encoding="utf-8")
+        file_handler.setFormatter(
+            formatter or logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+        )
+        root.addHandler(file_handler)
+
+
+def mute_console(*_) -> None:
+    """No more of the flow's logging on stderr (it still goes to the run's log): the command is about to print its
+    closing line, or is stopping on a signal."""
+    _console.muted = True
+
+
+def log_to_run_file(message: str) -> None:
+    """A line of the command's own in the run's log file only (the console may be muted already)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _RedactedFileHandler):
+            handler.handle(
+                logging.makeLogRecord(
+                    {"name": "twinflow.run", "levelno": logging.INFO, "levelname": "INFO", "msg": message}
+                )
+            )

@@ -1,6 +1,6 @@
 """The model registry: versions, gate verdicts, aliases `challenger` and `champion`, promote and rollback.
 
-Rules (issue 6):
+Rules:
 - every new version gets alias `challenger` and tags with its scores, the gate verdict and its reasons;
 - `champion` moves only when the gate passes and the version is not worse than the current champion by
   more than `gate.champion_margin`;
@@ -11,29 +11,37 @@ Every move of `champion` (registration, promote, rollback) runs under the model'
 audit record (flows/release_lock.py), so concurrent release actions cannot lose a history entry.
 Aliases only; MLflow's deprecated stages are never used.
 """
+
 from __future__ import annotations
 
 import glob
 import json
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from flows import dvc_ops, release_lock, tracking
+from flows import access, dvc_ops, release_lock, tracking
 from flows.faults import StageFailed, TransientFault, is_transient
 from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion, ratio_values
-from flows.overrides import load_params, section
+from flows.model_card import lean_version
+from flows.params import load_params, section
 from flows.tracking import mlflow_key
 from twinflow_core.errors import ConfigError, GateRefused, TrackingError, TwinflowError
+from twinflow_core.files import check_finite_weights
 from twinflow_core.redaction import redact
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
 REGISTER_DEFAULTS = {
-    "model_name": "twinflow-shapes", "experiment": "twinflow-pipeline", "tracking_uri": "",
-    "checkpoint": "checkpoints/twinflow", "metrics": "metrics/eval.json",
+    "model_name": "twinflow-shapes",
+    "experiment": "twinflow-pipeline",
+    "tracking_uri": "",
+    "checkpoint": "checkpoints/twinflow",
+    "metrics": "metrics/eval.json",
     "artifacts": ["reports/samples_*.png", "reports/data", "metrics/eval.json", "dvc.lock", "params.yaml"],
+    "weights_dtype": "float32",  # a full fine-tune's registered transformer: float32 | bfloat16 | float16
 }
 # lineage name -> path prefix of the dvc.lock output it names (checkpoint and metrics come from params)
 LINEAGE_OUTPUTS = {"data": "data/prepared", "base": "checkpoints/base"}
@@ -43,10 +51,10 @@ LINEAGE_OUTPUTS = {"data": "data/prepared", "base": "checkpoints/base"}
 class Registration:
     name: str
     version: str
-    created: bool                      # False: this key was registered before, nothing new was made
+    created: bool  # False: this key was registered before, nothing new was made
     verdict: Verdict
     promoted: bool
-    champion: str | None               # the champion's version after this registration
+    champion: str | None  # the champion's version after this registration
     aliases: list[str] = field(default_factory=list)
     decision: str = ""
 
@@ -100,8 +108,11 @@ def _set_champion(client, name: str, version, action: str, **why) -> dict:
         history.append(version)
     release_lock.set_alias_checked(client, name, version)
     client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-50:]))
-    return release_lock.append_audit(client, name, {
-        "action": action, "champion": version, "previous": str(previous.version) if previous else None, **why})
+    return release_lock.append_audit(
+        client,
+        name,
+        {"action": action, "champion": version, "previous": str(previous.version) if previous else None, **why},
+    )
 
 
 def find_registered(client, name: str, key: str):
@@ -111,26 +122,44 @@ def find_registered(client, name: str, key: str):
     return None
 
 
-def register(client, *, name: str, model_uri: str, run_id: str, key: str, scores: dict[str, float],
-             gate: GateConfig, tags: dict[str, str]) -> Registration:
+def register(
+    client,
+    *,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    key: str,
+    scores: dict[str, float],
+    gate: GateConfig,
+    tags: dict[str, str],
+) -> Registration:
     """Create version (alias challenger) with score/verdict tags, then move champion if it has earned it."""
     import mlflow
 
     verdict = check_gate(scores, gate)
     all_tags = dict(tags)
-    all_tags.update({
-        "registration_key": key,
-        "scores": json.dumps(scores, sort_keys=True),
-        "gate.verdict": verdict.label,
-        "gate.reasons": verdict.text(),
-        "gate.min": json.dumps(gate.minimums, sort_keys=True),
-    })
+    all_tags.update(
+        {
+            "registration_key": key,
+            "scores": json.dumps(scores, sort_keys=True),
+            "gate.verdict": verdict.label,
+            "gate.reasons": verdict.text(),
+            "gate.min": json.dumps(gate.minimums, sort_keys=True),
+        }
+    )
     if gate.ratios:
         all_tags["gate.ratio"] = json.dumps({r.metric: {"of": r.of, "min": r.min} for r in gate.ratios}, sort_keys=True)
-        all_tags.update({f"ratio.{mlflow_key(k.replace(' / ', '_over_'))}": f"{v:.4f}"
-                         for k, v in ratio_values(scores, gate).items()})
+        all_tags.update(
+            {
+                f"ratio.{mlflow_key(k.replace(' / ', '_over_'))}": f"{v:.4f}"
+                for k, v in ratio_values(scores, gate).items()
+            }
+        )
     all_tags.update({f"score.{mlflow_key(k)}": f"{v:.6g}" for k, v in scores.items() if k in gate.gated_metrics})
-    mv = mlflow.register_model(model_uri, name, tags=all_tags)
+    from flows.quiet import mlflow_registration_chatter_muted
+
+    with mlflow_registration_chatter_muted():  # "Creating a new version...", printed even before a refusal
+        mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in all_tags.items()})
     version = str(mv.version)
     # register_model may return before the version is READY on a server; aliases need it READY.
     for _ in range(120):
@@ -156,30 +185,56 @@ def _decide_champion_locked(client, name, version, scores, verdict, gate) -> Reg
     else:
         against = compare_to_champion(scores, scores_of(current), gate)
         promoted = against.passed
-        decision = (f"promoted: gate passed and {against.text()}" if promoted
-                    else f"not promoted: worse than champion v{current.version} ({against.text()})")
+        decision = (
+            f"promoted: gate passed and {against.text()}"
+            if promoted
+            else f"not promoted: worse than champion v{current.version} ({against.text()})"
+        )
     if promoted:
         _set_champion(client, name, version, "register", reason=decision, verdict=verdict.label, forced=False)
     client.set_model_version_tag(name, version, "champion.decision", decision)
     champ = champion_version(client, name)
     aliases = client.get_model_version(name, version).aliases
-    return Registration(name=name, version=str(version), created=True, verdict=verdict, promoted=promoted,
-                        champion=str(champ.version) if champ else None, aliases=list(aliases), decision=decision)
+    return Registration(
+        name=name,
+        version=str(version),
+        created=True,
+        verdict=verdict,
+        promoted=promoted,
+        champion=str(champ.version) if champ else None,
+        aliases=list(aliases),
+        decision=decision,
+    )
 
 
 def existing_registration(client, version, gate: GateConfig) -> Registration:
-    verdict = Verdict(version.tags.get("gate.verdict") == "passed",
-                      [r for r in version.tags.get("gate.reasons", "").split("; ") if r])
+    verdict = Verdict(
+        version.tags.get("gate.verdict") == "passed", [r for r in version.tags.get("gate.reasons", "").split("; ") if r]
+    )
     champ = champion_version(client, version.name)
     fresh = client.get_model_version(version.name, version.version)
-    return Registration(name=version.name, version=str(version.version), created=False, verdict=verdict,
-                        promoted=False, champion=str(champ.version) if champ else None, aliases=list(fresh.aliases),
-                        decision=version.tags.get("champion.decision", ""))
+    return Registration(
+        name=version.name,
+        version=str(version.version),
+        created=False,
+        verdict=verdict,
+        promoted=False,
+        champion=str(champ.version) if champ else None,
+        aliases=list(fresh.aliases),
+        decision=version.tags.get("champion.decision", ""),
+    )
 
 
-def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None = None,
-                     tracking_uri: str | None = None, log: Callable[[str], None] = print,
-                     project: Path | None = None, git_ref: dict | None = None) -> dict:
+def register_outputs(
+    root: Path,
+    *,
+    flow_run_id: str = "",
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    log: Callable[[str], None] = print,
+    project: Path | None = None,
+    git_ref: dict | None = None,
+) -> dict:
     """The pipeline's last step: one MLflow run for this pipeline run (params, metrics, artifacts,
     lineage tags) and, unless these weights and scores were registered before, a new model version
     gated as above. A down tracking server raises TransientFault naming it; nothing is deleted.
@@ -196,6 +251,7 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
     checkpoint = root / reg["checkpoint"]
     if not (checkpoint / "model.safetensors").is_file():
         raise StageFailed(f"{checkpoint}: no model.safetensors to register (did the train stage run?)")
+    check_finite_weights(checkpoint / "model.safetensors")  # a NaN model is never a version, let alone champion
     uri = tracking.resolve_tracking_uri(project, params, tracking_uri)
     tracking.check_reachable(uri)
     try:
@@ -205,6 +261,8 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
         tags = {**tracking.lineage_tags(dvc_ops.lock_hashes(root), lineage), **tracking.git_state(root)}
         if git_ref:
             tags.update({"lineage.git_ref": git_ref["ref"], "lineage.git_ref_commit": git_ref["commit"]})
+            if git_ref.get("repo"):  # where a plain clone fetches the ref from (`twinflow models reproduce`)
+                tags["lineage.git_repo"] = git_ref["repo"]
         if flow_run_id:
             tags["lineage.prefect_flow_run_id"] = flow_run_id
         key = tracking.registration_key(tags, checkpoint, root / reg["metrics"])
@@ -219,36 +277,71 @@ def register_outputs(root: Path, *, flow_run_id: str = "", run_name: str | None 
         run_tags = {**tags, "registration_key": key}
         if existing is not None:
             run_tags["registered_version"] = str(existing.version)
-        run_id, model_uri = tracking.log_pipeline_run(
-            repo=root, experiment_id=experiment_id, run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
-            params=params, scores=scores, tags=run_tags, artifacts=artifacts, checkpoint_dir=checkpoint,
-            log_model=existing is None)
+        with tempfile.TemporaryDirectory(prefix="twinflow-version-") as scratch:
+            # the version holds what draws images (flows/model_card.py), not the training state
+            lean = (
+                lean_version(root, checkpoint, Path(scratch) / "generator", params, scores, tags)
+                if existing is None
+                else checkpoint
+            )
+            run_id, model_uri = tracking.log_pipeline_run(
+                repo=root,
+                experiment_id=experiment_id,
+                run_name=run_name or f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}",
+                params=params,
+                scores=scores,
+                tags=run_tags,
+                artifacts=artifacts,
+                checkpoint_dir=lean,
+                log_model=existing is None,
+            )
         if existing is not None:
             result = existing_registration(client, existing, gate)
             log(f"these weights and scores are already {reg['model_name']} v{existing.version}: no new version")
         else:
-            result = register(client, name=reg["model_name"], model_uri=model_uri, run_id=run_id, key=key,
-                              scores=scores, gate=gate, tags={**tags, "lineage.mlflow_run_id": run_id})
+            result = register(
+                client,
+                name=reg["model_name"],
+                model_uri=model_uri,
+                run_id=run_id,
+                key=key,
+                scores=scores,
+                gate=gate,
+                tags={**tags, "lineage.mlflow_run_id": run_id},
+            )
     except Exception as err:  # noqa: BLE001 - classified, then re-raised naming the store
+        if access.is_refusal(err):
+            raise access.explain(err, access.account(), f"register {reg['model_name']} on {redact(uri)}") from None
         if isinstance(err, TwinflowError) or not is_transient(err):
             raise
-        raise TransientFault(f"MLflow at {redact(uri)} failed during registration: "
-                             f"{type(err).__name__}: {redact(str(err).splitlines()[0])[:200]}") from err
+        raise TransientFault(
+            f"MLflow at {redact(uri)} failed during registration: "
+            f"{type(err).__name__}: {redact(str(err).splitlines()[0])[:200]}"
+        ) from err
     log(f"{result.name} v{result.version}: gate {result.verdict.label}; {result.decision}")
     return {
-        "tracking_uri": redact(uri), "mlflow_run_id": run_id, "experiment_id": experiment_id,
-        "model_name": result.name, "version": result.version, "created": result.created,
-        "verdict": result.verdict.label, "reasons": result.verdict.reasons, "promoted": result.promoted,
-        "champion": result.champion, "aliases": result.aliases, "decision": result.decision,
-        "scores": scores, "seconds": round(time.monotonic() - start, 2),
+        "tracking_uri": redact(uri),
+        "mlflow_run_id": run_id,
+        "experiment_id": experiment_id,
+        "model_name": result.name,
+        "version": result.version,
+        "created": result.created,
+        "verdict": result.verdict.label,
+        "reasons": result.verdict.reasons,
+        "promoted": result.promoted,
+        "champion": result.champion,
+        "aliases": result.aliases,
+        "decision": result.decision,
+        "scores": scores,
+        "seconds": round(time.monotonic() - start, 2),
     }
 
 
 # ---- release managers' operations (twinflow models ...) ----
 
+
 def list_versions(client, name: str | None = None) -> list[dict]:
-    names = [name] if name else [m.name for m in client.search_registered_models()
-                                 if not release_lock.is_lock(m.name)]
+    names = [name] if name else [m.name for m in client.search_registered_models() if not release_lock.is_lock(m.name)]
     rows = []
     for model in names:
         versions = _versions(client, model)
@@ -258,52 +351,134 @@ def list_versions(client, name: str | None = None) -> list[dict]:
             for alias, ver in (client.get_registered_model(model).aliases or {}).items():
                 by_version.setdefault(str(ver), []).append(alias)
         for v in versions:
-            rows.append({
-                "name": model, "version": str(v.version), "aliases": sorted(by_version.get(str(v.version), [])),
-                "verdict": v.tags.get("gate.verdict", "?"), "scores": scores_of(v),
-                "forced": v.tags.get("promotion.forced") == "true",
-                "commit": v.tags.get("lineage.git_commit", "")[:10],
-                "data": v.tags.get("lineage.data_md5", "")[:10],
-                "checkpoint": v.tags.get("lineage.checkpoint_md5", "")[:10],
-                "run_id": v.run_id or "", "flow_run": v.tags.get("lineage.prefect_flow_run_id", ""),
-                "created": v.creation_timestamp,
-            })
+            rows.append(
+                {
+                    "name": model,
+                    "version": str(v.version),
+                    "aliases": sorted(by_version.get(str(v.version), [])),
+                    "verdict": v.tags.get("gate.verdict", "?"),
+                    "scores": scores_of(v),
+                    "forced": v.tags.get("promotion.forced") == "true",
+                    "commit": v.tags.get("lineage.git_commit", "")[:10],
+                    "data": v.tags.get("lineage.data_md5", "")[:10],
+                    "checkpoint": v.tags.get("lineage.checkpoint_md5", "")[:10],
+                    "run_id": v.run_id or "",
+                    "flow_run": v.tags.get("lineage.prefect_flow_run_id", ""),
+                    "created": v.creation_timestamp,
+                }
+            )
     return rows
 
 
-def promote(client, name: str, version: str, gate: GateConfig, force: bool = False,
-            reason: str | None = None) -> str:
-    """Make `version` champion after re-checking the gate on its recorded scores."""
+def _version(client, name: str, version: str):
+    """The model version, or one line: no such version (exit 14), or the server's refusal of this account."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as err:
+        if access.is_refusal(err):
+            raise access.explain(err, access.account(), f"read {name} v{version}") from None
+        raise TrackingError(f"model {name!r} has no version {version}") from None
+
+
+def _production_copy(client, name: str, version: str, target: str) -> str:
+    """The version of `target` that is a copy of `name` v`version` (made now unless one was made before)."""
+    source = f"models:/{name}/{version}"
+    for mv in client.search_model_versions(f"name='{target}'"):
+        if (mv.tags or {}).get("source") == source:
+            return str(mv.version)
+    copy = client.copy_model_version(source, target)
+    client.set_model_version_tag(target, copy.version, "source", source)
+    return str(copy.version)
+
+
+def release_target(client, name: str, production: bool | None = None) -> str:
+    """The model whose `champion` release actions move: `<name>-production` where it exists (a team server set up
+    by `twinflow models setup`), else `name` itself."""
+    exists = access.exists(client, access.production_name(name)) if production is not False else False
+    if production and not exists:
+        raise TrackingError(
+            f"{access.production_name(name)} does not exist: the server's admin reserves it for the "
+            f"release managers with `twinflow models setup {name} --pipeline ... --release ...`"
+        )
+    return access.production_name(name) if exists else name
+
+
+def promote(
+    client,
+    name: str,
+    version: str,
+    gate: GateConfig | None,
+    force: bool = False,
+    reason: str | None = None,
+    production: bool | None = None,
+) -> str:
+    """Make `version` champion after re-checking the gate on its recorded scores: of `name`, or, where
+    `<name>-production` exists, of that model (a copy of the version is made there)."""
     from mlflow.exceptions import MlflowException
 
     if force and not (reason and reason.strip()):
-        raise ConfigError("--force needs --reason \"...\" (it is recorded on the version)")
-    try:
-        mv = client.get_model_version(name, str(version))
-    except MlflowException:
-        raise TrackingError(f"model {name!r} has no version {version}") from None
-    verdict = check_gate(scores_of(mv), gate)
+        raise ConfigError('--force needs --reason "..." (it is recorded on the version)')
+    mv = _version(client, name, version)
+    verdict = check_gate(scores_of(mv), gate) if gate is not None else Verdict(True, ["gate not re-checked"])
     if not verdict.passed and not force:
-        raise GateRefused(f"{name} v{version} fails the gate ({verdict.text()}); "
-                            "promote anyway with --force --reason \"...\"")
+        raise GateRefused(
+            f'{name} v{version} fails the gate ({verdict.text()}); promote anyway with --force --reason "..."'
+        )
     forced = bool(force and not verdict.passed)
-    with release_lock.release_lock(client, name):
-        record = _set_champion(client, name, str(version), "promote", reason=reason or "",
-                               verdict=verdict.label, forced=forced)
-        tags = {"promotion.by": record["by"], "promotion.at": record["at"], "promotion.gate_recheck": verdict.label,
-                "promotion.forced": str(forced).lower(), "promotion.previous": record["previous"] or "",
-                "promotion.audit_seq": str(record["seq"])}
-        if reason:
-            tags["promotion.reason"] = reason
-        for key, value in tags.items():
-            client.set_model_version_tag(name, str(version), key, value)
+    target = release_target(client, name, production)
+    action = f"promote {name} v{version}" + (f" to {target}@{CHAMPION}" if target != name else "")
+    try:
+        with release_lock.release_lock(client, target):
+            moved = _production_copy(client, name, str(version), target) if target != name else str(version)
+            record = _set_champion(
+                client,
+                target,
+                moved,
+                "promote",
+                reason=reason or "",
+                verdict=verdict.label,
+                forced=forced,
+                **({"source": f"models:/{name}/{version}"} if target != name else {}),
+            )
+            tags = {
+                "promotion.by": record["by"],
+                "promotion.at": record["at"],
+                "promotion.gate_recheck": verdict.label,
+                "promotion.forced": str(forced).lower(),
+                "promotion.previous": record["previous"] or "",
+                "promotion.audit_seq": str(record["seq"]),
+            }
+            if reason:
+                tags["promotion.reason"] = reason
+            for key, value in tags.items():
+                client.set_model_version_tag(target, moved, key, value)
+    except MlflowException as err:
+        if access.is_refusal(err):
+            raise access.explain(err, access.account(), action) from None
+        raise
     was = f" (was v{record['previous']})" if record["previous"] else ""
     forced_text = " despite a failing gate (forced)" if not verdict.passed else ""
+    if target != name:
+        return f"{target} v{moved} (from {name} v{version}) is now {CHAMPION}{forced_text}{was}"
     return f"{name} v{version} is now champion{forced_text}{was}"
 
 
-def rollback(client, name: str, reason: str | None = None) -> str:
-    """Champion back to the one before it in `champion_history`."""
+def rollback(client, name: str, reason: str | None = None, production: bool | None = None) -> str:
+    """Champion back to the one before it in `champion_history`: of `<name>-production` where it exists."""
+    from mlflow.exceptions import MlflowException
+
+    target = release_target(client, name, production)
+    try:
+        return _rollback(client, target, reason)
+    except MlflowException as err:
+        if access.is_refusal(err):
+            raise access.explain(err, access.account(), f"rollback {target}@{CHAMPION}") from None
+        raise
+
+
+def _rollback(client, name: str, reason: str | None) -> str:
     with release_lock.release_lock(client, name):
         current = champion_version(client, name)
         if current is None:
@@ -315,24 +490,46 @@ def rollback(client, name: str, reason: str | None = None) -> str:
         if not history:
             raise TrackingError(f"{name}: v{cur} is the first champion; there is none to roll back to")
         target = history[-1]
+        try:
+            client.get_model_version(name, target)
+        except Exception as err:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST; others are re-raised
+            if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(err, "error_code", "")) + str(err):
+                raise
+            raise TrackingError(
+                f"{name}: v{target}, the champion before v{cur}, was deleted from the registry; "
+                f"promote the version you want instead (twinflow models promote {name} VERSION)"
+            ) from None
         release_lock.set_alias_checked(client, name, target)
         client.set_registered_model_tag(name, HISTORY_TAG, ",".join(history))
-        record = release_lock.append_audit(client, name, {"action": "rollback", "champion": target, "previous": cur,
-                                                          "reason": reason or "", "verdict": "", "forced": False})
+        record = release_lock.append_audit(
+            client,
+            name,
+            {
+                "action": "rollback",
+                "champion": target,
+                "previous": cur,
+                "reason": reason or "",
+                "verdict": "",
+                "forced": False,
+            },
+        )
         client.set_model_version_tag(name, cur, "rolled_back", f"{record['at']} by {record['by']}")
     return f"{name}: champion rolled back from v{cur} to v{target}"
 
 
 def lineage_ref(client, name: str, version: str) -> tuple[str, str]:
     """(git ref, commit) of the run that made `version` (tags lineage.git_ref / lineage.git_ref_commit)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version(name, str(version))
-    except MlflowException:
-        raise TwinflowError(f"model {name!r} has no version {version}") from None
+    mv = _version(client, name, version)
     ref, commit = mv.tags.get("lineage.git_ref"), mv.tags.get("lineage.git_ref_commit")
     if not ref or not commit:
-        raise TwinflowError(f"{name} v{version} names no git ref (registered before runs were saved as refs); "
-                            f"its commit was {mv.tags.get('lineage.git_commit', '?')[:10]}")
+        raise TwinflowError(
+            f"{name} v{version} names no git ref (registered before runs were saved as refs); "
+            f"its commit was {mv.tags.get('lineage.git_commit', '?')[:10]}"
+        )
     return ref, commit
+
+
+def lineage_repo(client, name: str, version: str) -> str | None:
+    """The repository that holds the version's git ref (tag lineage.git_repo): the git remote the ref was pushed
+    to, else the checkout the run was saved in; None for a version registered before the tag existed."""
+    return client.get_model_version(name, str(version)).tags.get("lineage.git_repo") or None

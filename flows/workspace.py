@@ -14,7 +14,9 @@ Either way the run ends by saving its workspace as a DVC experiment ref (refs/ex
 params.yaml, dvc.lock, the uncached outputs, the code that ran), which `dvc exp list/show/apply/push`
 understand and `twinflow models reproduce` checks out again. The commit is built with a private index
 file, so neither the checkout's index nor its files change.
+DVC is imported where a workspace's DVC config is written: it takes seconds to import.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -23,13 +25,18 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
-from twinflow_core.errors import USAGE_EXIT, TwinflowError
+from flows import init_source
+from flows.dotted import flatten
+from flows.git import WorkspaceError, git
+from flows.params import load_params
+from twinflow_core.errors import USAGE_EXIT, ConfigError, TwinflowError
 
 LOCK_FILE = Path(".dvc/tmp/twinflow-run.lock")
 RUNS_DIR = Path(".dvc/tmp/twinflow-runs")
@@ -38,32 +45,21 @@ EXP_REF_PREFIX = "refs/exps"
 
 class CheckoutBusy(TwinflowError):
     """Another flow run holds the checkout: refused before anything ran, like a usage error (exit 2)."""
+
     exit_code = USAGE_EXIT
     kind = "usage"
 
 
-class WorkspaceError(TwinflowError):
-    """A run workspace or its git ref could not be made."""
-
-
 @dataclass
 class Workspace:
-    checkout: Path            # the project the run was started from (holds the git repo, cache, MLflow store)
-    path: Path                # where the stages run: the checkout, or its own worktree
+    checkout: Path  # the project the run was started from (holds the git repo, cache, MLflow store)
+    path: Path  # where the stages run: the checkout, or its own worktree
     isolated: bool
     lock_fd: int | None = None  # the checkout lock, passed to `dvc repro` children (see module doc)
 
 
-def git(cwd: Path, *args: str, env: dict | None = None, check: bool = True) -> str:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-    if check and proc.returncode != 0:
-        raise WorkspaceError(f"git {' '.join(args[:2])} in {cwd} failed: "
-                             f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['no output']}")
-    return proc.stdout.strip()
-
-
 # ---- the checkout lock ----
+
 
 def _holder(lock_path: Path) -> str:
     try:
@@ -79,8 +75,7 @@ def _holder(lock_path: Path) -> str:
             alive = "; that process is gone but a stage it started still runs"
         except PermissionError:
             pass
-    return (f"pid {pid or '?'}, started at {info.get('started_at', '?')}, run id {info.get('run_id', '?')}"
-            f"{alive}")
+    return f"pid {pid or '?'}, started at {info.get('started_at', '?')}, run id {info.get('run_id', '?')}{alive}"
 
 
 @contextmanager
@@ -100,8 +95,10 @@ def checkout_lock(root: Path, run_id: str) -> Iterator[int]:
                 time.sleep(0.1)
                 continue
         os.close(fd)
-        raise CheckoutBusy(f"{root}: another run is using this checkout ({_holder(lock_path)}); wait for it, "
-                           "or run with overrides (each such run gets a workspace of its own)") from None
+        raise CheckoutBusy(
+            f"{root}: another run is using this checkout ({_holder(lock_path)}); wait for it, "
+            "or run with overrides (each such run gets a workspace of its own)"
+        ) from None
     try:
         info = {"pid": os.getpid(), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "run_id": run_id}
         os.ftruncate(fd, 0)
@@ -117,16 +114,13 @@ def wants_isolation(root: Path, parsed: dict, isolate: bool | None = None) -> bo
     folder it is fetched into, flows.init_source)."""
     if parsed:
         if isolate is False:
-            from twinflow_core.errors import ConfigError
-
-            raise ConfigError(f"overrides {sorted(parsed)} with isolate=False: overrides are written only into a "
-                              "workspace of the run's own, never into the checkout's params.yaml")
+            raise ConfigError(
+                f"overrides {sorted(parsed)} with isolate=False: overrides are written only into a "
+                "workspace of the run's own, never into the checkout's params.yaml"
+            )
         return True
     if isolate is not None:
         return bool(isolate)
-    from flows import init_source
-    from flows.overrides import flatten, load_params
-
     current = flatten(load_params(root / "params.yaml"))
     return any(init_source.is_remote(current.get(key)) for key in init_source.INIT_KEYS)
 
@@ -140,13 +134,15 @@ def ensure_free(root: Path) -> None:
 
 # ---- a workspace of its own ----
 
+
 def _uncommitted(root: Path) -> tuple[list[str], list[str]]:
     """(changed or new files to carry, tracked files deleted) in the checkout, .gitignore respected."""
     changed = git(root, "diff", "--name-only", "-z", "HEAD").split("\0")
     untracked = git(root, "ls-files", "-z", "--others", "--exclude-standard").split("\0")
     carry, deleted = [], []
     for rel in filter(None, changed + untracked):
-        (carry if (root / rel).exists() else deleted).append(rel)
+        # lexists: a symlink (an untracked .venv link, a dangling one) is carried as the link it is
+        (carry if os.path.lexists(root / rel) else deleted).append(rel)
     return carry, deleted
 
 
@@ -159,8 +155,11 @@ def _dvc_local_config(checkout: Path, workspace: Path, share_cache: bool = True)
     from dvc.config import Config
 
     resolved = Config(dvc_dir=str(checkout / ".dvc"))
-    local = ConfigObj(str(checkout / ".dvc" / "config.local")) if (checkout / ".dvc/config.local").is_file() \
+    local = (
+        ConfigObj(str(checkout / ".dvc" / "config.local"))
+        if (checkout / ".dvc/config.local").is_file()
         else ConfigObj()
+    )
     local.filename = str(workspace / ".dvc" / "config.local")
     if share_cache:
         cache_dir = (resolved.get("cache") or {}).get("dir") or str(checkout / ".dvc" / "cache")
@@ -206,14 +205,44 @@ def create_isolated(checkout: Path, name: str, log: Callable[[str], None] = prin
                 log("an in-place run is writing the checkout's dvc.lock: starting from the committed one")
                 continue
             (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            if (checkout / rel).is_symlink():  # copied as a link, never followed (a link to a folder is no file)
+                if os.path.lexists(path / rel):
+                    (path / rel).unlink()
+                os.symlink(os.readlink(checkout / rel), path / rel)
+                continue
             shutil.copy2(checkout / rel, path / rel)
         for rel in deleted:
             if rel != "dvc.lock" or quiet:
                 (path / rel).unlink(missing_ok=True)
     _dvc_local_config(checkout, path)
-    log(f"run workspace: {path} (HEAD {git(checkout, 'rev-parse', '--short', 'HEAD')}"
-        f"{f', {len(carry)} uncommitted file(s) carried' if carry else ''})")
+    _checkout_tracked(path, log)
+    log(
+        f"run workspace: {path} (HEAD {git(checkout, 'rev-parse', '--short', 'HEAD')}"
+        f"{f', {len(carry)} uncommitted file(s) carried' if carry else ''})"
+    )
     return Workspace(checkout=checkout, path=path, isolated=True)
+
+
+def _checkout_tracked(path: Path, log: Callable[[str], None]) -> None:
+    """The data of the workspace's `dvc add`ed folders (a pipeline folder models/X.dvc, a fetched init), from
+    the shared cache: a worktree holds the .dvc files but not what they track, which the stages read."""
+    tracked = sorted(
+        rel
+        for rel in git(path, "ls-files", "-co", "--exclude-standard", "*.dvc").splitlines()
+        if not rel.startswith(".dvc/") and (path / rel).is_file()
+    )
+    if not tracked:
+        return
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", "checkout", "--quiet", *tracked], cwd=path, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise WorkspaceError(
+            f"{path}: dvc checkout {' '.join(tracked)}: {(lines or ['no output'])[-1].strip()} "
+            f"(is the data in the DVC cache? `dvc add` it in the checkout, or `dvc pull`)"
+        )
+    log(f"run workspace: checked out {', '.join(t.removesuffix('.dvc') for t in tracked)} from the DVC cache")
 
 
 def remove_isolated(ws: Workspace) -> None:
@@ -224,6 +253,7 @@ def remove_isolated(ws: Workspace) -> None:
 
 
 # ---- the run's git ref ----
+
 
 def ref_name(name: str) -> str:
     """A DVC experiment name from a run name: git-ref safe."""
@@ -243,8 +273,7 @@ def save_run_ref(path: Path, name: str, message: str) -> tuple[str, str]:
         git(path, "read-tree", "HEAD", env=env)
         git(path, "add", "-A", ".", env=env)
         tree = git(path, "write-tree", env=env)
-        commit = git(path, "commit-tree", tree, "-p", baseline, "-m", message,
-                     env={**env, **_identity(path)})
+        commit = git(path, "commit-tree", tree, "-p", baseline, "-m", message, env={**env, **_identity(path)})
     finally:
         index.unlink(missing_ok=True)
     git(path, "update-ref", ref, commit)
@@ -255,26 +284,39 @@ def _identity(path: Path) -> dict[str, str]:
     """An author for the run commit when git has none configured (a CI or worker account)."""
     if git(path, "config", "user.email", check=False):
         return {}
-    return {"GIT_AUTHOR_NAME": "twinflow", "GIT_AUTHOR_EMAIL": "twinflow@localhost",
-            "GIT_COMMITTER_NAME": "twinflow", "GIT_COMMITTER_EMAIL": "twinflow@localhost"}
-
-
-def git_remote(path: Path, wanted: str = "") -> str | None:
-    """The git remote run refs are pushed to: `wanted` if given, else origin, else the only one, else none."""
-    remotes = git(path, "remote", check=False).split()
-    if wanted:
-        if wanted not in remotes:
-            raise WorkspaceError(f"{path}: no git remote {wanted!r} (have {remotes or 'none'})")
-        return wanted
-    if "origin" in remotes:
-        return "origin"
-    return remotes[0] if len(remotes) == 1 else None
+    return {
+        "GIT_AUTHOR_NAME": "twinflow",
+        "GIT_AUTHOR_EMAIL": "twinflow@localhost",
+        "GIT_COMMITTER_NAME": "twinflow",
+        "GIT_COMMITTER_EMAIL": "twinflow@localhost",
+    }
 
 
 # ---- a registered run, checked out again ----
 
-def restore_run(source: str, ref: str, commit: str, dest: Path, log: Callable[[str], None] = print,
-                dvc_config_from: Path | None = None) -> Path:
+
+def find_ref(sources: list[str], ref: str) -> str | None:
+    """The first repository (path or URL) of `sources` that has `ref` (`git ls-remote`), else None."""
+    for source in sources:
+        proc = subprocess.run(
+            ["git", "ls-remote", source, ref],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
+        if proc.returncode == 0 and proc.stdout.strip():
+            return source
+    return None
+
+
+def restore_run(
+    source: str,
+    ref: str,
+    commit: str,
+    dest: Path,
+    log: Callable[[str], None] = print,
+    dvc_config_from: Path | None = None,
+) -> Path:
     """`dest` holding the run's commit: cloned from `source` (a path or URL of a repository that has the
     ref) when it is not a repository yet, the ref fetched, the commit checked out (detached). With
     `dvc_config_from` (a local checkout), its DVC remotes (local paths made absolute) and config.local

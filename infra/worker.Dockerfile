@@ -7,7 +7,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends git make \
 WORKDIR /opt/twinflow
 COPY requirements-lock.txt pyproject.toml ./
 RUN pip install --no-cache-dir -r requirements-lock.txt
-RUN useradd --create-home worker && mkdir -p /runs && chown worker /runs
+# uid and gid 1000: the runAsUser / fsGroup of the rendered Kubeflow templates (flows/launch_templates.py)
+RUN useradd --uid 1000 --user-group --create-home worker && mkdir -p /runs && chown worker /runs
 USER worker
 WORKDIR /runs
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \

@@ -1,4 +1,5 @@
 """Shared test set-up: quiet, offline tools and one thread for torch (tests run beside other work on 2 cores)."""
+
 import os
 import sys
 
@@ -23,7 +24,6 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import pytest  # noqa: E402
-
 from support.checkout_guard import changed, snapshot, tool_stores, tracked_files  # noqa: E402
 
 _TRACKED = tracked_files()
@@ -40,13 +40,17 @@ def _checkout_untouched():
     touched = changed(_STATE, now)
     _STATE = now  # report each change once, against the test that made it
     if touched:
-        pytest.fail(f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy",
-                    pytrace=False)
+        pytest.fail(
+            f"this test modified tracked file(s) of the checkout: {touched[:8]}; work on a tmp_path copy", pytrace=False
+        )
     stores = tool_stores()
     made, _STORES = sorted(stores - _STORES), stores
     if made:
-        pytest.fail(f"{made} appeared in the checkout during this test (a tool's default store in its working "
-                    f"folder; under xdist possibly another worker's test): give it a tmp_path location", pytrace=False)
+        pytest.fail(
+            f"{made} appeared in the checkout during this test (a tool's default store in its working "
+            f"folder; under xdist possibly another worker's test): give it a tmp_path location",
+            pytrace=False,
+        )
 
 
 _MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")

@@ -1,4 +1,5 @@
 """The diffusers adapter layer: each family's transformer as F(x, t, r, cond), on tiny random models (no network)."""
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,11 @@ def inputs(family, b=4, seed=1):
     x = torch.randn(b, latent_channels(family), 16, 16, generator=g)
     mask = torch.ones(b, 8, dtype=torch.long)
     mask[0, 5:] = 0  # a padded prompt
-    cond = {"prompt_embeds": torch.randn(b, 8, 32, generator=g), "pooled": torch.randn(b, 32, generator=g),
-            "mask": mask}
+    cond = {
+        "prompt_embeds": torch.randn(b, 8, 32, generator=g),
+        "pooled": torch.randn(b, 32, generator=g),
+        "mask": mask,
+    }
     t = torch.rand(b, generator=g) * 0.9 + 0.05
     return x, t, cond
 
@@ -84,8 +88,11 @@ def test_full_fine_tuning_gradients_reach_every_parameter(family, sd35):
     no_grad = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     # MMDiT (SD3, Qwen-Image): the last block's text-stream output is dropped, so its text-side
     # projections never reach the loss
-    allowed = {n for n in no_grad if family in ("sd3", "qwen_image") and ".transformer_blocks.1." in n
-               and ("add" in n or "txt" in n)}
+    allowed = {
+        n
+        for n in no_grad
+        if family in ("sd3", "qwen_image") and ".transformer_blocks.1." in n and ("add" in n or "txt" in n)
+    }
     assert set(no_grad) <= allowed, sorted(set(no_grad) - allowed)[:5]
     assert all(p.grad is not None for p in net.r_embedding.parameters())
 

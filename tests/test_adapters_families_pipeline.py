@@ -3,6 +3,7 @@ tokenizers and VAEs (Qwen2.5-VL + Qwen2Tokenizer + AutoencoderKLQwenImage; Gemma
 AutoencoderDC) saved and reloaded by diffusers, then every path of this project that goes through them: prompt
 encoding (the condition TransformerVelocity takes, the null prompt), the latent codec against the pipeline's own
 decode, latent shards of the shapes world, TwinFlow steps from those shards, and the exported generator at 1 NFE."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +15,13 @@ import torch
 pytest.importorskip("diffusers")
 
 from support.threads import one_thread  # noqa: E402,F401  (autouse)
+
 from twinflow_core.adapters.families import get_family  # noqa: E402
 from twinflow_core.adapters.pipeline import (  # noqa: E402
-    decode_latents, encode_images, encode_prompts, load_pipeline,
+    decode_latents,
+    encode_images,
+    encode_prompts,
+    load_pipeline,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +44,14 @@ def world(request, tmp_path_factory):
     family = request.param
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp(family)
-    cfg = DataConfig.from_dict({"name": "shapes", "image_size": 32, "shard_size": 64,
-                                "shapes": {"n_images": 16, "holdout_dir": str(REPO / "data/prompts")}})
+    cfg = DataConfig.from_dict(
+        {
+            "name": "shapes",
+            "image_size": 32,
+            "shard_size": 64,
+            "shapes": {"n_images": 16, "holdout_dir": str(REPO / "data/prompts")},
+        }
+    )
     data_dir, meta, _ = prepare(cfg, root=REPO, out=root / "shapes", progress=False)
     built = TINY_PIPELINES[family](sorted(meta["vocabulary"]), seed=0, image_size=32)
     folder = root / "pipe"
@@ -62,13 +73,21 @@ def test_the_tiny_pipeline_reloads_as_saved(world):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     assert pipe.tokenizer(CAPTIONS)["input_ids"] == built.tokenizer(CAPTIONS)["input_ids"]
     assert encode_prompts(pipe, family, CAPTIONS, MAX_LEN)["prompt_embeds"].equal(
-        encode_prompts(built, family, CAPTIONS, MAX_LEN)["prompt_embeds"])
+        encode_prompts(built, family, CAPTIONS, MAX_LEN)["prompt_embeds"]
+    )
     assert not list(folder.rglob("*.bin")) and sum(f.stat().st_size for f in folder.rglob("*")) < 2_000_000
     # the folder is a plain diffusers pipeline that samples by itself
     plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(folder))
     extra = {"use_resolution_binning": False} if family == "sana" else {"true_cfg_scale": 1.0}
-    out = plain(prompt=CAPTIONS[:2], num_inference_steps=2, height=32, width=32, output_type="np",
-                max_sequence_length=MAX_LEN, **extra).images
+    out = plain(
+        prompt=CAPTIONS[:2],
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        max_sequence_length=MAX_LEN,
+        **extra,
+    ).images
     assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
 
 
@@ -161,8 +180,9 @@ def test_latent_shards_are_written_validated_and_batched(world, shards):
     assert lat.null["prompt_embeds"].shape == (1, MAX_LEN, 32)
     b = LatentMicroBatches(lat, micro=4, micro_per_step=1, seed=0, cond_drop=0.5)[(0, 0)]
     assert b["x"].shape == (4, CHANNELS[family], 16, 16) and b["uncond"]["mask"].shape == (4, MAX_LEN)
-    dropped = (b["cond"]["mask"] == lat.null["mask"]).all(1) & (b["cond"]["prompt_embeds"] == lat.null[
-        "prompt_embeds"]).flatten(1).all(1)
+    dropped = (b["cond"]["mask"] == lat.null["mask"]).all(1) & (
+        b["cond"]["prompt_embeds"] == lat.null["prompt_embeds"]
+    ).flatten(1).all(1)
     assert 0 < int(dropped.sum()) < 4  # some captions dropped to the null prompt, not all
 
 
@@ -171,8 +191,8 @@ def test_twinflow_steps_on_the_shards_lower_the_loss_and_export_a_generator(worl
     data module, the Lightning module and objective of every run; then the export the train stage writes, loaded
     back as the generator evaluation and the pyfunc use, drawing 1-NFE images through the family's VAE."""
     import lightning as L
-
     from test_adapters_train import eval_losses
+
     from twinflow_core.adapters.pipeline import generator_meta, load_latent_generator, save_latent_generator
     from twinflow_core.data.latents import load_latents
     from twinflow_core.objective import ObjectiveConfig
@@ -191,13 +211,31 @@ def test_twinflow_steps_on_the_shards_lower_the_loss_and_export_a_generator(worl
     uncond = {k: v.expand(8, *v.shape[1:]) for k, v in lat.null.items()}
     before = eval_losses(net, x, cond, uncond)
     r_before = {k: v.clone() for k, v in net.r_embedding.state_dict().items()}
-    module = TwinFlowModule(net, ObjectiveConfig.preset("twinflow", enhanced_ratio=0.5), lr=1e-3, betas=(0.9, 0.99),
-                            weight_decay=0.0, ema_decay=0.0, grad_clip=1.0, seed=0, accumulate=1,
-                            null_ids=torch.zeros(1, 1, dtype=torch.long), teacher=parts.teacher)
+    module = TwinFlowModule(
+        net,
+        ObjectiveConfig.preset("twinflow", enhanced_ratio=0.5),
+        lr=1e-3,
+        betas=(0.9, 0.99),
+        weight_decay=0.0,
+        ema_decay=0.0,
+        grad_clip=1.0,
+        seed=0,
+        accumulate=1,
+        null_ids=torch.zeros(1, 1, dtype=torch.long),
+        teacher=parts.teacher,
+    )
     steps = 20
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=-1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        use_distributed_sampler=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=-1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=LatentDataModule(str(out), steps, 8, 8, seed=0, cond_drop=0.1))
     after = eval_losses(net, x, cond, uncond)
     assert after[1] < 0.95 * before[1] and after[0] < 1.1 * before[0], (before, after)
@@ -221,7 +259,8 @@ def test_twinflow_steps_on_the_shards_lower_the_loss_and_export_a_generator(worl
 
     plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(gen_folder))
     assert plain.transformer is not None and torch.equal(
-        plain.transformer.state_dict()["proj_out.weight"], gen.net.transformer.state_dict()["proj_out.weight"])
+        plain.transformer.state_dict()["proj_out.weight"], gen.net.transformer.state_dict()["proj_out.weight"]
+    )
 
 
 def test_the_wrapped_base_generates_at_its_image_size(world):
@@ -239,8 +278,11 @@ def test_the_wrapped_base_generates_at_its_image_size(world):
     with pytest.raises(ConfigError, match=r"image_size 33 is not a multiple of \d \(the VAE's downsampling 2 x"):
         wrap_base(folder, family, 33, MAX_LEN)
     if family == "qwen_image":  # 34 px: 17x17 latents, which do not pack into 2x2 patches
-        with pytest.raises(ConfigError, match=r"not a multiple of 4 \(the VAE's downsampling 2 x the transformer's "
-                                              r"patch 2\)"):
+        with pytest.raises(
+            ConfigError,
+            match=r"not a multiple of 4 \(the VAE's downsampling 2 x the transformer's "
+            r"patch 2\)",
+        ):
             wrap_base(folder, family, 34, MAX_LEN)
     assert (folder / "model.json").read_bytes() == before  # a refused wrap leaves the folder as it was
     gen = load_latent_generator(folder)
@@ -261,8 +303,9 @@ def test_the_encode_stage_writes_the_same_shards_from_the_pipeline_folder(world,
 
     family, data_dir, folder, _ = world
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["model"] = to_dict(PretrainedModelConfig(family=family, source=str(folder), image_size=32,
-                                                    max_sequence_length=MAX_LEN))
+    params["model"] = to_dict(
+        PretrainedModelConfig(family=family, source=str(folder), image_size=32, max_sequence_length=MAX_LEN)
+    )
     params["train"]["init"] = str(folder)
     params["encode"] = {"data": str(data_dir), "out": str(tmp_path / "latents"), "batch": 5, "shard_size": 8}
     meta = run(params)
@@ -316,8 +359,15 @@ def test_a_lora_generator_reloads_and_its_weights_load_into_the_plain_pipeline(w
 
     plain = getattr(diffusers, get_family(family).pipeline_class).from_pretrained(str(gen_folder))
     extra = {"use_resolution_binning": False} if family == "sana" else {"true_cfg_scale": 1.0}
-    kw = dict(prompt=CAPTIONS[:2], num_inference_steps=1, height=32, width=32, output_type="np",
-              max_sequence_length=MAX_LEN, **extra)
+    kw = dict(
+        prompt=CAPTIONS[:2],
+        num_inference_steps=1,
+        height=32,
+        width=32,
+        output_type="np",
+        max_sequence_length=MAX_LEN,
+        **extra,
+    )
     before = plain(**kw, generator=torch.Generator().manual_seed(0)).images
     plain.load_lora_weights(str(gen_folder / "lora"))
     after = plain(**kw, generator=torch.Generator().manual_seed(0)).images

@@ -1,4 +1,5 @@
 """Latent shards: the shapes world encoded once by a tiny SD3 pipeline's frozen VAE and text encoders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,14 @@ def encoded(tmp_path_factory):
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("lat")
-    cfg = DataConfig.from_dict({"name": "shapes", "image_size": 32, "shard_size": 64,
-                                "shapes": {"n_images": 24, "holdout_dir": str(REPO / "data/prompts")}})
+    cfg = DataConfig.from_dict(
+        {
+            "name": "shapes",
+            "image_size": 32,
+            "shard_size": 64,
+            "shapes": {"n_images": 24, "holdout_dir": str(REPO / "data/prompts")},
+        }
+    )
     data_dir, meta, _ = prepare(cfg, root=REPO, out=root / "shapes", progress=False)
     words = sorted(meta["vocabulary"])
     pipe = tiny_sd3_pipeline(words, seed=0)

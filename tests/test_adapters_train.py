@@ -1,5 +1,6 @@
 """TwinFlow training of a tiny SD3 (full and LoRA) through the unchanged objective and the Lightning module,
 with each teacher rule; export as a diffusers pipeline folder that reloads into the same generator interface."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,10 @@ pytest.importorskip("diffusers")
 
 from twinflow_core.adapters.lora import LoraTeacher, add_lora  # noqa: E402
 from twinflow_core.adapters.pipeline import (  # noqa: E402
-    encode_prompts, generator_meta, load_latent_generator, save_latent_generator,
+    encode_prompts,
+    generator_meta,
+    load_latent_generator,
+    save_latent_generator,
 )
 from twinflow_core.adapters.tiny import tiny_sd3_pipeline  # noqa: E402
 from twinflow_core.adapters.velocity import TransformerVelocity  # noqa: E402
@@ -69,11 +73,28 @@ def fit(net, teacher, data, steps, lr):
     from twinflow_core.training.module import TwinFlowModule
 
     _, x, cond, uncond = data
-    module = TwinFlowModule(net, ObjectiveConfig.preset("twinflow", enhanced_ratio=0.5), lr=lr, betas=(0.9, 0.99),
-                            weight_decay=0.0, ema_decay=teacher.decay if teacher else 0.99, grad_clip=1.0, seed=0,
-                            accumulate=1, null_ids=torch.zeros(1, 1, dtype=torch.long), teacher=teacher)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    module = TwinFlowModule(
+        net,
+        ObjectiveConfig.preset("twinflow", enhanced_ratio=0.5),
+        lr=lr,
+        betas=(0.9, 0.99),
+        weight_decay=0.0,
+        ema_decay=teacher.decay if teacher else 0.99,
+        grad_clip=1.0,
+        seed=0,
+        accumulate=1,
+        null_ids=torch.zeros(1, 1, dtype=torch.long),
+        teacher=teacher,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     loader = torch.utils.data.DataLoader(Batches(x, cond, uncond, steps), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return module
@@ -145,9 +166,16 @@ def test_full_fine_tuning_of_the_other_families_lowers_the_loss(family):
     ramp = torch.linspace(-1, 1, 16).view(1, 1, 1, 16)
     x = torch.randn(b, latent_channels(family), 1, 1, generator=g) + ramp * torch.randn(b, 1, 1, 1, generator=g)
     x = x.expand(-1, -1, 16, -1).contiguous()
-    cond = {"prompt_embeds": torch.randn(b, 8, 32, generator=g), "pooled": torch.randn(b, 32, generator=g),
-            "mask": torch.ones(b, 8, dtype=torch.long)}
-    null = {"prompt_embeds": torch.zeros(1, 8, 32), "pooled": torch.zeros(1, 32), "mask": torch.ones(1, 8, dtype=torch.long)}
+    cond = {
+        "prompt_embeds": torch.randn(b, 8, 32, generator=g),
+        "pooled": torch.randn(b, 32, generator=g),
+        "mask": torch.ones(b, 8, dtype=torch.long),
+    }
+    null = {
+        "prompt_embeds": torch.zeros(1, 8, 32),
+        "pooled": torch.zeros(1, 32),
+        "mask": torch.ones(1, 8, dtype=torch.long),
+    }
     uncond = {k: v.expand(b, *v.shape[1:]) for k, v in null.items()}
     net = TransformerVelocity(tiny_transformer(family, seed=0), family)
     base_r = {k: v.clone() for k, v in net.r_embedding.state_dict().items()}

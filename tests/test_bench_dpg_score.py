@@ -1,8 +1,16 @@
 """DPG-Bench scoring rules on canned answers: yes/no, cascading zeroing, means, categories, official defects."""
+
 import pytest
 
 from twinflow_core.benchmarks.dpg_score import (
-    Question, group_questions, read_csv, score_item, summarize, summary_metrics, write_csv)
+    Question,
+    group_questions,
+    read_csv,
+    score_item,
+    summarize,
+    summary_metrics,
+    write_csv,
+)
 from twinflow_core.errors import DataError
 
 
@@ -11,8 +19,12 @@ def q(item, qid, dep, tup):
 
 
 # item "a": 1 entity; 2 attribute of 1; 3 relation needing 1 and 2; 4 global (no parent)
-A = [q("a", 1, [0], "entity - whole (cat)"), q("a", 2, [1], "attribute - color (cat, red)"),
-     q("a", 3, [1, 2], "relation - spatial (cat, box, left of)"), q("a", 4, [0], "global - style (photo)")]
+A = [
+    q("a", 1, [0], "entity - whole (cat)"),
+    q("a", 2, [1], "attribute - color (cat, red)"),
+    q("a", 3, [1, 2], "relation - spatial (cat, box, left of)"),
+    q("a", 4, [0], "global - style (photo)"),
+]
 B = [q("b", 1, [0], "entity - whole (dog)"), q("b", 2, [1], "attribute - color (dog, blue)")]
 
 
@@ -33,8 +45,11 @@ def test_tile_score_yes_only_and_cascade():
 
 def test_cascade_follows_csv_order_in_place():
     # child listed before its parent: the official loop sees the parent's raw score, not its zeroed one
-    qs = {3: q("c", 3, [2], "relation - x (a)"), 1: q("c", 1, [0], "entity - whole (a)"),
-          2: q("c", 2, [1], "attribute - color (a)")}
+    qs = {
+        3: q("c", 3, [2], "relation - x (a)"),
+        1: q("c", 1, [0], "entity - whole (a)"),
+        2: q("c", 2, [1], "attribute - color (a)"),
+    }
     r = score_item(qs, [{1: "no", 2: "yes", 3: "yes"}])
     assert r.tile_scores == [pytest.approx(1 / 3)]  # 3 kept (parent 2 raw yes), 2 zeroed by 1
 
@@ -87,8 +102,12 @@ def test_official_rules_drop_first_row_and_use_last_tile_for_categories():
 
 
 def test_official_restarts_non_contiguous_items_and_drops_unknown():
-    rows = [q("z", 9, [0], "other - (z)"), q("a", 1, [0], "entity - whole (x)"), q("b", 1, [0], "entity - whole (y)"),
-            q("a", 2, [0], "entity - whole (w)")]
+    rows = [
+        q("z", 9, [0], "other - (z)"),
+        q("a", 1, [0], "entity - whole (x)"),
+        q("b", 1, [0], "entity - whole (y)"),
+        q("a", 2, [0], "entity - whole (w)"),
+    ]
     assert list(group_questions(rows, "official")["a"]) == [2]
     assert list(group_questions(rows, "corrected")["a"]) == [1, 2]
     off = summarize(rows, {"a": [{1: "yes", 2: "yes"}], "nope": [{}]}, "official")

@@ -1,5 +1,6 @@
 """bench/finetune_curve.py's bootstrap: its point scores are the benchmarks' own overall figures, and the paired
 ratio of a model to itself has no error while two different models' ratio does."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,20 +42,26 @@ def fake_eval(k=2, per_tag=(3, 5), items=4, dim=3, seed=0):
 def units(ev, seed):
     rng = np.random.default_rng(seed)
     n, items = ev.ps.n_geneval, len(set(ev.ps.dpg_items))
-    return {"correct": (rng.random(n) < 0.5).astype(float), "dpg": rng.random(items),
-            "feats": rng.normal(size=(len(ev.ps.captions), ev.real_a_feats.shape[1]))}
+    return {
+        "correct": (rng.random(n) < 0.5).astype(float),
+        "dpg": rng.random(items),
+        "feats": rng.normal(size=(len(ev.ps.captions), ev.real_a_feats.shape[1])),
+    }
 
 
 def test_point_scores_match_the_benchmark_summaries():
     fc, ev = bench(), fake_eval()
     rs = fc.Resampler(ev, k=2, n=20)
     u = units(ev, 1)
-    rows = [{"tag": m["tag"], "correct": bool(c), "metadata": json.dumps(m)}
-            for m, c in zip(ev.ps.geneval_meta, u["correct"])]
+    rows = [
+        {"tag": m["tag"], "correct": bool(c), "metadata": json.dumps(m)}
+        for m, c in zip(ev.ps.geneval_meta, u["correct"])
+    ]
     pt = rs.point(u)
     assert abs(pt["geneval"] - geneval_score.summarize(rows)["overall"]) < 1e-12
     assert abs(pt["dpg"] - 100 * u["dpg"].mean()) < 1e-9
     from twinflow_core.benchmarks.features import frechet_distance
+
     assert abs(pt["fd"] - frechet_distance(u["feats"], ev.real_a_feats)) < 1e-9
 
 

@@ -1,4 +1,5 @@
 """GenEval edges where float64 arithmetic or the reason text parted from djghosh13/geneval evaluate_images.py."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,10 +1,18 @@
 """GenEval scoring rules on canned detections: every clause of evaluate_images.py and summary_scores.py."""
+
 import json
 
 import pytest
 
 from twinflow_core.benchmarks.geneval_score import (
-    Detection, evaluate_objects, relative_position, score_image, select_objects, summarize, summary_metrics)
+    Detection,
+    evaluate_objects,
+    relative_position,
+    score_image,
+    select_objects,
+    summarize,
+    summary_metrics,
+)
 from twinflow_core.errors import DataError
 
 
@@ -14,9 +22,14 @@ def det(cls, box, score=0.95, color=None):
 
 # --- thresholds and limits -------------------------------------------------------------------------------
 
+
 def test_threshold_is_strict_and_counting_uses_point_nine():
-    dets = [det("dog", (0, 0, 1, 1), 0.3), det("dog", (0, 0, 1, 1), 0.31), det("dog", (0, 0, 1, 1), 0.9),
-            det("dog", (0, 0, 1, 1), 0.95)]
+    dets = [
+        det("dog", (0, 0, 1, 1), 0.3),
+        det("dog", (0, 0, 1, 1), 0.31),
+        det("dog", (0, 0, 1, 1), 0.9),
+        det("dog", (0, 0, 1, 1), 0.95),
+    ]
     assert [d.score for d in select_objects(dets, "single_object")["dog"]] == [0.95, 0.9, 0.31]
     assert [d.score for d in select_objects(dets, "counting")["dog"]] == [0.95]
 
@@ -32,9 +45,14 @@ def test_at_most_16_per_class_most_confident_first_and_empty_classes_absent():
 
 # --- include: count ------------------------------------------------------------------------------------
 
+
 def test_include_needs_top_count_objects():
-    meta = {"tag": "counting", "include": [{"class": "apple", "count": 3}], "exclude": [{"class": "apple", "count": 4}],
-            "prompt": "a photo of three apples"}
+    meta = {
+        "tag": "counting",
+        "include": [{"class": "apple", "count": 3}],
+        "exclude": [{"class": "apple", "count": 4}],
+        "prompt": "a photo of three apples",
+    }
     three = [det("apple", (i * 10, 0, i * 10 + 5, 5), 0.95) for i in range(3)]
     assert score_image(three, meta)[0] is True
     ok, reason, _ = score_image(three[:2], meta)
@@ -46,8 +64,12 @@ def test_include_needs_top_count_objects():
 
 
 def test_exclude_fails_at_count_or_more():
-    meta = {"tag": "counting", "include": [{"class": "apple", "count": 2}], "exclude": [{"class": "apple", "count": 3}],
-            "prompt": "p"}
+    meta = {
+        "tag": "counting",
+        "include": [{"class": "apple", "count": 2}],
+        "exclude": [{"class": "apple", "count": 3}],
+        "prompt": "p",
+    }
     three = [det("apple", (i * 10, 0, i * 10 + 5, 5)) for i in range(3)]
     ok, reason, _ = score_image(three, meta)
     assert not ok and reason == "expected apple<3, found 3"
@@ -64,6 +86,7 @@ def test_extra_objects_of_other_classes_do_not_matter_without_exclude():
 
 # --- colour ----------------------------------------------------------------------------------------------
 
+
 def test_color_checks_only_the_top_count_objects():
     meta = {"tag": "colors", "include": [{"class": "car", "count": 1, "color": "pink"}], "prompt": "a pink car"}
     # the most confident car is red; a less confident pink one is not looked at
@@ -74,8 +97,11 @@ def test_color_checks_only_the_top_count_objects():
 
 
 def test_color_attr_two_groups_and_failed_group_blocks_position():
-    meta = {"tag": "color_attr", "include": [{"class": "cup", "count": 1, "color": "red"},
-                                              {"class": "vase", "count": 1, "color": "blue"}], "prompt": "p"}
+    meta = {
+        "tag": "color_attr",
+        "include": [{"class": "cup", "count": 1, "color": "red"}, {"class": "vase", "count": 1, "color": "blue"}],
+        "prompt": "p",
+    }
     good = [det("cup", (0, 0, 5, 5), color="red"), det("vase", (10, 0, 15, 5), color="blue")]
     swapped = [det("cup", (0, 0, 5, 5), color="blue"), det("vase", (10, 0, 15, 5), color="red")]
     assert score_image(good, meta)[0] is True
@@ -84,6 +110,7 @@ def test_color_attr_two_groups_and_failed_group_blocks_position():
 
 
 # --- position --------------------------------------------------------------------------------------------
+
 
 def test_relative_position_basic_directions_and_y_down():
     a, b = (60, 40, 80, 60), (20, 40, 40, 60)
@@ -112,9 +139,11 @@ def test_relative_position_same_centre_is_empty():
 
 
 def test_position_every_pair_against_group_k():
-    meta = {"tag": "position", "include": [{"class": "dog", "count": 1},
-                                            {"class": "cat", "count": 1, "position": ["right of", 0]}],
-            "prompt": "a photo of a cat right of a dog"}
+    meta = {
+        "tag": "position",
+        "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1, "position": ["right of", 0]}],
+        "prompt": "a photo of a cat right of a dog",
+    }
     dog, cat_right, cat_left = det("dog", (0, 0, 10, 10)), det("cat", (30, 0, 40, 10)), det("cat", (-40, 0, -30, 10))
     assert score_image([dog, cat_right], meta)[0] is True
     ok, reason, _ = score_image([dog, cat_left], meta)
@@ -123,29 +152,41 @@ def test_position_every_pair_against_group_k():
     ok, reason, _ = score_image([cat_right], meta)
     assert not ok and "no target for cat to be right of" in reason
     # group of two: every cat must be right of every dog
-    meta2 = {"tag": "position", "include": [{"class": "dog", "count": 2},
-                                             {"class": "cat", "count": 1, "position": ["right of", 0]}], "prompt": "p"}
+    meta2 = {
+        "tag": "position",
+        "include": [{"class": "dog", "count": 2}, {"class": "cat", "count": 1, "position": ["right of", 0]}],
+        "prompt": "p",
+    }
     dog2 = det("dog", (50, 0, 60, 10), 0.9)
     assert score_image([dog, dog2, cat_right], meta2)[0] is False
     assert score_image([dog, dog2, det("cat", (80, 0, 90, 10))], meta2)[0] is True
 
 
 def test_position_not_checked_when_colour_failed():
-    meta = {"tag": "position", "include": [{"class": "dog", "count": 1},
-                                            {"class": "cat", "count": 1, "color": "red", "position": ["above", 0]}],
-            "prompt": "p"}
+    meta = {
+        "tag": "position",
+        "include": [
+            {"class": "dog", "count": 1},
+            {"class": "cat", "count": 1, "color": "red", "position": ["above", 0]},
+        ],
+        "prompt": "p",
+    }
     ok, reason, _ = score_image([det("dog", (0, 0, 10, 10)), det("cat", (0, 50, 10, 60), color="blue")], meta)
     assert not ok and "found 0 red" in reason and "above" not in reason
 
 
 def test_position_to_a_later_group_is_a_data_error():
-    meta = {"tag": "position", "include": [{"class": "cat", "count": 1, "position": ["above", 1]},
-                                            {"class": "dog", "count": 1}], "prompt": "bad"}
+    meta = {
+        "tag": "position",
+        "include": [{"class": "cat", "count": 1, "position": ["above", 1]}, {"class": "dog", "count": 1}],
+        "prompt": "bad",
+    }
     with pytest.raises(DataError, match="include group 1"):
         evaluate_objects({"cat": [det("cat", (0, 0, 1, 1))], "dog": [det("dog", (0, 5, 1, 6))]}, meta)
 
 
 # --- summary ---------------------------------------------------------------------------------------------
+
 
 def _rows(spec):
     rows = []
@@ -156,8 +197,14 @@ def _rows(spec):
 
 
 def test_summary_overall_is_unweighted_mean_of_tags():
-    rows = _rows([("single_object", [True] * 4), ("single_object", [True, True, True, False]),
-                  ("counting", [False] * 4), ("position", [True, False, False, False])])
+    rows = _rows(
+        [
+            ("single_object", [True] * 4),
+            ("single_object", [True, True, True, False]),
+            ("counting", [False] * 4),
+            ("position", [True, False, False, False]),
+        ]
+    )
     s = summarize(rows)
     assert s["tags"]["single_object"]["score"] == pytest.approx(7 / 8)
     assert s["tags"]["counting"]["score"] == 0.0

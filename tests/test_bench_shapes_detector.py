@@ -1,4 +1,5 @@
 """The shapes perception backend: components on renders, the committed crop classifier, DPG answers."""
+
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +65,13 @@ def D(cls, color, box, score=0.95):
 
 
 def test_answers_for_every_question_kind():
-    dets = [D("circle", "red", (0, 0, 10, 10)), D("square", "blue", (20, 0, 30, 10)),
-            D("triangle", "green", (0, 20, 10, 30)), D("triangle", "green", (20, 20, 30, 30)),
-            D("cross", "white", (12, 12, 18, 18), score=0.2)]
+    dets = [
+        D("circle", "red", (0, 0, 10, 10)),
+        D("square", "blue", (20, 0, 30, 10)),
+        D("triangle", "green", (0, 20, 10, 30)),
+        D("triangle", "green", (20, 20, 30, 30)),
+        D("cross", "white", (12, 12, 18, 18), score=0.2),
+    ]
     assert answer_question("entity - whole (circle)", dets) == "yes"
     assert answer_question("entity - whole (cross)", dets) == "no"  # below the 0.3 threshold
     assert answer_question("entity - whole (triangles)", dets) == "yes"

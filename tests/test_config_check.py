@@ -1,4 +1,5 @@
 """The up-front check of the whole configuration (flows/config_check.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,33 +8,37 @@ import pytest
 import yaml
 
 from flows.config_check import PIPELINE_SCHEMA, REGISTER_SCHEMA, check_params
-from flows.overrides import apply_overrides, with_overrides
+from flows.params import apply_overrides, with_overrides
 from twinflow_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
+    from flows import schema
     from flows.registry import REGISTER_DEFAULTS
 
     check_params(yaml.safe_load((REPO / "params.yaml").read_text()))
-    assert set(REGISTER_SCHEMA) == set(REGISTER_DEFAULTS)
+    assert set(REGISTER_SCHEMA) == set(REGISTER_DEFAULTS) == set(schema.defaults("register"))
     text = (REPO / "flows" / "pipeline.py").read_text()  # not imported: it pulls in prefect
-    defaults = eval(text.split("PIPELINE_DEFAULTS = ", 1)[1].split("\n", 1)[0])  # noqa: S307 - a dict literal
-    assert set(PIPELINE_SCHEMA) == set(defaults)
+    assert 'PIPELINE_DEFAULTS = schema.defaults("pipeline")' in text
+    assert set(PIPELINE_SCHEMA) == set(schema.defaults("pipeline"))
 
 
-@pytest.mark.parametrize("key, value, says", [
-    ("train.steps", 0, "train.steps: expected >= 1, got 0"),
-    ("pretrain.ema_decay", 1.5, "pretrain.ema_decay: expected 0..1"),
-    ("train.cond_drop", 1.0, "train.cond_drop: expected 0 <= cond_drop < 1"),
-    ("pretrain.betas", [0.9], "pretrain.betas: expected two values"),
-    ("train.threads", -1, "train.threads: expected >= 0"),
-    ("data.shard_size", 0, "data.shard_size: expected >= 1"),
-    ("register.model_name", "", "register.model_name: must not be empty"),
-    ("pipeline.push", "yes", "pipeline.push: expected bool"),
-    ("validate.max_caption_words", "many", "validate.max_caption_words: expected int"),
-])
+@pytest.mark.parametrize(
+    "key, value, says",
+    [
+        ("train.steps", 0, "train.steps: expected >= 1, got 0"),
+        ("pretrain.ema_decay", 1.5, "pretrain.ema_decay: expected 0..1"),
+        ("train.cond_drop", 1.0, "train.cond_drop: expected 0 <= cond_drop < 1"),
+        ("pretrain.betas", [0.9], "pretrain.betas: expected two values"),
+        ("train.threads", -1, "train.threads: expected >= 0"),
+        ("data.shard_size", 0, "data.shard_size: expected >= 1"),
+        ("register.model_name", "", "register.model_name: must not be empty"),
+        ("pipeline.push", "yes", "pipeline.push: expected bool"),
+        ("validate.max_caption_words", "many", "validate.max_caption_words: expected int"),
+    ],
+)
 def test_each_range_names_its_key(key, value, says):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     with pytest.raises(ConfigError) as err:
@@ -60,3 +65,40 @@ def test_an_override_under_a_section_the_file_lacks_is_made_in_the_check_and_in_
     assert apply_overrides(path, new)
     assert yaml.safe_load(path.read_text()) == wanted
     assert "# keep me" in path.read_text() and path.read_text().startswith("# the gate\n")
+
+
+def test_the_gate_follows_evaluate_settings_or_the_run_stops_before_any_stage(tmp_path):
+    """evaluate.base_steps names the reference every ratio divides by: changed alone, the real CLI refuses the
+    run in one line within seconds (before, the gate failed at registration, after the whole run)."""
+    import subprocess
+    import sys
+    import time
+
+    cli = Path(sys.executable).parent / "twinflow"
+    for overrides, says in [
+        (["evaluate.base_steps=40"], "evaluate.ratio_reference: 'euler50-cfg0.5' is not a reference"),
+        (
+            ["evaluate.base_steps=40", "evaluate.ratio_reference=euler40-cfg0.5"],
+            "gate names 'base/geneval-shapes/overall@euler50-cfg0.5', but evaluate publishes base settings",
+        ),
+        (["evaluate.nfe=[2,4]"], "gate names 'geneval-shapes/overall@1nfe', but evaluate publishes model settings"),
+    ]:
+        start = time.monotonic()
+        proc = subprocess.run([str(cli), "run", *overrides], cwd=REPO, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - start
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 10, proc.stderr
+        assert len(lines) == 1 and says in lines[0], proc.stderr
+        assert took < 30, took  # seconds, not a run: nothing was prepared or trained
+
+
+def test_the_gate_check_passes_when_gate_and_evaluate_move_together():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    moved = {
+        "evaluate.base_steps": 40,
+        "evaluate.ratio_reference": "euler40-cfg0.5",
+        "gate.ratio": {
+            "geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler40-cfg0.5", "min": 0.37}
+        },
+    }
+    check_params(with_overrides(params, moved), "params.yaml")

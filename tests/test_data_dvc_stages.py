@@ -1,5 +1,6 @@
 """End to end through DVC on a fresh copy: `dvc repro validate` builds and validates the shapes dataset, a
 second run does nothing, and a corrupted shard makes the validate stage fail naming the expectation."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Image folders (metadata.jsonl + images) from disk and from S3 (moto in server mode on 127.0.0.1): the same
 files give the same prepared bytes, and every kind of bad input is a one-line error naming the file or row,
 with no dataset left behind."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.s3 import SECRET, free_port, moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 from twinflow_core.data.config import DataConfig
 from twinflow_core.data.prepared import load_prepared, prepare
-from tests.support.s3 import SECRET, free_port, moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 from twinflow_core.errors import DataError
-
 
 
 def make_folder(root: Path) -> Path:
@@ -23,9 +23,16 @@ def make_folder(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
-    specs = [("a.png", "RGB", (40, 30)), ("b.png", "RGBA", (32, 32)), ("c.jpg", "RGB", (64, 48)),
-             ("d.png", "L", (50, 50)), ("sub/e.png", "P", (30, 60)), ("f.png", "RGB", (24, 24)),
-             ("g.png", "LA", (33, 33)), ("h.bmp", "RGB", (100, 20))]
+    specs = [
+        ("a.png", "RGB", (40, 30)),
+        ("b.png", "RGBA", (32, 32)),
+        ("c.jpg", "RGB", (64, 48)),
+        ("d.png", "L", (50, 50)),
+        ("sub/e.png", "P", (30, 60)),
+        ("f.png", "RGB", (24, 24)),
+        ("g.png", "LA", (33, 33)),
+        ("h.bmp", "RGB", (100, 20)),
+    ]
     for k, (name, mode, size) in enumerate(specs):
         arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
         img = Image.fromarray(arr, "RGB")
@@ -38,8 +45,15 @@ def make_folder(root: Path) -> Path:
 
 
 def cfg(path: str, **folder) -> DataConfig:
-    return DataConfig.from_dict({"name": "mine", "source": "imagefolder", "image_size": 24, "shard_size": 3,
-                                 "imagefolder": {"path": path, **folder}})
+    return DataConfig.from_dict(
+        {
+            "name": "mine",
+            "source": "imagefolder",
+            "image_size": 24,
+            "shard_size": 3,
+            "imagefolder": {"path": path, **folder},
+        }
+    )
 
 
 def assert_no_dataset(out: Path):
@@ -87,8 +101,11 @@ def test_truncated_image_names_the_file(folder, tmp_path):
 
 
 def test_image_of_another_size_or_mode(folder, tmp_path):
-    one_line_error(tmp_path, cfg(str(folder), strict=True),
-                   f"{folder}/a.png: 40x30 RGB, expected 24x24 RGB (data.imagefolder.strict)")
+    one_line_error(
+        tmp_path,
+        cfg(str(folder), strict=True),
+        f"{folder}/a.png: 40x30 RGB, expected 24x24 RGB (data.imagefolder.strict)",
+    )
     Image.new("I;16", (40, 40)).save(folder / "a.png")
     one_line_error(tmp_path, cfg(str(folder)), f"{folder}/a.png: image mode 'I;16' is not supported")
     Image.new("RGB", (10, 12)).save(folder / "a.png")
@@ -133,8 +150,7 @@ def files_of(path: Path) -> dict[str, bytes]:
 def test_s3_folder_gives_the_same_dataset_as_the_same_files_on_disk(folder, tmp_path, s3_env):
     upload(s3_env, folder, "pictures", "sets/noise")
     from_disk, _, _ = prepare(cfg(str(folder)), out=tmp_path / "disk", progress=False)
-    from_s3, _, _ = prepare(cfg("s3://pictures/sets/noise", endpoint_url=s3_env), out=tmp_path / "s3",
-                            progress=False)
+    from_s3, _, _ = prepare(cfg("s3://pictures/sets/noise", endpoint_url=s3_env), out=tmp_path / "s3", progress=False)
     disk, s3 = files_of(from_disk), files_of(from_s3)
     assert len(disk) == 5 and disk == s3  # meta, manifest and 3 shards of 3+3+2 images, byte for byte
 
@@ -147,24 +163,32 @@ def test_s3_endpoint_from_the_environment(folder, tmp_path, s3_env, monkeypatch)
 
 
 def test_s3_missing_bucket(tmp_path, s3_env):
-    msg = one_line_error(tmp_path, cfg("s3://no-such-bucket/x", endpoint_url=s3_env),
-                         "s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist")
+    msg = one_line_error(
+        tmp_path,
+        cfg("s3://no-such-bucket/x", endpoint_url=s3_env),
+        "s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist",
+    )
     assert SECRET not in msg
 
 
 def test_s3_missing_metadata_and_missing_file(folder, tmp_path, s3_env):
     _rewrite_line(folder, 5, json.dumps({"file_name": "sub/ghost.png", "text": "boo"}))
     upload(s3_env, folder, "holes", "p")
-    one_line_error(tmp_path, cfg("s3://holes/p", endpoint_url=s3_env),
-                   "s3://holes/p/metadata.jsonl line 5: file 'sub/ghost.png' not found in s3://holes/p")
-    one_line_error(tmp_path, cfg("s3://holes/elsewhere", endpoint_url=s3_env),
-                   "s3://holes/elsewhere/metadata.jsonl: not found")
+    one_line_error(
+        tmp_path,
+        cfg("s3://holes/p", endpoint_url=s3_env),
+        "s3://holes/p/metadata.jsonl line 5: file 'sub/ghost.png' not found in s3://holes/p",
+    )
+    one_line_error(
+        tmp_path, cfg("s3://holes/elsewhere", endpoint_url=s3_env), "s3://holes/elsewhere/metadata.jsonl: not found"
+    )
 
 
 def test_s3_unreachable_endpoint(tmp_path, s3_env):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    msg = one_line_error(tmp_path, cfg("s3://pictures/x", endpoint_url=dead),
-                         f"s3://pictures/x: cannot reach the S3 endpoint {dead}")
+    msg = one_line_error(
+        tmp_path, cfg("s3://pictures/x", endpoint_url=dead), f"s3://pictures/x: cannot reach the S3 endpoint {dead}"
+    )
     assert SECRET not in msg
 
 
@@ -172,15 +196,19 @@ def test_s3_wrong_credentials(folder, tmp_path, s3_env, monkeypatch):
     upload(s3_env, folder, "locked", "p")
 
     def set_auth(count: str):  # moto's switch: enforce IAM authentication after `count` requests
-        req = urllib.request.Request(f"{s3_env}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})
+        req = urllib.request.Request(
+            f"{s3_env}/moto-api/reset-auth", data=count.encode(), method="POST", headers={"Content-Type": "text/plain"}
+        )
         urllib.request.urlopen(req).read()
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG1")
     set_auth("0")
     try:
-        msg = one_line_error(tmp_path, cfg("s3://locked/p", endpoint_url=s3_env),
-                             f"s3://locked/p: S3 at {s3_env} refused the AWS credentials for bucket 'locked'")
+        msg = one_line_error(
+            tmp_path,
+            cfg("s3://locked/p", endpoint_url=s3_env),
+            f"s3://locked/p: S3 at {s3_env} refused the AWS credentials for bucket 'locked'",
+        )
     finally:
         set_auth("inf")
     assert SECRET not in msg and "AKIAWRONG" not in msg

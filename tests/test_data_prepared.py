@@ -1,5 +1,6 @@
 """The prepared-dataset format (byte-identical rebuilds, atomic replacement, the load_prepared contract) and the
 validate stage's Great Expectations suite catching damaged shards and manifests."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def small_params(name="shapes", **data):
-    return {"data": {"name": name, "image_size": 24, "shard_size": 64,
-                     "shapes": {"n_images": 150, "holdout_dir": str(REPO / "data/prompts")}, **data},
-            "validate": {}}
+    return {
+        "data": {
+            "name": name,
+            "image_size": 24,
+            "shard_size": 64,
+            "shapes": {"n_images": 150, "holdout_dir": str(REPO / "data/prompts")},
+            **data,
+        },
+        "validate": {},
+    }
 
 
 def build(tmp_path: Path, params: dict, sub: str = "ds") -> Path:
@@ -40,8 +48,13 @@ def files_of(path: Path) -> dict[str, bytes]:
 def test_same_input_and_seed_give_byte_identical_datasets(tmp_path):
     a = files_of(build(tmp_path, small_params(), "a"))
     b = files_of(build(tmp_path, small_params(), "b"))
-    assert sorted(a) == ["manifest.parquet", "meta.json", "shards/images-00000.npz", "shards/images-00001.npz",
-                         "shards/images-00002.npz"]
+    assert sorted(a) == [
+        "manifest.parquet",
+        "meta.json",
+        "shards/images-00000.npz",
+        "shards/images-00001.npz",
+        "shards/images-00002.npz",
+    ]
     assert a == b
     c = files_of(build(tmp_path, small_params(seed=1), "c"))
     assert c["shards/images-00000.npz"] != a["shards/images-00000.npz"]
@@ -58,8 +71,20 @@ def test_load_prepared_contract(tmp_path):
     assert meta["name"] == "shapes" and meta["image_size"] == 24 and meta["seed"] == 0 and meta["n"] == 150
     assert "circle" in meta["vocabulary"] and meta["holdout"]["n_prompts"] == 196
     assert list(ds.manifest.columns[:4]) == ["id", "shard", "row", "caption"]
-    for col in ("source", "width", "height", "mode", "pixel_min", "pixel_max", "pixel_mean", "pixel_std",
-                "content_hash", "label", "scene", "kind"):
+    for col in (
+        "source",
+        "width",
+        "height",
+        "mode",
+        "pixel_min",
+        "pixel_max",
+        "pixel_mean",
+        "pixel_std",
+        "content_hash",
+        "label",
+        "scene",
+        "kind",
+    ):
         assert col in ds.manifest.columns
     row = ds.manifest.iloc[77]
     img = ds.images[77]
@@ -93,8 +118,18 @@ def _write(out, n, fail_at=None):
 
 
 def _write_with(samples, out, n):
-    return write_prepared(samples, n, out, name="grey", source="test", image_size=8, seed=0, shard_size=4,
-                          source_meta={"vocabulary": [], "kinds": ["grey"]}, progress=False)
+    return write_prepared(
+        samples,
+        n,
+        out,
+        name="grey",
+        source="test",
+        image_size=8,
+        seed=0,
+        shard_size=4,
+        source_meta={"vocabulary": [], "kinds": ["grey"]},
+        progress=False,
+    )
 
 
 def test_a_failed_build_leaves_nothing_that_looks_like_a_dataset(tmp_path):
@@ -135,8 +170,9 @@ def test_two_writers_of_one_dataset_at_once_both_finish_and_only_dead_writers_sc
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = out.parent / f".grey.tmp-{socket.gethostname()}-{int(gone.stdout)}"
     (dead / "shards").mkdir(parents=True)
-    slow = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, str(REPO), str(out)], stderr=subprocess.PIPE,
-                            text=True)
+    slow = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, str(REPO), str(out)], stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.time() + 60
         while not [p for p in out.parent.glob(".grey.tmp-*") if p != dead and (p / "shards").is_dir()]:
@@ -208,8 +244,10 @@ def test_changed_pixels_in_a_shard_are_caught(good, tmp_path):
     write_npz(shard, {"images": images})
     passed, report, summary = _validate(path, small_params(), tmp_path)
     assert not passed
-    assert _failed(summary) == {("expect_column_values_to_be_in_set", "hash_ok"),
-                                ("expect_column_values_to_be_in_set", "sha256_ok")}
+    assert _failed(summary) == {
+        ("expect_column_values_to_be_in_set", "hash_ok"),
+        ("expect_column_values_to_be_in_set", "sha256_ok"),
+    }
     text = report.read_text()
     assert "shapes-000069" in text and "shards/images-00001.npz" in text  # the example rows name them
 
@@ -220,8 +258,10 @@ def test_a_truncated_shard_is_caught(good, tmp_path):
     shard.write_bytes(shard.read_bytes()[:500])
     passed, _, summary = _validate(path, small_params(), tmp_path)
     assert not passed
-    assert {("expect_column_values_to_be_in_set", "readable"),
-            ("expect_column_values_to_be_in_set", "hash_ok")} <= _failed(summary)
+    assert {
+        ("expect_column_values_to_be_in_set", "readable"),
+        ("expect_column_values_to_be_in_set", "hash_ok"),
+    } <= _failed(summary)
 
 
 def test_edited_manifest_rows_are_caught(good, tmp_path):
@@ -233,10 +273,12 @@ def test_edited_manifest_rows_are_caught(good, tmp_path):
     m.to_parquet(path / "manifest.parquet", index=False)
     passed, report, summary = _validate(path, small_params(), tmp_path)
     assert not passed
-    assert _failed(summary) == {("expect_column_values_to_be_unique", "id"),
-                                ("expect_column_value_lengths_to_be_between", "caption"),
-                                ("expect_column_values_to_be_between", "n_words"),
-                                ("expect_column_values_to_be_between", "oov_words")}
+    assert _failed(summary) == {
+        ("expect_column_values_to_be_unique", "id"),
+        ("expect_column_value_lengths_to_be_between", "caption"),
+        ("expect_column_values_to_be_between", "n_words"),
+        ("expect_column_values_to_be_between", "oov_words"),
+    }
     assert "a photo of a dragon" in report.read_text()
 
 
@@ -287,12 +329,18 @@ def test_validate_stage_fails_with_one_line_and_a_report(good, tmp_path, capsys)
 
 def test_prepare_stage_bad_config_is_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"name": "shapes", "imge_size": 3}}))
-    r = subprocess.run([sys.executable, "-m", "flows.stages.prepare", "--root", str(tmp_path)], cwd=REPO,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "flows.stages.prepare", "--root", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 10
-    assert r.stderr.strip().splitlines() == ["prepare: error: data: unknown key(s) ['imge_size']; known: "
-                                             "['digits', 'image_size', 'imagefolder', 'name', 'seed', "
-                                             "'shapes', 'shard_size', 'source']"]
+    assert r.stderr.strip().splitlines() == [
+        "prepare: error: data: unknown key(s) ['imge_size']; known: "
+        "['digits', 'image_size', 'imagefolder', 'name', 'seed', "
+        "'shapes', 'shard_size', 'source']"
+    ]
     assert not (tmp_path / "data").exists()
 
 
@@ -305,5 +353,7 @@ def test_label_coverage_and_balance_are_checked(digits, tmp_path):
     m.loc[m["label"].isin([3, 4]), "label"] = 8  # 3 and 4 go missing, 8 becomes ~3x an even share
     m.to_parquet(path / "manifest.parquet", index=False)
     passed, report, summary = _validate(path, params, tmp_path)
-    assert _failed(summary) == {("expect_column_distinct_values_to_contain_set", "label"),
-                                ("expect_column_values_to_be_between", "label_share")}
+    assert _failed(summary) == {
+        ("expect_column_distinct_values_to_contain_set", "label"),
+        ("expect_column_values_to_be_between", "label_share"),
+    }

@@ -1,4 +1,5 @@
 """The committed prompt sets: equal to a fresh generation, and in GenEval's / DPG-Bench's exact schemas."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,14 @@ def test_committed_files_equal_a_fresh_generation(tmp_path):
 def test_geneval_schema_and_tags():
     lines = (PROMPTS / "geneval-shapes" / "evaluation_metadata.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
-    assert Counter(r["tag"] for r in rows) == {"single_object": 4, "two_object": 12, "counting": 12,
-                                               "colors": 24, "position": 40, "color_attr": 40}
+    assert Counter(r["tag"] for r in rows) == {
+        "single_object": 4,
+        "two_object": 12,
+        "counting": 12,
+        "colors": 24,
+        "position": 40,
+        "color_attr": 40,
+    }
     assert len({r["prompt"] for r in rows}) == len(rows)
     for line, r in zip(lines, rows):
         assert list(r) in (["tag", "include", "prompt"], ["tag", "include", "exclude", "prompt"])

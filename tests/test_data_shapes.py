@@ -1,5 +1,6 @@
 """The shapes world: determinism, scenes that match their captions, relations that pass GenEval's rule,
 classes that stay apart at 24 px, and training captions held out from the evaluation prompts."""
+
 from __future__ import annotations
 
 import json
@@ -58,8 +59,9 @@ def test_same_seed_same_bytes_other_seed_other_images():
     a = [shapes_sample(i, 32, 5) for i in range(20)]
     b = [shapes_sample(i, 32, 5) for i in range(20)]
     c = [shapes_sample(i, 32, 6) for i in range(20)]
-    assert all(x.image.tobytes() == y.image.tobytes() and x.caption == y.caption and x.scene == y.scene
-               for x, y in zip(a, b))
+    assert all(
+        x.image.tobytes() == y.image.tobytes() and x.caption == y.caption and x.scene == y.scene for x, y in zip(a, b)
+    )
     assert sum(x.image.tobytes() != z.image.tobytes() for x, z in zip(a, c)) == 20
 
 
@@ -77,7 +79,7 @@ def test_scenes_are_well_formed(samples):
         for o in sc["objects"]:
             x0, y0, x1, y1 = o["box"]
             assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
-            assert x1 - x0 >= 0.27 * 32 * 0.93 ** 3 - 1e-6  # objects stay legible even after shrinking
+            assert x1 - x0 >= 0.27 * 32 * 0.93**3 - 1e-6  # objects stay legible even after shrinking
             assert o["class"] in CLASSES and o["color"] in COLORS
         boxes = [o["box"] for o in sc["objects"]]
         assert not any(overlaps(boxes[i], boxes[j]) for i in range(len(boxes)) for j in range(i + 1, len(boxes)))
@@ -109,11 +111,10 @@ def test_captions_describe_their_scene(samples):
             assert len(objs) == n and body.endswith(PLURAL[classes[0]]) and len(set(classes)) == 1
         elif s.kind in ("two_object", "color_attr"):
             assert len(objs) == 2 and classes[0] != classes[1]
-            phrase = " and ".join(f"a {o['color'] + ' ' if s.kind == 'color_attr' else ''}{o['class']}"
-                                  for o in objs)
+            phrase = " and ".join(f"a {o['color'] + ' ' if s.kind == 'color_attr' else ''}{o['class']}" for o in objs)
             assert body == phrase
         elif s.kind == "position":
-            (i, rel, j), = s.scene["relations"]
+            ((i, rel, j),) = s.scene["relations"]
             assert f" {rel} " in body and body.split(f" {rel} ")[0].endswith(classes[i])
             assert body.endswith(classes[j])
         else:  # dense: every object is named with its colour, and the relations are sentences
@@ -200,20 +201,25 @@ def test_renders_for_dpg_items_satisfy_their_groups_and_relations():
 
 def test_classes_stay_apart_at_24_pixels():
     """At the smallest object size, two classes drawn in the same box differ in >= 18% of their (soft) mask."""
+
     def mask(cls, box):
-        scene = {"objects": [{"class": cls, "color": "white", "box": box, "rgb": [255, 255, 255]}],
-                 "width": 24, "height": 24, "background": [0, 0, 0]}
+        scene = {
+            "objects": [{"class": cls, "color": "white", "box": box, "rgb": [255, 255, 255]}],
+            "width": 24,
+            "height": 24,
+            "background": [0, 0, 0],
+        }
         return shapes.render_scene(scene)[..., 0] / 255.0
 
     rng = np.random.default_rng(0)
     worst = 0.0
     for _ in range(40):
-        side = rng.uniform(0.27 * 0.93 ** 3, 0.56) * 24
+        side = rng.uniform(0.27 * 0.93**3, 0.56) * 24
         x0, y0 = rng.uniform(1, 23 - side, size=2)
         box = [x0, y0, x0 + side, y0 + side]
         masks = {c: mask(c, box) for c in CLASSES}
         for i, a in enumerate(CLASSES):
-            for b in CLASSES[i + 1:]:
+            for b in CLASSES[i + 1 :]:
                 iou = np.minimum(masks[a], masks[b]).sum() / np.maximum(masks[a], masks[b]).sum()
                 worst = max(worst, iou)
     assert worst < 0.82

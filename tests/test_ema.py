@@ -1,5 +1,6 @@
 """The EMA teacher: official warm-up (decays 0, 0.495, 0.620, ...), direction of the update, limit cases, and
 its place in a step (once per optimiser step, after the grad forward)."""
+
 import copy
 
 import pytest

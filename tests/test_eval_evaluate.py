@@ -1,5 +1,6 @@
 """The evaluate logic and stage: a generator that returns real renders reaches the ceiling, one that returns a
 blurry mean or noise does not, a tiny random UNet runs end to end through `python -m flows.stages.evaluate`."""
+
 import csv
 import json
 from pathlib import Path
@@ -44,8 +45,17 @@ class RenderGenerator:
         return np.stack(out)
 
 
-CFG = dict(prompts_dir=PROMPTS, evaluators_dir=EVALUATORS, geneval_max_prompts=18, dpg_max_items=5,
-           images_per_prompt=2, nfe=[1], base_nfe=[1], base_steps=0, grid_prompts=4)
+CFG = dict(
+    prompts_dir=PROMPTS,
+    evaluators_dir=EVALUATORS,
+    geneval_max_prompts=18,
+    dpg_max_items=5,
+    images_per_prompt=2,
+    nfe=[1],
+    base_nfe=[1],
+    base_steps=0,
+    grid_prompts=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +101,19 @@ def _tiny_checkpoint(path, vocabulary, seed):
 
     torch.manual_seed(seed)
     tok = Tokenizer(vocabulary, max_len=24)
-    kwargs = dict(image_size=32, channels=[8, 8], res_blocks=1, attn_levels=[], patch=4, vocab_size=tok.size,
-                  max_len=24, text_dim=16, text_layers=1, heads=2, time_dim=16)
+    kwargs = dict(
+        image_size=32,
+        channels=[8, 8],
+        res_blocks=1,
+        attn_levels=[],
+        patch=4,
+        vocab_size=tok.size,
+        max_len=24,
+        text_dim=16,
+        text_layers=1,
+        heads=2,
+        time_dim=16,
+    )
     save_generator(path, build_net("unet", **kwargs), "unet", kwargs, tok, {"stage": "test"})
     return path
 
@@ -102,60 +123,117 @@ def test_stage_end_to_end_with_tiny_random_nets(tmp_path):
 
     ck = _tiny_checkpoint(tmp_path / "twinflow", shapes.vocabulary(), 0)
     base = _tiny_checkpoint(tmp_path / "base", shapes.vocabulary(), 1)
-    params = {"evaluate": {**CFG, "geneval_max_prompts": 6, "dpg_max_items": 2, "nfe": [1, 2], "base_steps": 2,
-                           "base_cfg": [0.0, 2.0], "reference_max_prompts": 3, "ratio_reference": "euler2-cfg2",
-                           "base_cache": str(tmp_path / "cache"),
-                           "checkpoint": str(ck), "base": str(base), "metrics": str(tmp_path / "m/eval.json"),
-                           "breakdown": str(tmp_path / "m/breakdown.json"), "plots_dir": str(tmp_path / "m/plots"),
-                           "reports_dir": str(tmp_path / "r")}}
+    params = {
+        "evaluate": {
+            **CFG,
+            "geneval_max_prompts": 6,
+            "dpg_max_items": 2,
+            "nfe": [1, 2],
+            "base_steps": 2,
+            "base_cfg": [0.0, 2.0],
+            "reference_max_prompts": 3,
+            "ratio_reference": "euler2-cfg2",
+            "base_cache": str(tmp_path / "cache"),
+            "checkpoint": str(ck),
+            "base": str(base),
+            "metrics": str(tmp_path / "m/eval.json"),
+            "breakdown": str(tmp_path / "m/breakdown.json"),
+            "plots_dir": str(tmp_path / "m/plots"),
+            "reports_dir": str(tmp_path / "r"),
+        }
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["--params", str(tmp_path / "params.yaml")]) == 0
     m = json.loads((tmp_path / "m/eval.json").read_text())
-    for key in ("geneval-shapes/overall@1nfe", "geneval-shapes/overall@2nfe", "dpg-shapes/score@1nfe",
-                "base/geneval-shapes-refset/overall@euler2", "base/geneval-shapes-refset/overall@euler2-cfg2",
-                "base/dpg-shapes/score_corrected@1nfe", "features-shapes/fd@1nfe", "features-shapes/fd@real"):
+    for key in (
+        "geneval-shapes/overall@1nfe",
+        "geneval-shapes/overall@2nfe",
+        "dpg-shapes/score@1nfe",
+        "base/geneval-shapes-refset/overall@euler2",
+        "base/geneval-shapes-refset/overall@euler2-cfg2",
+        "base/dpg-shapes/score_corrected@1nfe",
+        "features-shapes/fd@1nfe",
+        "features-shapes/fd@real",
+    ):
         assert key in m, key
     # the wall-clock figures live beside eval.json, never in it (a rerun of the same inputs leaves it bitwise)
     timing = json.loads((tmp_path / "m/eval.timing.json").read_text())
-    assert set(timing) >= {"throughput/images_per_s@2nfe", "base/throughput/images_per_s@euler2-cfg2",
-                           "evaluate/seconds"}
+    assert set(timing) >= {
+        "throughput/images_per_s@2nfe",
+        "base/throughput/images_per_s@euler2-cfg2",
+        "evaluate/seconds",
+    }
     assert not [k for k in m if "throughput" in k or "seconds" in k]
     from flows.tracking import read_scores
 
-    assert read_scores(tmp_path / "m/eval.json")["throughput/images_per_s@2nfe"] == timing["throughput/images_per_s@2nfe"]
+    assert (
+        read_scores(tmp_path / "m/eval.json")["throughput/images_per_s@2nfe"] == timing["throughput/images_per_s@2nfe"]
+    )
     assert m["geneval-shapes/overall@1nfe"] <= 0.2  # an untrained net draws nothing the detector believes
     rows = list(csv.DictReader((tmp_path / "m/plots/by_setting.csv").open()))
     assert [(r["model"], r["setting"]) for r in rows] == [("twinflow", "1nfe"), ("twinflow", "2nfe"), ("base", "1nfe")]
     ref = list(csv.DictReader((tmp_path / "m/plots/by_setting_refset.csv").open()))
-    assert [(r["model"], r["setting"]) for r in ref] == [("twinflow", "1nfe"), ("twinflow", "2nfe"), ("base", "1nfe"),
-                                                         ("base", "euler2"), ("base", "euler2-cfg2")]
+    assert [(r["model"], r["setting"]) for r in ref] == [
+        ("twinflow", "1nfe"),
+        ("twinflow", "2nfe"),
+        ("base", "1nfe"),
+        ("base", "euler2"),
+        ("base", "euler2-cfg2"),
+    ]
     assert ref[-1]["nfe"] == "4"
     # the reference ran on 3 geneval prompts + 2 dpg items (x2 images); 1 NFE is also scored on exactly those
-    for key in ("geneval-shapes-refset/overall@1nfe", "base/geneval-shapes-refset/overall@1nfe",
-                "base/geneval-shapes-refset/overall@euler2", "features-shapes-refset/fd@real"):
+    for key in (
+        "geneval-shapes-refset/overall@1nfe",
+        "base/geneval-shapes-refset/overall@1nfe",
+        "base/geneval-shapes-refset/overall@euler2",
+        "features-shapes-refset/fd@real",
+    ):
         assert key in m, key
     assert "base/geneval-shapes/overall@euler2" not in m
     # every score has its standard error; the ratios pair the refset scores with the reference's
-    for key in ("geneval-shapes/overall_se@1nfe", "dpg-shapes/score_se@1nfe", "base/geneval-shapes-refset/overall_se@euler2"):
+    for key in (
+        "geneval-shapes/overall_se@1nfe",
+        "dpg-shapes/score_se@1nfe",
+        "base/geneval-shapes-refset/overall_se@euler2",
+    ):
         assert key in m, key
     for bench, metric in (("geneval-shapes", "overall"), ("dpg-shapes", "score")):
         ratio = f"ratio/{bench}-refset/{metric}@1nfe"  # untrained nets: a reference of 0 gives no ratio
-        assert (ratio in m and f"ratio/{bench}-refset/{metric}_se@1nfe" in m) == (m[f"base/{bench}-refset/{metric}@euler2-cfg2"] > 0)
+        assert (ratio in m and f"ratio/{bench}-refset/{metric}_se@1nfe" in m) == (
+            m[f"base/{bench}-refset/{metric}@euler2-cfg2"] > 0
+        )
     assert "ratio/geneval-shapes/overall@1nfe" not in m  # the full set is not paired with a subset's reference
     # a second run with the same base reads the base's part back: the same numbers, bit for bit
     # and, the timings being elsewhere, every DVC-tracked output of the stage is bitwise the same as the first run's
-    tracked = ["m/eval.json", "m/breakdown.json", "m/plots/by_setting.csv", "m/plots/by_setting_refset.csv",
-               "m/plots/geneval_tags.csv", "r/samples_1nfe.png", "r/samples_base/euler2-cfg2.png"]
+    tracked = [
+        "m/eval.json",
+        "m/breakdown.json",
+        "m/plots/by_setting.csv",
+        "m/plots/by_setting_refset.csv",
+        "m/plots/geneval_tags.csv",
+        "r/samples_1nfe.png",
+        "r/samples_base/euler2-cfg2.png",
+    ]
     first = {name: (tmp_path / name).read_bytes() for name in tracked}
     (tmp_path / "m/eval.json").rename(tmp_path / "first.json")
     assert main(["--params", str(tmp_path / "params.yaml")]) == 0
     assert {name: (tmp_path / name).read_bytes() for name in tracked} == first
     assert len(list((tmp_path / "cache").glob("*.json"))) == 1
     assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
-        "1nfe.png", "euler2-cfg2.png", "euler2.png"]
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["samples_1nfe.png", "samples_2nfe.png", "samples_base"]
+        "1nfe.png",
+        "euler2-cfg2.png",
+        "euler2.png",
+    ]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "samples_1nfe.png",
+        "samples_2nfe.png",
+        "samples_base",
+    ]
     assert sorted(p.name for p in (tmp_path / "r" / "samples_base").iterdir()) == [
-        "1nfe.png", "euler2-cfg2.png", "euler2.png"]
+        "1nfe.png",
+        "euler2-cfg2.png",
+        "euler2.png",
+    ]
     # a ratio reference the base does not run, or a bad config: one line, the config family (exit 10)
     params["evaluate"]["ratio_reference"] = "euler50-cfg0.5"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

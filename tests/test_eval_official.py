@@ -1,7 +1,7 @@
 """Official backends: layouts, the runner (with stand-in scorers writing the official output formats), parsers,
 and `twinflow eval geneval-summary / dpg-summary`."""
+
 import json
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -25,20 +25,34 @@ def official_results_jsonl(path: Path, verdicts: dict) -> None:
         tag_name = tag.split("#")[0]
         meta = {"tag": tag_name, "include": [{"class": "cat", "count": 1}], "prompt": f"a photo {p}"}
         for j, ok in enumerate(oks):
-            rows.append({"filename": f"out/{p:05d}/samples/{j:04d}.png", "tag": tag_name, "prompt": meta["prompt"],
-                         "correct": ok, "reason": "" if ok else "expected cat>=1, found 0",
-                         "metadata": json.dumps(meta), "details": json.dumps({"cat": [[1.0, 2.0, 3.0, 4.0, 0.99]]})})
+            rows.append(
+                {
+                    "filename": f"out/{p:05d}/samples/{j:04d}.png",
+                    "tag": tag_name,
+                    "prompt": meta["prompt"],
+                    "correct": ok,
+                    "reason": "" if ok else "expected cat>=1, found 0",
+                    "metadata": json.dumps(meta),
+                    "details": json.dumps({"cat": [[1.0, 2.0, 3.0, 4.0, 0.99]]}),
+                }
+            )
     with open(path, "w") as fp:
         pd.DataFrame(rows).to_json(fp, orient="records", lines=True)
 
 
 VERDICTS = {  # tag#k: prompt k of that tag, 4 images each
-    "single_object#0": [True, True, True, True], "single_object#1": [True, True, False, True],
-    "two_object#0": [True, False, False, False], "two_object#1": [False] * 4,
-    "counting#0": [False, False, True, False], "counting#1": [False] * 4,
-    "colors#0": [True] * 4, "colors#1": [True, True, True, False],
-    "position#0": [False] * 4, "position#1": [False, False, False, True],
-    "color_attr#0": [True, False, True, False], "color_attr#1": [False] * 4,
+    "single_object#0": [True, True, True, True],
+    "single_object#1": [True, True, False, True],
+    "two_object#0": [True, False, False, False],
+    "two_object#1": [False] * 4,
+    "counting#0": [False, False, True, False],
+    "counting#1": [False] * 4,
+    "colors#0": [True] * 4,
+    "colors#1": [True, True, True, False],
+    "position#0": [False] * 4,
+    "position#1": [False, False, False, True],
+    "color_attr#0": [True, False, True, False],
+    "color_attr#1": [False] * 4,
 }
 
 
@@ -69,8 +83,10 @@ def test_geneval_summary_bad_file_is_one_line_error(tmp_path, capsys):
 
 def test_geneval_layout(tmp_path):
     imgs = np.random.default_rng(0).integers(0, 255, (2, 4, 8, 8, 3), dtype=np.uint8)
-    metas = [{"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}], "prompt": "a red cat"},
-             {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a dog"}]
+    metas = [
+        {"tag": "colors", "include": [{"class": "cat", "count": 1, "color": "red"}], "prompt": "a red cat"},
+        {"tag": "single_object", "include": [{"class": "dog", "count": 1}], "prompt": "a dog"},
+    ]
     official.write_geneval_layout(tmp_path, metas, imgs, grid=True)
     assert json.loads((tmp_path / "00001" / "metadata.jsonl").read_text()) == metas[1]
     assert sorted(p.name for p in (tmp_path / "00000" / "samples").iterdir()) == [f"000{i}.png" for i in range(4)]
@@ -92,7 +108,8 @@ STAND_IN_GENEVAL = textwrap.dedent('''
     import argparse, json, os, re
     import numpy as np, pandas as pd
     from PIL import Image
-    p = argparse.ArgumentParser(); p.add_argument("imagedir"); p.add_argument("--outfile"); p.add_argument("--model-path")
+    p = argparse.ArgumentParser(); p.add_argument("imagedir"); p.add_argument("--outfile")
+    p.add_argument("--model-path")
     a = p.parse_args()
     rows = []
     for sub in sorted(os.listdir(a.imagedir)):
@@ -118,9 +135,22 @@ def _scorer(tmp_path, script, name, **kw):
 
 
 def test_runner_calls_stand_in_geneval_and_parses(tmp_path):
-    scorer = _scorer(tmp_path, STAND_IN_GENEVAL, "evaluate_images.py", require_gpu=False, weights="/w",
-                     command=["{python}", "{checkout}/evaluate_images.py", "{imagedir}", "--outfile", "{outfile}",
-                              "--model-path", "{weights}"])
+    scorer = _scorer(
+        tmp_path,
+        STAND_IN_GENEVAL,
+        "evaluate_images.py",
+        require_gpu=False,
+        weights="/w",
+        command=[
+            "{python}",
+            "{checkout}/evaluate_images.py",
+            "{imagedir}",
+            "--outfile",
+            "{outfile}",
+            "--model-path",
+            "{weights}",
+        ],
+    )
     metas = [{"tag": t, "include": [{"class": "cat", "count": 1}], "prompt": t} for t in ("colors", "counting")]
     imgs = np.zeros((2, 4, 8, 8, 3), np.uint8)
     imgs[0, :3] = 255  # colors: 3/4 bright; counting: none
@@ -133,8 +163,9 @@ def test_runner_calls_stand_in_geneval_and_parses(tmp_path):
 
 
 def test_runner_says_it_needs_a_gpu(tmp_path):
-    scorer = _scorer(tmp_path, STAND_IN_GENEVAL, "evaluate_images.py",
-                     gpu_check=["{python}", "-c", "import sys; sys.exit(3)"])  # what a CPU-only torch answers
+    scorer = _scorer(
+        tmp_path, STAND_IN_GENEVAL, "evaluate_images.py", gpu_check=["{python}", "-c", "import sys; sys.exit(3)"]
+    )  # what a CPU-only torch answers
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         official.run_geneval(scorer, tmp_path, tmp_path / "r.jsonl")
     # the default check, in this project's CPU-only torch
@@ -179,18 +210,38 @@ STAND_IN_DPG = textwrap.dedent('''
 
 
 def test_runner_calls_stand_in_dpg_and_rescores(tmp_path, capsys):
-    rows = [dpg_score.Question("i1", 1, (0,), "entity - whole (cat)", "is there a cat?"),
-            dpg_score.Question("i1", 2, (1,), "attribute - color (cat, red)", "is the cat red?"),
-            dpg_score.Question("i2", 1, (0,), "entity - whole (dog)", "is there a dog?")]
+    rows = [
+        dpg_score.Question("i1", 1, (0,), "entity - whole (cat)", "is there a cat?"),
+        dpg_score.Question("i1", 2, (1,), "attribute - color (cat, red)", "is the cat red?"),
+        dpg_score.Question("i2", 1, (0,), "entity - whole (dog)", "is there a dog?"),
+    ]
     dpg_score.write_csv(rows, tmp_path / "q.csv")
     imgs = np.zeros((2, 4, 6, 6, 3), np.uint8)
-    imgs[0, :2] = 255   # i1: tiles 0,1 yes
-    imgs[1, :] = 255    # i2: all yes
+    imgs[0, :2] = 255  # i1: tiles 0,1 yes
+    imgs[1, :] = 255  # i2: all yes
     official.write_dpg_layout(tmp_path / "grids", ["i1", "i2"], imgs)
-    scorer = _scorer(tmp_path, STAND_IN_DPG, "compute_dpg_bench.py", require_gpu=False,
-                     command=["{python}", "{checkout}/compute_dpg_bench.py", "--image-root-path", "{imagedir}",
-                              "--resolution", "{resolution}", "--pic-num", "{pic_num}", "--vqa-model", "mplug",
-                              "--csv", "{csv}", "--res-path", "{outfile}"])
+    scorer = _scorer(
+        tmp_path,
+        STAND_IN_DPG,
+        "compute_dpg_bench.py",
+        require_gpu=False,
+        command=[
+            "{python}",
+            "{checkout}/compute_dpg_bench.py",
+            "--image-root-path",
+            "{imagedir}",
+            "--resolution",
+            "{resolution}",
+            "--pic-num",
+            "{pic_num}",
+            "--vqa-model",
+            "mplug",
+            "--csv",
+            "{csv}",
+            "--res-path",
+            "{outfile}",
+        ],
+    )
     out = tmp_path / "res" / "dpg_results.txt"
     r = official.run_dpg(scorer, tmp_path / "grids", out, tmp_path / "q.csv", resolution=6)
     assert r["score"] == pytest.approx(75.0) and r["score_from_image_lines"] == pytest.approx(75.0)
@@ -210,11 +261,16 @@ def test_runner_calls_stand_in_dpg_and_rescores(tmp_path, capsys):
 
 
 def test_dpg_answers_jsonl_both_rules(tmp_path, capsys):
-    rows = [dpg_score.Question("a", 1, (0,), "entity - whole (x)", "q1"),
-            dpg_score.Question("a", 2, (0,), "entity - whole (y)", "q2")]
+    rows = [
+        dpg_score.Question("a", 1, (0,), "entity - whole (x)", "q1"),
+        dpg_score.Question("a", 2, (0,), "entity - whole (y)", "q2"),
+    ]
     dpg_score.write_csv(rows, tmp_path / "q.csv")
-    ans = [{"item_id": "a", "tile": t, "proposition_id": p, "answer": "yes" if p == 2 else "no"}
-           for t in range(4) for p in (1, 2)]
+    ans = [
+        {"item_id": "a", "tile": t, "proposition_id": p, "answer": "yes" if p == 2 else "no"}
+        for t in range(4)
+        for p in (1, 2)
+    ]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(a) for a in ans))
     assert cli(["eval", "dpg-summary", str(tmp_path / "a.jsonl"), "--csv", str(tmp_path / "q.csv")]) == 0
     m = json.loads(capsys.readouterr().out)["metrics"]
@@ -233,23 +289,58 @@ def test_run_official_from_the_evaluate_section(tmp_path):
 
     geneval = _scorer(tmp_path, STAND_IN_GENEVAL, "evaluate_images.py")
     prompts = tmp_path / "meta.jsonl"
-    prompts.write_text("\n".join(json.dumps({"tag": t, "include": [{"class": "cat", "count": 1}], "prompt": f"a {t}"})
-                                 for t in ("colors", "counting", "position")) + "\n")
+    prompts.write_text(
+        "\n".join(
+            json.dumps({"tag": t, "include": [{"class": "cat", "count": 1}], "prompt": f"a {t}"})
+            for t in ("colors", "counting", "position")
+        )
+        + "\n"
+    )
     dpg_dir = tmp_path / "dpgck"
     (dpg_dir / "prompts").mkdir(parents=True)
     (dpg_dir / "compute_dpg_bench.py").write_text(STAND_IN_DPG)
     (dpg_dir / "prompts" / "i1.txt").write_text("a cat\n")
-    dpg_score.write_csv([dpg_score.Question("i0", 1, (0,), "entity - whole (x)", "x?"),
-                         dpg_score.Question("i1", 1, (0,), "entity - whole (cat)", "cat?")], tmp_path / "q.csv")
-    section = {"enabled": True,
-               "geneval": {"checkout": geneval.checkout, "python": sys.executable, "require_gpu": False,
-                           "prompts": str(prompts), "images_per_prompt": 2,
-                           "command": ["{python}", "{checkout}/evaluate_images.py", "{imagedir}", "--outfile", "{outfile}"]},
-               "dpg": {"checkout": str(dpg_dir), "python": sys.executable, "require_gpu": False, "csv": str(tmp_path / "q.csv"),
-                       "prompts_dir": str(dpg_dir / "prompts"),
-                       "command": ["{python}", "{checkout}/compute_dpg_bench.py", "--image-root-path", "{imagedir}",
-                                   "--resolution", "{resolution}", "--pic-num", "{pic_num}", "--vqa-model", "mplug",
-                                   "--csv", "{csv}", "--res-path", "{outfile}"]}}
+    dpg_score.write_csv(
+        [
+            dpg_score.Question("i0", 1, (0,), "entity - whole (x)", "x?"),
+            dpg_score.Question("i1", 1, (0,), "entity - whole (cat)", "cat?"),
+        ],
+        tmp_path / "q.csv",
+    )
+    section = {
+        "enabled": True,
+        "geneval": {
+            "checkout": geneval.checkout,
+            "python": sys.executable,
+            "require_gpu": False,
+            "prompts": str(prompts),
+            "images_per_prompt": 2,
+            "command": ["{python}", "{checkout}/evaluate_images.py", "{imagedir}", "--outfile", "{outfile}"],
+        },
+        "dpg": {
+            "checkout": str(dpg_dir),
+            "python": sys.executable,
+            "require_gpu": False,
+            "csv": str(tmp_path / "q.csv"),
+            "prompts_dir": str(dpg_dir / "prompts"),
+            "command": [
+                "{python}",
+                "{checkout}/compute_dpg_bench.py",
+                "--image-root-path",
+                "{imagedir}",
+                "--resolution",
+                "{resolution}",
+                "--pic-num",
+                "{pic_num}",
+                "--vqa-model",
+                "mplug",
+                "--csv",
+                "{csv}",
+                "--res-path",
+                "{outfile}",
+            ],
+        },
+    }
     m = run_official(BrightGenerator(), section, [1, 2], tmp_path / "work")
     assert m["geneval/overall@1nfe"] == 1.0 and m["geneval/overall@2nfe"] == 0.0
     assert m["geneval/correct_prompts@1nfe"] == 1.0

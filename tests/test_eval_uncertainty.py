@@ -1,4 +1,5 @@
 """Standard errors of stratified benchmark scores and of paired ratios, against direct computation."""
+
 import math
 
 import numpy as np
@@ -48,11 +49,21 @@ def test_ratio_edge_cases():
 def test_paired_ratios_names_and_a_zero_reference_gives_no_keys():
     from twinflow_core.benchmarks.evaluate import paired_ratios
 
-    per = {"geneval-shapes/overall@1nfe": {"p": ("t", 0.5), "q": ("t", 0.25)},
-           "base/geneval-shapes/overall@1nfe": {"p": ("t", 0.0), "q": ("t", 0.0)},
-           "base/geneval-shapes/overall@euler50-cfg0.5": {"p": ("t", 1.0), "q": ("t", 0.5)},
-           "dpg-shapes/score@1nfe": {"a": ("dpg", 0.5)}, "base/dpg-shapes/score@euler50-cfg0.5": {"a": ("dpg", 0.0)}}
+    per = {
+        "geneval-shapes/overall@1nfe": {"p": ("t", 0.5), "q": ("t", 0.25)},
+        "base/geneval-shapes/overall@1nfe": {"p": ("t", 0.0), "q": ("t", 0.0)},
+        "base/geneval-shapes/overall@euler50-cfg0.5": {"p": ("t", 1.0), "q": ("t", 0.5)},
+        "dpg-shapes/score@1nfe": {"a": ("dpg", 0.5)},
+        "base/dpg-shapes/score@euler50-cfg0.5": {"a": ("dpg", 0.0)},
+    }
     out = paired_ratios(per, "euler50-cfg0.5")
-    assert sorted(out) == ["ratio/base/geneval-shapes/overall@1nfe", "ratio/base/geneval-shapes/overall_se@1nfe",
-                           "ratio/geneval-shapes/overall@1nfe", "ratio/geneval-shapes/overall_se@1nfe"]
-    assert out["ratio/geneval-shapes/overall@1nfe"] == pytest.approx(0.5) and out["ratio/base/geneval-shapes/overall@1nfe"] == 0
+    assert sorted(out) == [
+        "ratio/base/geneval-shapes/overall@1nfe",
+        "ratio/base/geneval-shapes/overall_se@1nfe",
+        "ratio/geneval-shapes/overall@1nfe",
+        "ratio/geneval-shapes/overall_se@1nfe",
+    ]
+    assert (
+        out["ratio/geneval-shapes/overall@1nfe"] == pytest.approx(0.5)
+        and out["ratio/base/geneval-shapes/overall@1nfe"] == 0
+    )

@@ -1,5 +1,6 @@
 """Faults around training states: a failed write (disk full) keeps the previous state; a corrupt state is a
 one-line CheckpointError naming the file and how to discard it."""
+
 from __future__ import annotations
 
 import errno
@@ -30,8 +31,9 @@ def _digest(path: Path) -> str:
 
 
 def test_disk_full_while_writing_keeps_the_previous_state(tmp_path):
-    trainer = _Trainer(global_step=10, disk_full=False, is_global_zero=True,
-                       strategy=SimpleNamespace(barrier=lambda: None))
+    trainer = _Trainer(
+        global_step=10, disk_full=False, is_global_zero=True, strategy=SimpleNamespace(barrier=lambda: None)
+    )
     cb = PeriodicState(tmp_path, every=10)
     cb._save(trainer)
     first = latest_state(tmp_path)

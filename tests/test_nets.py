@@ -1,4 +1,5 @@
 """Network registry and the time embeddings every net shares."""
+
 import pytest
 import torch
 
@@ -58,10 +59,20 @@ def test_learned_time_sign_starts_the_twin_field_as_a_copy_of_the_real_one():
     with pytest.raises(ValueError, match="time_sign 'abs'"):
         TimePairEmbedding(16, time_sign="abs")
     torch.manual_seed(1)
-    a = build_net("unet", image_size=8, channels=[8, 8], attn_levels=[], heads=2, text_dim=8, text_layers=1,
-                  time_dim=16, time_sign="learned")
+    a = build_net(
+        "unet",
+        image_size=8,
+        channels=[8, 8],
+        attn_levels=[],
+        heads=2,
+        text_dim=8,
+        text_layers=1,
+        time_dim=16,
+        time_sign="learned",
+    )
     torch.manual_seed(1)
-    b = build_net("unet", image_size=8, channels=[8, 8], attn_levels=[], heads=2, text_dim=8, text_layers=1,
-                  time_dim=16)
+    b = build_net(
+        "unet", image_size=8, channels=[8, 8], attn_levels=[], heads=2, text_dim=8, text_layers=1, time_dim=16
+    )
     sa, sb = a.state_dict(), b.state_dict()
     assert set(sa) - set(sb) == {"time.negative"} and all(torch.equal(sa[k], sb[k]) for k in sb)

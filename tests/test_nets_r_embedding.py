@@ -1,4 +1,5 @@
 """The r-embedding re-initialisation of a base before TwinFlow fine-tuning (official SD3.5/SANA and Qwen-Image)."""
+
 import pytest
 import torch
 
@@ -8,8 +9,18 @@ from twinflow_core.nets.embeddings import reinit_target_time_embedding
 
 def small_unet():
     torch.manual_seed(0)
-    return build_net("unet", image_size=8, channels=[8, 8], attn_levels=[1], text_dim=8, text_layers=1, heads=2,
-                     time_dim=16, vocab_size=10, max_len=4)
+    return build_net(
+        "unet",
+        image_size=8,
+        channels=[8, 8],
+        attn_levels=[1],
+        text_dim=8,
+        text_layers=1,
+        heads=2,
+        time_dim=16,
+        vocab_size=10,
+        max_len=4,
+    )
 
 
 def test_normal_reinit_touches_only_the_r_embedding():

@@ -1,4 +1,5 @@
 """The TwinFlow objective: golden numbers per loss term, settings, gradient path and guards."""
+
 import math
 
 import pytest
@@ -7,8 +8,14 @@ import torch
 from twinflow_core.ema import EMA
 from twinflow_core.errors import ConfigError
 from twinflow_core.nets import build_net
-from twinflow_core.objective import (ObjectiveConfig, TwinFlowObjective, partition, per_sample_loss,
-                                     rcgm_target, time_weight)
+from twinflow_core.objective import (
+    ObjectiveConfig,
+    TwinFlowObjective,
+    partition,
+    per_sample_loss,
+    rcgm_target,
+    time_weight,
+)
 
 
 def tiny_net(seed=0):
@@ -26,10 +33,26 @@ def run_objective(preset, seed=0, batch=8, **overrides):
 
 # Golden numbers: fixed seeds, the tiny net above, batch 8 (two rows per bucket).
 GOLDEN = {
-    "twinflow_l2": {"loss/base": 2.354826, "loss/e2e": 0.787585, "loss/mul": 3.793526, "loss/any": 1.253443,
-                    "loss/adv": 3.58475, "loss/rectify": 9.7e-05, "dv/abs_mean": 0.00792, "loss": 2.354874},
-    "twinflow_robust": {"loss/base": 2.075228, "loss/e2e": 0.883584, "loss/mul": 3.812444, "loss/any": 1.744186,
-                        "loss/adv": 1.860697, "loss/rectify": 0.00974, "dv/abs_mean": 0.00792, "loss": 2.080098},
+    "twinflow_l2": {
+        "loss/base": 2.354826,
+        "loss/e2e": 0.787585,
+        "loss/mul": 3.793526,
+        "loss/any": 1.253443,
+        "loss/adv": 3.58475,
+        "loss/rectify": 9.7e-05,
+        "dv/abs_mean": 0.00792,
+        "loss": 2.354874,
+    },
+    "twinflow_robust": {
+        "loss/base": 2.075228,
+        "loss/e2e": 0.883584,
+        "loss/mul": 3.812444,
+        "loss/any": 1.744186,
+        "loss/adv": 1.860697,
+        "loss/rectify": 0.00974,
+        "dv/abs_mean": 0.00792,
+        "loss": 2.080098,
+    },
     "rcgm_l2": {"loss/base": 1.891985, "loss/e2e": 0.737033, "loss/mul": 2.7482, "loss/any": 2.34009, "loss": 1.891985},
     "fm_l2": {"loss/base": 10.877456, "loss/mul": 10.877456, "loss": 10.877456},
 }
@@ -74,7 +97,7 @@ def test_gradient_flows_only_through_one_forward():
         calls = {"grad": 0, "nograd": 0}
 
         def hook(module, args, output):
-            calls["grad" if output.requires_grad else "nograd"] += 1
+            calls["grad" if output.requires_grad else "nograd"] += 1  # noqa: B023 - called within the iteration
 
         net.register_forward_hook(hook)
         ema.model.register_forward_hook(hook)
@@ -146,7 +169,9 @@ def test_losses_and_time_weight():
     pred, target = torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 0.0]])
     assert per_sample_loss(pred, target, "l2").item() == pytest.approx(2.5)
     c = 1e-3
-    assert per_sample_loss(pred, target, "robust").item() == pytest.approx(2.5 / math.sqrt(2.5 / (c**2 + 1e-8) + 1) / c, rel=1e-5)  # official eps
+    assert per_sample_loss(pred, target, "robust").item() == pytest.approx(
+        2.5 / math.sqrt(2.5 / (c**2 + 1e-8) + 1) / c, rel=1e-5
+    )  # official eps
     w = time_weight(torch.tensor([1.0, 0.5, -0.5]), torch.tensor([0.0, 0.5, -0.5]))
     assert w.tolist() == pytest.approx([1.0, math.tan(0.4 * math.pi) + 1, math.tan(0.4 * math.pi) + 1])
 
@@ -188,7 +213,9 @@ def test_no_cuda_only_rng_calls_in_core():
     import twinflow_core
 
     root = Path(twinflow_core.__file__).parent
-    offenders = [p for p in root.rglob("*.py") if "cuda.get_rng_state" in p.read_text() or "cuda.set_rng_state" in p.read_text()]
+    offenders = [
+        p for p in root.rglob("*.py") if "cuda.get_rng_state" in p.read_text() or "cuda.set_rng_state" in p.read_text()
+    ]
     assert offenders == []
 
 
@@ -211,8 +238,19 @@ def test_caption_encodings_reused_across_no_grad_calls_give_the_same_loss_and_gr
     import copy
 
     torch.manual_seed(0)
-    net = build_net("unet", image_size=8, channels=[8, 16], attn_levels=[1], vocab_size=10, max_len=6,
-                    text_dim=16, text_layers=1, heads=2, time_dim=16, out_skip=True)
+    net = build_net(
+        "unet",
+        image_size=8,
+        channels=[8, 16],
+        attn_levels=[1],
+        vocab_size=10,
+        max_len=6,
+        text_dim=16,
+        text_layers=1,
+        heads=2,
+        time_dim=16,
+        out_skip=True,
+    )
     plain = _NoCaptionReuse(copy.deepcopy(net))
     torch.manual_seed(1)
     x, ids = torch.randn(16, 3, 8, 8), torch.randint(1, 10, (16, 6))
@@ -224,7 +262,7 @@ def test_caption_encodings_reused_across_no_grad_calls_give_the_same_loss_and_gr
         ema = EMA(model, ema_decay)
         for m in [model] + ([ema.model] if ema.model is not None else []):
             encoder = m.text if hasattr(m, "text") else m.inner.text
-            encoder.register_forward_hook(lambda _m, inputs, _out: calls.append(inputs[0].shape[0]))
+            encoder.register_forward_hook(lambda _m, inputs, _out: calls.append(inputs[0].shape[0]))  # noqa: B023 - called within the iteration
         torch.manual_seed(2)
         loss, stats = objective(model, x, ids, uncond=null, ema=ema)
         loss.backward()

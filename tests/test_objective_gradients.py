@@ -7,6 +7,7 @@
   samples, with the plain target z - x_fake and weight 1.
 - Every call but the single grad forward (fake generation, CFG teacher, RCGM rollout, dv) carries no gradient.
 """
+
 import math
 
 import pytest
@@ -47,7 +48,7 @@ class GradForward:
 def rectify_grad(monkeypatch, dv, loss, cof=0.5):
     """Gradient on F of the whole loss with velocity_gap returning `dv` (None: the real dv)."""
     if dv is not None:
-        monkeypatch.setattr(objective_module, "velocity_gap", lambda net, x_fake, cond, clip: dv.clone())
+        monkeypatch.setattr(objective_module, "velocity_gap", lambda net, x_fake, cond, clip, draws=None: dv.clone())
     net = conditional_net()
     rec = GradForward(net)
     x, c, e = batch()
@@ -69,7 +70,7 @@ def test_rectify_pushes_the_generator_along_the_velocity_gap(monkeypatch, loss):
     without, F0, _ = rectify_grad(monkeypatch, torch.zeros_like(dv), loss, cof)
     assert torch.equal(F, F0)  # same draws, same forward
     g = with_gap - without  # the rectify term's own gradient on F
-    assert torch.all(g[e2e.stop:] == 0), "rectify must touch only the e2e rows"
+    assert torch.all(g[e2e.stop :] == 0), "rectify must touch only the e2e rows"
     # closed form: l = mse (l2) or mse * sg(w) / c (Barron alpha = 1), mse = |F - sg(F - dv)|^2 / dim = |dv|^2 / dim
     mse = dv.pow(2).mean(dim=1, keepdim=True)
     scale = torch.ones_like(mse) if loss == "l2" else (mse / (1e-6 + 1e-8) + 1).pow(-0.5) / 1e-3
@@ -79,7 +80,8 @@ def test_rectify_pushes_the_generator_along_the_velocity_gap(monkeypatch, loss):
     cos = torch.nn.functional.cosine_similarity(-g[e2e], -dv, dim=1)
     assert torch.all(cos > 0.9999)
     assert stats["loss/rectify"] == pytest.approx(
-        per_sample_loss(dv, torch.zeros_like(dv), loss).mean().item(), rel=1e-5)
+        per_sample_loss(dv, torch.zeros_like(dv), loss).mean().item(), rel=1e-5
+    )
 
 
 def test_rectify_uses_the_velocity_gap_fake_minus_real():
@@ -116,8 +118,13 @@ def test_adv_rows_train_on_detached_own_samples_at_negative_time(emd):
     ema = EMA(net, emd)
     rec = GradForward(net)
     generated = []
-    net.register_forward_hook(lambda m, a, out: generated.append((a, out)) if (
-        not out.requires_grad and bool((a[1] == 1).all()) and bool((a[2] == 0).all())) else None)
+    net.register_forward_hook(
+        lambda m, a, out: (
+            generated.append((a, out))
+            if (not out.requires_grad and bool((a[1] == 1).all()) and bool((a[2] == 0).all()))
+            else None
+        )
+    )
     x, c, e = batch()
     torch.manual_seed(3)
     cfg = ObjectiveConfig.preset("twinflow", loss="l2", enhanced_ratio=0.8)

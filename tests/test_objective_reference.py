@@ -18,6 +18,7 @@ Each setting runs two steps (SGD in between, so that the online weights, the EMA
 differ at the second step): the loss must agree to 1e-6 relative and the gradient of every parameter closely, so a
 flipped sign in a target whose value is symmetric (rectify, the RCGM residual) is seen through the gradient.
 """
+
 import copy
 import math
 from types import SimpleNamespace
@@ -79,7 +80,7 @@ def reference_step(net, state, x, c, e, hp):
         for k, n in zip(KEYS, lens):
             m = torch.zeros(B, dtype=torch.bool)
             if n > 0:
-                m[cursor: cursor + n] = True
+                m[cursor : cursor + n] = True
             masks[k] = m
             cursor += n
         if masks["e2e"].any():
@@ -160,11 +161,29 @@ def reference_step(net, state, x, c, e, hp):
 # ----------------------------------------------------------------------------- settings: official <-> project
 def official_hp(preset, *, lft, emd, enr, eso, uif=False):
     if preset == "fm":
-        return SimpleNamespace(probs={"e2e": 0, "mul": 1, "any": 0, "adv": 0}, cor=0.0, enr=0.0, eso=0, dmc=0.5,
-                               eng=(0.0, 1.0), lft=lft, emd=emd, uif=uif)
+        return SimpleNamespace(
+            probs={"e2e": 0, "mul": 1, "any": 0, "adv": 0},
+            cor=0.0,
+            enr=0.0,
+            eso=0,
+            dmc=0.5,
+            eng=(0.0, 1.0),
+            lft=lft,
+            emd=emd,
+            uif=uif,
+        )
     probs = {"e2e": 1, "mul": 1, "any": 1, "adv": 1 if preset == "twinflow" else 0}
-    return SimpleNamespace(probs=probs, cor=1.0, enr=enr, eso=eso, dmc=0.5 if preset == "twinflow" else 0.0,
-                           eng=(0.0, 1.0), lft=lft, emd=emd, uif=uif)
+    return SimpleNamespace(
+        probs=probs,
+        cor=1.0,
+        enr=enr,
+        eso=eso,
+        dmc=0.5 if preset == "twinflow" else 0.0,
+        eng=(0.0, 1.0),
+        lft=lft,
+        emd=emd,
+        uif=uif,
+    )
 
 
 def project_cfg(preset, *, lft, enr, eso, uif=False):
@@ -186,8 +205,13 @@ def compare(preset, *, lft, emd, enr, eso, uif=False, steps=STEPS, objective=Non
     net_o = conditional_net()
     net_r = copy.deepcopy(net_o)
     ema = EMA(net_o, emd)
-    state = SimpleNamespace(emd=emd, cmd=0.0, mod=None, ema=copy.deepcopy(net_r).requires_grad_(False),
-                            frozen=copy.deepcopy(net_r).requires_grad_(False))
+    state = SimpleNamespace(
+        emd=emd,
+        cmd=0.0,
+        mod=None,
+        ema=copy.deepcopy(net_r).requires_grad_(False),
+        frozen=copy.deepcopy(net_r).requires_grad_(False),
+    )
     torch.manual_seed(123)
     x = torch.randn(BATCH, 2)
     c = torch.randint(0, CLASSES, (BATCH,))

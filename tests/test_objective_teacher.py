@@ -11,6 +11,7 @@ Calls are classified row by row (so batching several calls into one forward does
 the generator if (t, r) = (1, 0); the twin branch of dv if t < 0; the real branch of dv if t = r and -t was a
 twin-branch time; CFG if t = r is one of the grad forward's times; otherwise an RCGM rollout sub-step.
 """
+
 import pytest
 import torch
 
@@ -31,6 +32,7 @@ class Recorder:
             x, t, r, cond = args
             for i in range(x.shape[0]):
                 self.rows.append((name, float(t[i]), float(r[i]), int(cond[i]), out.requires_grad))
+
         return record
 
 
@@ -73,10 +75,20 @@ def run(emd, *, image_free=False):
 
 EXPECTED = {
     0.99: {"generator": {"online"}, "cfg_cond": {"ema"}, "cfg_uncond": {"ema"}, "rcgm": {"ema"}, "dv": {"online"}},
-    0.0: {"generator": {"online"}, "cfg_cond": {"online"}, "cfg_uncond": {"online"}, "rcgm": {"online"},
-          "dv": {"online"}},
-    1.0: {"generator": {"online"}, "cfg_cond": {"frozen"}, "cfg_uncond": {"frozen"}, "rcgm": {"online"},
-          "dv": {"online"}},
+    0.0: {
+        "generator": {"online"},
+        "cfg_cond": {"online"},
+        "cfg_uncond": {"online"},
+        "rcgm": {"online"},
+        "dv": {"online"},
+    },
+    1.0: {
+        "generator": {"online"},
+        "cfg_cond": {"frozen"},
+        "cfg_uncond": {"frozen"},
+        "rcgm": {"online"},
+        "dv": {"online"},
+    },
 }
 
 

@@ -1,6 +1,7 @@
 """Deployments from prefect.yaml, served with `python -m flows.deployments serve` against a real
 `prefect server start` on 127.0.0.1: the nightly cron carries its timezone, and an on-demand run
 triggered through the API completes (fast stand-in stages, real DVC, real MLflow sqlite)."""
+
 from __future__ import annotations
 
 import os
@@ -9,9 +10,9 @@ import sys
 import time
 
 import pytest
+from support.pipeline import REPO, make_toy_project, start_prefect_server, stop, toy_env
 
 from flows.deployments import load_specs
-from support.pipeline import REPO, make_toy_project, start_prefect_server, stop, toy_env
 
 
 def test_prefect_yaml_defines_nightly_cron_with_timezone_and_on_demand():
@@ -39,7 +40,8 @@ def test_deploy_to_a_pool_says_where_the_worker_finds_the_code(tmp_path):
     from twinflow_core.errors import ConfigError
 
     assert code_storage().to_pull_step() == {
-        "prefect.deployments.steps.set_working_directory": {"directory": str(REPO.resolve())}}
+        "prefect.deployments.steps.set_working_directory": {"directory": str(REPO.resolve())}
+    }
     (clone,) = [code_storage(git_url="https://git.internal/ml/twinflow.git", git_branch="main").to_pull_step()]
     step = clone["prefect.deployments.steps.git_clone"]
     assert (step["repository"], step["branch"]) == ("https://git.internal/ml/twinflow.git", "main")
@@ -67,8 +69,14 @@ def test_served_deployment_run_through_the_api_completes(tmp_path):
     env = {**os.environ, **toy_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "serve.log", "wb")
-    serving = subprocess.Popen([sys.executable, "-m", "flows.deployments", "serve", "--workdir", str(project)],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "flows.deployments", "serve", "--workdir", str(project)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         with temporary_settings(updates={PREFECT_API_URL: api}):
             with get_client(sync_client=True) as client:
@@ -84,8 +92,7 @@ def test_served_deployment_run_through_the_api_completes(tmp_path):
                         time.sleep(1)
                 (sched,) = nightly.schedules
                 assert (sched.schedule.cron, sched.schedule.timezone) == ("0 2 * * *", "UTC")
-            run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": ["toy.seed=3"]},
-                                 timeout=900)
+            run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": ["toy.seed=3"]}, timeout=900)
         assert run.state.is_completed(), (run.state.message, (tmp_path / "serve.log").read_text()[-3000:])
         uri = f"sqlite:///{project / 'mlflow.db'}"
         mv = MlflowClient(uri, uri).get_model_version_by_alias("tiny-gen", "champion")

@@ -1,6 +1,7 @@
 """The Prefect flow around DVC, on a throwaway project with fast stand-in stages (tests/support/toy_stages.py)
 and real Prefect (test harness server), real DVC and real MLflow (sqlite): caching, overrides, lineage,
 push, the failed-gate outcome, and which faults are retried."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.pipeline import make_toy_project, toy_env
 
 from flows.cli import main
-from support.pipeline import make_toy_project, toy_env
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +135,10 @@ def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harnes
     (kept,) = (project / ".dvc/tmp/twinflow-runs").iterdir()
     assert yaml.safe_load((kept / "params.yaml").read_text())["toy"]["fail"] == "validate"
     err = state.result(raise_on_failure=False)
-    assert str(err).startswith("stage 'validate' failed (exit 11): twinflow_core.errors.DataError: "
-                               "data/prepared/toy/images.npy: row 3 is blank (validate)")
+    assert str(err).startswith(
+        "stage 'validate' failed (exit 11): twinflow_core.errors.DataError: "
+        "data/prepared/toy/images.npy: row 3 is blank (validate)"
+    )
     assert attempts(project) == ["prepare", "validate"]  # no retry, nothing after it ran
     assert task_runs(state.state_details.flow_run_id)["validate"] == 1
 
@@ -143,8 +146,13 @@ def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harnes
 def test_transient_failure_is_retried(project, harness):
     from flows.pipeline import pipeline
 
-    state = pipeline(workdir=str(project), overrides=["toy.flaky_stage=validate", "toy.flaky=1"],
-                     push=False, register_model=False, return_state=True)
+    state = pipeline(
+        workdir=str(project),
+        overrides=["toy.flaky_stage=validate", "toy.flaky=1"],
+        push=False,
+        register_model=False,
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     assert attempts(project) == ["prepare", "validate", "validate", "pretrain", "train", "evaluate"]
     assert task_runs(state.state_details.flow_run_id)["validate"] == 2
@@ -155,9 +163,9 @@ def test_tracking_server_down_fails_at_registration_then_registers_once(project,
     """Down: the flow fails at `register` (after its retries) naming the server; the artifacts stay and
     are pushed; nothing is registered. Back up: a re-run registers exactly once, stages all cached."""
     from mlflow.tracking import MlflowClient
+    from support.pipeline import free_port, start_mlflow_server, stop
 
     from flows.pipeline import pipeline
-    from support.pipeline import free_port, start_mlflow_server, stop
 
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -192,21 +200,28 @@ def test_s3_down_at_push_is_retried_then_one_line_then_a_rerun_pushes(project, h
     import sys
 
     import boto3
+    from support.pipeline import BIN, free_port, stop, wait_http
 
     from flows.cli import error_line
     from flows.faults import TransientFault
     from flows.pipeline import pipeline
-    from support.pipeline import BIN, free_port, stop, wait_http
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
 
     def start_moto():
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_http(endpoint + "/moto-api/", 60, proc)
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="twinflow-dvc")
         return proc
@@ -233,8 +248,12 @@ def test_s3_down_at_push_is_retried_then_one_line_then_a_rerun_pushes(project, h
         moto = start_moto()
         summary = pipeline(workdir=str(project), register_model=False)
         assert "push" in summary and not any(s["ran"] for s in summary["stages"])
-        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=endpoint)
-                .list_objects_v2(Bucket="twinflow-dvc").get("Contents", [])]
+        keys = [
+            o["Key"]
+            for o in boto3.client("s3", endpoint_url=endpoint)
+            .list_objects_v2(Bucket="twinflow-dvc")
+            .get("Contents", [])
+        ]
         assert len(keys) >= 4 and all(k.startswith("store/files/md5/") for k in keys)
         assert attempts(project) == ["prepare", "validate", "pretrain", "train", "evaluate"]  # stages ran once
     finally:

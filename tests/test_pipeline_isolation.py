@@ -5,6 +5,7 @@ second holder with a one-line message and is free again after its holder is SIGK
 without touching the workspace. Slow: `twinflow run` processes on a throwaway project with fast stand-in
 stages (tests/support/toy_stages.py) against one real Prefect server: two at once, one killed, one
 registered and reproduced in a fresh clone."""
+
 from __future__ import annotations
 
 import difflib
@@ -19,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.pipeline import REPO, make_toy_project, start_prefect_server, stop, toy_env
 
 from flows import workspace
-from flows.overrides import apply_overrides, load_params, parse_overrides
-from support.pipeline import REPO, make_toy_project, start_prefect_server, stop, toy_env
+from flows.params import apply_overrides, load_params, parse_overrides
 
 
 def git(root: Path, *args: str) -> str:
@@ -31,12 +32,20 @@ def git(root: Path, *args: str) -> str:
 
 # ---- fast ----
 
+
 def test_override_edit_changes_only_the_overridden_values(tmp_path):
     path = tmp_path / "params.yaml"
     shutil.copy(REPO / "params.yaml", path)
     before = path.read_text()
-    overrides = ["data.shapes.n_images=400", "model.channels=[16,32]", "train.steps=4", "pretrain.progress=false",
-                 "data.imagefolder.min_size=8", "evaluate.base_cfg=[0.0]", "gate.min.geneval-shapes/overall@1nfe=0.0"]
+    overrides = [
+        "data.shapes.n_images=400",
+        "model.channels=[16,32]",
+        "train.steps=4",
+        "pretrain.progress=false",
+        "data.imagefolder.min_size=8",
+        "evaluate.base_cfg=[0.0]",
+        "gate.min.geneval-shapes/overall@1nfe=0.0",
+    ]
     parsed = parse_overrides(overrides, load_params(path))
     assert apply_overrides(path, parsed)
     after = path.read_text()
@@ -77,9 +86,17 @@ def test_checkout_lock_refuses_a_second_run_and_is_free_after_its_holder_is_kill
     root = tmp_path / "proj"
     root.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from flows import workspace\n"
-         "with workspace.checkout_lock(Path(sys.argv[1]), 'run-A'):\n print('held', flush=True); time.sleep(120)",
-         str(root)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from flows import workspace\n"
+            "with workspace.checkout_lock(Path(sys.argv[1]), 'run-A'):\n print('held', flush=True); time.sleep(120)",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(workspace.CheckoutBusy) as err:
@@ -109,12 +126,18 @@ def test_run_ref_is_a_dvc_experiment_made_without_touching_the_workspace(tmp_pat
     assert (root / ".git" / "index").read_bytes() == index
     assert "seed: 7" in git(root, "show", f"{commit}:params.yaml") and git(root, "show", f"{commit}:new.txt")
     assert "attempts.log" not in git(root, "ls-tree", "-r", "--name-only", commit)  # .gitignore respected
-    listed = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--all-commits"], cwd=root,
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "list", "--all-commits"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "happy-run-1" in listed  # DVC sees it as one of its experiments
 
 
 # ---- slow: real `twinflow run` processes ----
+
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
@@ -131,9 +154,15 @@ def _env(prefect_api: dict) -> dict:
 
 
 def _twinflow(project: Path, env: dict, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), *args],
-                            cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for(predicate, what: str, timeout: float = 240.0, procs=()) -> None:
@@ -185,14 +214,24 @@ def test_two_runs_at_once_complete_with_their_own_params_and_a_third_is_refused(
     a = _twinflow(project, env, "--no-register")
     _wait_for(lambda: "train" in _attempts(project), "run A in its train stage", procs=[a])
     b = _twinflow(project, env, "--no-register", "toy.seed=5", "toy.sleep=0")
-    c = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "--no-register"],
-                       cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    c = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "--no-register"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out_a, out_b = a.communicate(timeout=600)[0], b.communicate(timeout=600)[0]
     assert a.returncode == 0, out_a[-4000:]
     assert b.returncode == 0, out_b[-4000:]
     assert c.returncode == 2, c.stdout + c.stderr
     refusal = [ln for ln in c.stderr.splitlines() if "another run is using this checkout" in ln]
-    assert len(refusal) == 1 and c.stderr.strip().splitlines()[-1] == refusal[0] and re.search(rf"\(pid {a.pid}, started at \S+, run id [0-9a-f-]{{36}}\)", refusal[0])
+    assert (
+        len(refusal) == 1
+        and c.stderr.strip().splitlines()[-1] == refusal[0]
+        and re.search(rf"\(pid {a.pid}, started at \S+, run id [0-9a-f-]{{36}}\)", refusal[0])
+    )
     assert _attempts(project).count("train") == 1  # only A trained here; C ran nothing
 
     ref_a, ref_b = _saved_ref(out_a), _saved_ref(out_b)
@@ -207,8 +246,9 @@ def test_two_runs_at_once_complete_with_their_own_params_and_a_third_is_refused(
     assert lock_a["stages"]["train"]["outs"] != lock_b["stages"]["train"]["outs"]
     assert git(project, "show", f"{ref_a}:dvc.lock") == (project / "dvc.lock").read_text().strip()
     assert (project / "params.yaml").read_bytes() == params_before  # nobody wrote the checkout's params
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True,
-                            text=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, env=env, capture_output=True, text=True
+    )
     assert "up to date" in status.stdout, status.stdout  # A's outputs, intact
     assert git(project, "worktree", "list").count("\n") == 0  # B's workspace is gone
 
@@ -247,9 +287,24 @@ def test_interrupted_and_killed_runs_leave_the_checkout_as_it_was(tmp_path, pref
         pass
 
     # recoverable: the next run (the slow stage shortened in its own workspace) completes
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "--no-register",
-                           "--no-push", "toy.sleep=0"], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "run",
+            "--workdir",
+            str(project),
+            "--no-register",
+            "--no-push",
+            "toy.sleep=0",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert (project / "params.yaml").read_bytes() == params_before
 
@@ -262,25 +317,63 @@ def test_registered_version_is_reproduced_in_a_fresh_clone(tmp_path, prefect_api
     from mlflow.tracking import MlflowClient
 
     project = make_toy_project(tmp_path / "proj")
+    # a shared repository the project was cloned from: runs must not write to it unless the team asked
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(project, "remote", "add", "origin", str(origin))
+    git(project, "push", "-q", "origin", "HEAD:refs/heads/main")
     env = _env(prefect_api)
-    run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "toy.seed=4"],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    env.pop("TWINFLOW_PUSH_REF", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "toy.seed=4"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    assert git(project, "ls-remote", "origin", "refs/exps/*") == ""  # pipeline.push_ref is off by default
     uri = f"sqlite:///{project / 'mlflow.db'}"
     mv = MlflowClient(uri, uri).get_model_version("tiny-gen", "1")
+    assert mv.tags["lineage.git_repo"] == str(project)  # where the ref lives
 
+    # from a plain clone of the shared repository (no refs/exps): the ref comes from the recorded repository
+    clone = tmp_path / "colleague"
+    git(tmp_path, "clone", "-q", str(origin), str(clone))
     dest = tmp_path / "elsewhere" / "v1"
-    rep = subprocess.run([sys.executable, "-m", "flows.cli", "models", "reproduce", "tiny-gen", "1", str(dest)],
-                         cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    rep = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "models", "--tracking-uri", uri, "reproduce", "tiny-gen", "1", str(dest)],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert rep.returncode == 0, (rep.stdout + rep.stderr)[-4000:]
     assert "dvc status: clean" in rep.stdout
     assert git(dest, "rev-parse", "HEAD") == mv.tags["lineage.git_ref_commit"]
     assert yaml.safe_load((dest / "params.yaml").read_text())["toy"]["seed"] == 4
     assert not git(dest, "status", "--porcelain")
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, capture_output=True,
-                           text=True, timeout=300)
+    repro = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, capture_output=True, text=True, timeout=300
+    )
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
     assert not (dest / "attempts.log").exists()  # no stage command ran there
     lock = yaml.safe_load((dest / "dvc.lock").read_text())
     assert next(o["md5"] for o in lock["stages"]["train"]["outs"]) == mv.tags["lineage.checkpoint_md5"]
     assert (dest / "checkpoints/twinflow/model.safetensors").is_file()
+
+    # the team deployment's setting (infra/prefect.team.yaml): the ref goes to origin, and the version names it
+    run = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "toy.seed=5"],
+        cwd=project,
+        env={**env, "TWINFLOW_PUSH_REF": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    mv2 = MlflowClient(uri, uri).get_model_version("tiny-gen", "2")
+    assert mv2.tags["lineage.git_ref"] in git(project, "ls-remote", "origin", "refs/exps/*")
+    assert mv2.tags["lineage.git_repo"] == str(origin)

@@ -3,6 +3,7 @@ the project holding a tiny random SD3 pipeline written by the tiny writer (as a 
 one): prepare -> validate -> encode (latents) -> train (TwinFlow, full) -> evaluate (1 NFE vs the untouched
 pipeline at 50 Euler steps) -> register, with a real Prefect server on 127.0.0.1 and MLflow on a local SQLite
 store. The registered version's pyfunc draws images at 1 NFE, and its checkpoint loads in plain diffusers."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ def test_twinflow_run_fine_tunes_a_tiny_pretrained_sd3_and_registers_it(tmp_path
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from flows.overrides import apply_overrides, load_params, parse_overrides
+    from flows.params import apply_overrides, load_params, parse_overrides
 
     project = copy_project(tmp_path / "proj")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -68,8 +69,21 @@ def test_twinflow_run_fine_tunes_a_tiny_pretrained_sd3_and_registers_it(tmp_path
     assert images.dtype.name == "uint8" and images.shape == (2, 32, 32, 3)
     assert (images == model.predict(["a photo of a red circle", "a photo of two blue squares"])).all()
     # the command a user types first: the registered pipeline folder is fetched whole and draws at 1 NFE
-    sh(project, py, "-m", "flows.cli", "generate", "a photo of a red circle", "--model",
-       "models:/twinflow-shapes@champion", "--nfe", "1", "--out", str(tmp_path / "red.png"), env=env)
+    sh(
+        project,
+        py,
+        "-m",
+        "flows.cli",
+        "generate",
+        "a photo of a red circle",
+        "--model",
+        "models:/twinflow-shapes@champion",
+        "--nfe",
+        "1",
+        "--out",
+        str(tmp_path / "red.png"),
+        env=env,
+    )
     from PIL import Image
 
     assert Image.open(tmp_path / "red.png").size[0] >= 32
@@ -79,6 +93,8 @@ def test_twinflow_run_fine_tunes_a_tiny_pretrained_sd3_and_registers_it(tmp_path
         assert noise not in out, noise
 
     import diffusers
+
+    import twinflow_core.adapters.stock  # noqa: F401  (the export names its scheduler and transformer classes)
 
     plain = diffusers.StableDiffusion3Pipeline.from_pretrained(str(project / "checkpoints/twinflow"))
     assert plain.transformer.config.num_layers == 2

@@ -1,6 +1,7 @@
 """The pipeline against S3 (moto in server mode on 127.0.0.1): the same code that pushes to the local folder
 remote pushes to S3 when the DVC remote is configured so; a run trained from an s3:// init is reproduced in a
 fresh clone with a clean `dvc status` (the fetched init travels with the run, under DVC)."""
+
 from __future__ import annotations
 
 import json
@@ -10,22 +11,37 @@ import sys
 
 import pytest
 import yaml
+from support.pipeline import (
+    BIN,
+    free_port,
+    make_checkpoint,
+    make_toy_project,
+    start_prefect_server,
+    stop,
+    toy_env,
+    wait_http,
+)
+from support.s3 import moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 
 from flows import dvc_ops
-from support.pipeline import (BIN, free_port, make_checkpoint, make_toy_project, start_prefect_server, stop,
-                              toy_env, wait_http)
-from support.s3 import moto_endpoint, s3_env, upload  # noqa: F401 (fixtures)
 
 
 def test_push_to_s3_remote_by_configuration(tmp_path, monkeypatch):
     for key, value in toy_env().items():
         monkeypatch.setenv(key, value)
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     port = free_port()
-    moto = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    moto = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_http(endpoint + "/moto-api/", 60, moto)
@@ -45,10 +61,10 @@ def test_push_to_s3_remote_by_configuration(tmp_path, monkeypatch):
         assert any("pushed" in line for line in lines)
         # a missing bucket is not retried: it is a configuration error
         subprocess.run(dvc + ["remote", "modify", "team", "url", "s3://no-such-bucket/x"], cwd=project, check=True)
-        subprocess.run(dvc + ["repro", "pretrain"], cwd=project, check=True, capture_output=True,
-                       env={**os.environ})
-        from flows.faults import StageFailed, TransientFault
+        subprocess.run(dvc + ["repro", "pretrain"], cwd=project, check=True, capture_output=True, env={**os.environ})
         import pytest
+
+        from flows.faults import StageFailed, TransientFault
 
         with pytest.raises(StageFailed) as err:
             dvc_ops.push(project, lines.append, remote="team")
@@ -79,17 +95,35 @@ def test_a_version_trained_from_an_s3_init_is_reproduced_clean_in_a_fresh_clone(
     subprocess.run(["git", "commit", "-qam", "train from its init"], cwd=project, check=True)
     home = tmp_path / "prefect"
     api, server = start_prefect_server(home)
-    env = {**os.environ, **toy_env(), "PREFECT_API_URL": api, "PREFECT_HOME": str(home),
-           "AWS_ENDPOINT_URL": s3_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        **toy_env(),
+        "PREFECT_API_URL": api,
+        "PREFECT_HOME": str(home),
+        "AWS_ENDPOINT_URL": s3_env,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     try:
-        run = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--workdir", str(project),
-                              "train.init=s3://inits/runs/base"], cwd=project, env=env, capture_output=True,
-                             text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", "--workdir", str(project), "train.init=s3://inits/runs/base"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
         dest = tmp_path / "elsewhere" / "v1"
-        rep = subprocess.run([sys.executable, "-m", "flows.cli", "models", "reproduce", "tiny-gen", "1", str(dest)],
-                             cwd=project, env=env, capture_output=True, text=True, timeout=600)
+        rep = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "models", "reproduce", "tiny-gen", "1", str(dest)],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     finally:
         stop(server)
     assert rep.returncode == 0 and "dvc status: clean" in rep.stdout, (rep.stdout + rep.stderr)[-4000:]
@@ -97,14 +131,17 @@ def test_a_version_trained_from_an_s3_init_is_reproduced_clean_in_a_fresh_clone(
     source = json.loads((dest / "checkpoints/train-init/source.json").read_text())
     assert source["uri"] == "s3://inits/runs/base"
     assert (dest / "checkpoints/train-init/model.safetensors").read_bytes() == (
-        tmp_path / "base" / "model.safetensors").read_bytes()
-    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=dest, env=env, capture_output=True,
-                            text=True)
+        tmp_path / "base" / "model.safetensors"
+    ).read_bytes()
+    status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=dest, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and "up to date" in status.stdout, status.stdout + status.stderr
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, capture_output=True,
-                           text=True, timeout=300)
+    repro = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=dest, env=env, capture_output=True, text=True, timeout=300
+    )
     assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout + repro.stderr
     assert not (dest / "attempts.log").exists()
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    assert MlflowClient(uri, uri).get_model_version("tiny-gen", "1").tags["lineage.git_ref_commit"] == \
-        subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
+    assert (
+        MlflowClient(uri, uri).get_model_version("tiny-gen", "1").tags["lineage.git_ref_commit"]
+        == subprocess.run(["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True).stdout.strip()
+    )

@@ -9,6 +9,7 @@ soon as train has written a resume state and before it has finished. Then:
   the killed project taken without its resume states (same config, same upstream outputs, train from step 0);
 - dvc.lock records the same hash for the train output in both.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.pipeline import TINY, copy_project, start_prefect_server, stop
 
 STEPS = 16  # train steps: a state every 2, so the kill comes with most of the run still ahead
@@ -45,7 +45,7 @@ _STAGE = "import flows.stages, time; print('stage up', flush=True); time.sleep(1
 _MIDDLE = {
     "direct": f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {_STAGE!r}])",
     "dash": "import shlex, subprocess, sys\n"
-            f"subprocess.run(['/bin/sh', '-c', shlex.quote(sys.executable) + ' -c ' + shlex.quote({_STAGE!r}) + ' ; true'])",
+    f"subprocess.run(['/bin/sh', '-c', shlex.quote(sys.executable) + ' -c ' + shlex.quote({_STAGE!r}) + ' ; true'])",
 }
 _FLOW = """
 import sys
@@ -61,8 +61,13 @@ def test_a_sigkilled_flow_process_takes_its_command_and_the_stage_with_it(tmp_pa
     shell that does not exec it) end too."""
     import psutil
 
-    proc = subprocess.Popen([sys.executable, "-c", _FLOW, _MIDDLE[middle]], cwd=Path(__file__).resolve().parents[1],
-                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FLOW, _MIDDLE[middle]],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     tree: list = []
     try:
         assert proc.stdout.readline().strip() == "stage up"
@@ -84,7 +89,7 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
     import psutil
 
     from flows.dvc_ops import tool_env
-    from flows.overrides import apply_overrides, load_params, parse_overrides
+    from flows.params import apply_overrides, load_params, parse_overrides
 
     project = copy_project(tmp_path / "proj")
     # written into the copy and committed: a run without overrides works in the checkout, as `make run` does
@@ -104,8 +109,9 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
     model = project / "checkpoints" / "twinflow" / "model.safetensors"
     try:
         with open(tmp_path / "killed.log", "wb") as log:
-            proc = subprocess.Popen(twinflow, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                twinflow, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
             deadline = time.monotonic() + 600
             while not list(states.glob("train-*/step-*.ckpt")):
                 assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
@@ -126,8 +132,14 @@ def test_sigkilled_pipeline_resumes_train_and_ends_bitwise_equal(tmp_path):
         other = tmp_path / "other"
         shutil.copytree(project, other, symlinks=True)
         shutil.rmtree(other / "outputs" / "resume")
-        full = subprocess.run([sys.executable, "-m", "dvc", "repro", "train"], cwd=other, env=env,
-                              capture_output=True, text=True, timeout=600)
+        full = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "train"],
+            cwd=other,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert full.returncode == 0, (full.stdout + full.stderr)[-4000:]
         assert "Running stage 'train'" in full.stdout and "Running stage 'pretrain'" not in full.stdout
         assert json.loads((other / "checkpoints/twinflow.run.json").read_text())["resumed_from"] is None

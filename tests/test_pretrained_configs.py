@@ -1,6 +1,7 @@
 """The pretrained diffusers model's configuration: conf/model/<family>.yaml and the experiment presets compose and
 validate, a misspelled key is one line naming it, and the default (UNet, shapes) pipeline's stages are what
 dvc.lock recorded: same commands, same dependency paths, same parameter values."""
+
 from __future__ import annotations
 
 import re
@@ -13,8 +14,12 @@ from twinflow_core.errors import ConfigError
 from twinflow_core.training.config import PretrainedModelConfig, compose, load_sections, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = {"sd35_full": ("sd3", "full", "ddp"), "sd35_lora": ("sd3", "lora", "ddp"),
-           "qwen_image_fsdp": ("qwen_image", "full", "fsdp"), "sd3_tiny": ("sd3", "full", "auto")}
+PRESETS = {
+    "sd35_full": ("sd3", "full", "ddp"),
+    "sd35_lora": ("sd3", "lora", "ddp"),
+    "qwen_image_fsdp": ("qwen_image", "full", "fsdp"),
+    "sd3_tiny": ("sd3", "full", "auto"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -46,10 +51,16 @@ def test_the_tiny_preset_says_its_gate_cannot_mean_quality():
     assert "scores mean nothing" in text
 
 
-@pytest.mark.parametrize("override,key", [
-    ("model.lora_rnak=4", "lora_rnak"), ("+model.gradient_checkpoint=true", "gradient_checkpoint"),
-    ("model.finetune=half", "finetune"), ("model.family=flux", "family"), ("encode.batch=0", "encode.batch"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("model.lora_rnak=4", "lora_rnak"),
+        ("+model.gradient_checkpoint=true", "gradient_checkpoint"),
+        ("model.finetune=half", "finetune"),
+        ("model.family=flux", "family"),
+        ("encode.batch=0", "encode.batch"),
+    ],
+)
 def test_a_bad_key_or_value_is_one_line_naming_it(override, key):
     with pytest.raises(ConfigError) as err:
         compose(["experiment=sd3_tiny", override])

@@ -1,9 +1,11 @@
 """The stage-log filters drop Lightning's advertising and MLflow's SQLAlchemy deprecation, and nothing else."""
+
 import logging
 import warnings
 
-from flows.quiet import TIP_MARKER, quiet_third_party
 from support import mlflow_db
+
+from flows.quiet import TIP_MARKER, quiet_third_party
 
 
 def test_lightning_tips_are_dropped_other_info_kept(caplog):
@@ -23,22 +25,34 @@ def test_only_mlflow_store_sqlalchemy_deprecations_are_ignored():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_third_party()  # re-installs its filter in front of "always"
-        warnings.warn_explicit("noload is deprecated", SADeprecationWarning, "sqlalchemy_store.py", 1,
-                               module="mlflow.store.tracking.sqlalchemy_store")
+        warnings.warn_explicit(
+            "noload is deprecated",
+            SADeprecationWarning,
+            "sqlalchemy_store.py",
+            1,
+            module="mlflow.store.tracking.sqlalchemy_store",
+        )
         warnings.warn_explicit("noload is deprecated", SADeprecationWarning, "x.py", 1, module="ours")
-        warnings.warn_explicit("other", DeprecationWarning, "sqlalchemy_store.py", 1,
-                               module="mlflow.store.tracking.sqlalchemy_store")
-    assert [(w.category, str(w.message)) for w in seen] == [(SADeprecationWarning, "noload is deprecated"),
-                                                           (DeprecationWarning, "other")]
+        warnings.warn_explicit(
+            "other", DeprecationWarning, "sqlalchemy_store.py", 1, module="mlflow.store.tracking.sqlalchemy_store"
+        )
+    assert [(w.category, str(w.message)) for w in seen] == [
+        (SADeprecationWarning, "noload is deprecated"),
+        (DeprecationWarning, "other"),
+    ]
 
 
 def test_mlflow_pyfunc_advice_is_ignored_other_user_warnings_kept():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         quiet_third_party()
-        for msg in ("\x1b[33mAdd type hints to the `predict` method to enable data validation",
-                    "\x1b[1;33mAn input example was not provided when logging the model."):
-            warnings.warn_explicit(msg, UserWarning, "data_validation.py", 1, module="mlflow.pyfunc.utils.data_validation")
+        for msg in (
+            "\x1b[33mAdd type hints to the `predict` method to enable data validation",
+            "\x1b[1;33mAn input example was not provided when logging the model.",
+        ):
+            warnings.warn_explicit(
+                msg, UserWarning, "data_validation.py", 1, module="mlflow.pyfunc.utils.data_validation"
+            )
         warnings.warn_explicit("Add type hints to the `predict` method", UserWarning, "x.py", 1, module="ours")
     assert [str(w.message) for w in seen] == ["Add type hints to the `predict` method"]
 
@@ -70,8 +84,12 @@ def test_model_logging_advice_is_muted_although_mlflow_resets_the_filters(tmp_pa
 
     def log():
         with mlflow.start_run():
-            mlflow.pyfunc.log_model(name="g", python_model=str(PYFUNC_CODE),
-                                    artifacts={"checkpoint": str(tmp_path / "ckpt")}, pip_requirements=["torch"])
+            mlflow.pyfunc.log_model(
+                name="g",
+                python_model=str(PYFUNC_CODE),
+                artifacts={"checkpoint": str(tmp_path / "ckpt")},
+                pip_requirements=["torch"],
+            )
 
     def advice(seen):
         return [w for w in seen if "Add type hints" in str(w.message)]
@@ -86,7 +104,7 @@ def test_model_logging_advice_is_muted_although_mlflow_resets_the_filters(tmp_pa
         quiet_third_party()
         with mlflow_advice_muted():
             log()
-            warnings.warn("ours", UserWarning)
+            warnings.warn("ours", UserWarning, stacklevel=1)
     assert not advice(seen) and [str(w.message) for w in seen if str(w.message) == "ours"] == ["ours"]
 
 
@@ -94,7 +112,9 @@ def test_transformers_torchvision_fallback_note_is_dropped_other_lines_kept(capl
     quiet_third_party()
     log = logging.getLogger("transformers.utils.import_utils")
     with caplog.at_level(logging.INFO, logger=log.name):
-        log.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`")
+        log.warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`"
+        )
         log.warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
@@ -105,15 +125,27 @@ def test_dvc_repro_advice_is_dropped_from_the_stage_log_other_lines_kept(tmp_pat
     import subprocess
     import sys
 
-    from flows.dvc_ops import repro_stage, tool_env
     from support.pipeline import make_toy_project, toy_env
+
+    from flows.dvc_ops import repro_stage, tool_env
 
     project = make_toy_project(tmp_path / "proj")
     env = {**tool_env(), **toy_env()}
-    raw = subprocess.run([sys.executable, "-m", "dvc", "repro", "prepare"], cwd=project, env=env,
-                         capture_output=True, text=True, check=True).stdout
-    advice = ["To track the changes with git, run:", "git add ", "To enable auto staging, run:",
-              "dvc config core.autostage true", "Use `dvc push` to send your updates to remote storage."]
+    raw = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "prepare"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    advice = [
+        "To track the changes with git, run:",
+        "git add ",
+        "To enable auto staging, run:",
+        "dvc config core.autostage true",
+        "Use `dvc push` to send your updates to remote storage.",
+    ]
     assert all(a in raw for a in advice), raw  # DVC does give the advice: the filter has something to drop
     logged: list[str] = []
     monkeypatch.setenv("PYTHONPATH", toy_env()["PYTHONPATH"])  # repro_stage's environment: toy stages from tests/

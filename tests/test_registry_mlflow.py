@@ -1,6 +1,7 @@
 """Registration against a real MLflow store (sqlite; a loopback server in the slow test): versions,
 idempotency, gate verdict tags, aliases, the champion margin, promote/force/rollback through the
 `twinflow models` command, and a registered version that generates from its safetensors weights."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,10 +9,11 @@ import pytest
 
 pytest.importorskip("twinflow_core.checkpoint", reason="needs the training helper's save/load_generator")
 
-from flows import registry  # noqa: E402
-from flows.cli import main  # noqa: E402
 from support import mlflow_db  # noqa: E402
 from support.pipeline import CAPTIONS, make_outputs, scores, start_mlflow_server, stop  # noqa: E402
+
+from flows import registry  # noqa: E402
+from flows.cli import main  # noqa: E402
 
 NAME = "tiny-gen"
 
@@ -156,15 +158,19 @@ def test_models_command_against_tracking_server(tmp_path, capsys):
 
 
 def test_a_ratio_gate_shows_in_the_verdict_and_the_version_tags(tmp_path):
-    gate = {"min": {"geneval-shapes/overall@1nfe": 0.1},
-            "ratio": {"geneval-shapes/overall@1nfe": {"of": "geneval-shapes/overall@base-euler50", "min": 0.9}}}
+    gate = {
+        "min": {"geneval-shapes/overall@1nfe": 0.1},
+        "ratio": {"geneval-shapes/overall@1nfe": {"of": "geneval-shapes/overall@base-euler50", "min": 0.9}},
+    }
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0, gate=gate)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     r = registry.register_outputs(root, tracking_uri=uri)
     assert r["verdict"] == "failed"  # 0.8 / 0.9 = 0.889 < 0.9, though the minimum holds
     mv = _client(uri).get_model_version(NAME, r["version"])
-    assert ("geneval-shapes/overall@1nfe / geneval-shapes/overall@base-euler50 = 0.889 (0.8 / 0.9) < 0.9"
-            in mv.tags["gate.reasons"])
+    assert (
+        "geneval-shapes/overall@1nfe / geneval-shapes/overall@base-euler50 = 0.889 (0.8 / 0.9) < 0.9"
+        in mv.tags["gate.reasons"]
+    )
     assert mv.tags["ratio.geneval-shapes/overall_at_1nfe_over_geneval-shapes/overall_at_base-euler50"] == "0.8889"
     assert mv.tags["score.geneval-shapes/overall_at_base-euler50"] == "0.9"
     assert '"min": 0.9' in mv.tags["gate.ratio"]

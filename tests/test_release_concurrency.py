@@ -2,16 +2,17 @@
 rollbacks at once leave one champion, a `champion_history` that lost no move, and an audit trail (who, when, why,
 the gate verdict, the previous champion) whose replay gives exactly the final champion and history
 (flows/release_lock.py says why this is safe)."""
+
 from __future__ import annotations
 
 import json
 import threading
 
 import pytest
+from support.pipeline import GATE, scores, start_mlflow_server, stop
 
 from flows import registry, release_lock
 from flows.gating import GateConfig
-from support.pipeline import GATE, scores, start_mlflow_server, stop
 
 NAME = "race-gen"
 
@@ -33,8 +34,12 @@ def _versions(uri: str, n: int) -> list[str]:
     for i in range(n):
         with mlflow.start_run() as run:
             mlflow.log_text(f"weights {i}", "model/weights.txt")
-        mv = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model", run.info.run_id,
-                                         tags={"scores": json.dumps(scores(0.8 + i / 100, 80.0))})
+        mv = client.create_model_version(
+            NAME,
+            f"runs:/{run.info.run_id}/model",
+            run.info.run_id,
+            tags={"scores": json.dumps(scores(0.8 + i / 100, 80.0))},
+        )
         out.append(str(mv.version))
     return out
 
@@ -94,8 +99,9 @@ def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_consistent
     gate = GateConfig.from_params({"gate": GATE})
     versions = _versions(uri, 4)
     # 1. four promotions of four versions at once: every one of them is in the history, none lost
-    results = _all_at_once([lambda v=v: registry.promote(_client(uri), NAME, v, gate, reason=f"race {v}")
-                            for v in versions])
+    results = _all_at_once(
+        [lambda v=v: registry.promote(_client(uri), NAME, v, gate, reason=f"race {v}") for v in versions]
+    )
     assert all(isinstance(r, str) and "is now champion" in r for r in results), results
     client = _client(uri)
     history = client.get_registered_model(NAME).tags[registry.HISTORY_TAG].split(",")
@@ -119,7 +125,7 @@ def test_concurrent_promotions_and_rollbacks_leave_one_champion_and_a_consistent
         if rec["action"] == "promote":
             tags = client.get_model_version(NAME, rec["champion"]).tags
             assert tags["promotion.gate_recheck"] == "passed" == rec["verdict"]
-    assert not [m.name for m in client.search_registered_models() if release_lock.is_lock(m.name)]
+    assert client.search_model_versions(f"name='{release_lock.lock_name(NAME)}'") == []  # every ticket given back
     assert [r["name"] for r in registry.list_versions(client)] == [NAME] * 4
 
 
@@ -131,41 +137,15 @@ def test_a_held_lock_makes_a_second_action_wait_then_say_who_holds_it(server):
         with pytest.raises(release_lock.ReleaseBusy, match=r"race-gen\.release-lock \(by .* since "):
             with release_lock.release_lock(_client(uri), NAME, wait_s=0.5):
                 pass
-    # a holder that died: its lock is broken once stale
-    client.create_registered_model(release_lock.lock_name(NAME), tags={"holder": "ghost", "token": "x"})
+    # a holder that died: its ticket is broken once stale, and only that ticket
+    lock = release_lock.lock_name(NAME)
+    ghost = client.create_model_version(lock, release_lock.TICKET_SOURCE, tags={"holder": "ghost"})
     with release_lock.release_lock(client, NAME, stale_after_s=0.0):
-        assert client.get_registered_model(release_lock.lock_name(NAME)).tags["holder"] != "ghost"
-
-
-class _HolderLetsGoDuringOurCreate:
-    """A real client whose first create of the lock meets what the server answers when the holder gives the lock
-    back between our insert and the server's read of the model it collided with (mlflow's SqlAlchemyStore
-    create_registered_model, IntegrityError branch): the holder's delete is real, the answer is the server's text."""
-
-    def __init__(self, client, holder):
-        self._client, self._holder, self.raced = client, holder, False
-
-    def __getattr__(self, attr):
-        return getattr(self._client, attr)
-
-    def create_registered_model(self, name, *args, **kwargs):
-        if release_lock.is_lock(name) and not self.raced:
-            from mlflow.exceptions import RestException
-
-            self.raced = True
-            self._holder.delete_registered_model(name)  # the holder gives the lock back, just after our insert
-            raise RestException({"error_code": "RESOURCE_DOES_NOT_EXIST",  # as the REST client raises it
-                                 "message": f"Registered Model with name={name} not found"})
-        return self._client.create_registered_model(name, *args, **kwargs)
-
-
-@pytest.mark.slow
-def test_a_lock_given_back_while_we_ask_for_it_is_taken_on_the_next_try(server):
-    uri = server
-    holder = _client(uri)
-    holder.create_registered_model(release_lock.lock_name(NAME), tags={"holder": "earlier", "token": "t"})
-    racer = _HolderLetsGoDuringOurCreate(_client(uri), holder)
-    with release_lock.release_lock(racer, NAME, wait_s=5):
-        assert racer.raced
-        assert holder.get_registered_model(release_lock.lock_name(NAME)).tags["holder"] != "earlier"
-    assert not [m.name for m in holder.search_registered_models() if release_lock.is_lock(m.name)]
+        live = client.search_model_versions(f"name='{lock}'")
+        assert ghost.version not in [v.version for v in live] and len(live) == 1
+    # a live holder (younger than stale_after_s, on the server's clock) is waited for, never broken
+    with release_lock.release_lock(client, NAME):
+        with pytest.raises(release_lock.ReleaseBusy):
+            with release_lock.release_lock(_client(uri), NAME, wait_s=0.5, stale_after_s=30.0):
+                pass
+    assert client.search_model_versions(f"name='{lock}'") == []

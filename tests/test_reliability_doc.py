@@ -3,6 +3,7 @@ kinds, exit codes, in order) and its exit-code table is twinflow_core/errors.EXI
 
     python tests/test_reliability_doc.py    # rewrite the two generated tables in docs/reliability.md
 """
+
 from __future__ import annotations
 
 import re
@@ -36,9 +37,12 @@ def block(text: str, name: str) -> list[str]:
 
 def render(text: str) -> str:
     for name, rows in (("catalogue", catalogue_rows()), ("exit-codes", exit_rows())):
-        text = re.sub(rf"<!-- {name}:begin -->.*?<!-- {name}:end -->",
-                      lambda m: f"<!-- {name}:begin -->\n" + "\n".join(rows) + f"\n<!-- {name}:end -->",
-                      text, flags=re.S)
+        text = re.sub(
+            rf"<!-- {name}:begin -->.*?<!-- {name}:end -->",
+            lambda m: f"<!-- {name}:begin -->\n" + "\n".join(rows) + f"\n<!-- {name}:end -->",  # noqa: B023 - called within the iteration
+            text,
+            flags=re.S,
+        )
     return text
 
 

@@ -1,4 +1,5 @@
 """The any-step sampler and Euler: official time grids, exact NFE counts, golden outputs."""
+
 import pytest
 import torch
 
@@ -63,8 +64,9 @@ def test_euler_calls_and_guidance_cost():
     assert net.calls == 50
     torch.manual_seed(0)
     cnet = Counting(build_net("mlp2d", hidden=16, depth=2, time_dim=8, num_classes=2))
-    euler(cnet, torch.randn(3, 2), torch.zeros(3, dtype=torch.long), steps=10, cfg_scale=0.5,
-          uncond=torch.full((3,), 2))
+    euler(
+        cnet, torch.randn(3, 2), torch.zeros(3, dtype=torch.long), steps=10, cfg_scale=0.5, uncond=torch.full((3,), 2)
+    )
     assert cnet.calls == 20
     with pytest.raises(ConfigError, match="uncond"):
         euler(cnet, torch.randn(3, 2), torch.zeros(3, dtype=torch.long), steps=2, cfg_scale=0.5)

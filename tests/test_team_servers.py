@@ -1,11 +1,12 @@
 """The team services of infra/ started for real on loopback: PostgreSQL 15 (started here), the MLflow server by
-infra/mlflow/entrypoint.sh (basic-auth, tracking + registry + auth database on PostgreSQL, artifacts proxied to
-a moto S3 server), the Prefect server on PostgreSQL. Checked: the pipeline's account registers a real generator
-version (artifacts land in S3) and holds `challenger`; only the release manager promotes into the production
-model; a wrong password and a reader's write are refused with one clear line; a client calling the server by
-its service name passes the host check, an unknown host does not; a deployment on a process work pool is run
-to Completed by a `prefect worker start --pool` process and a second clone pulls the run's outputs.
-"""
+infra/mlflow/entrypoint.sh (basic-auth, tracking + registry + auth database on PostgreSQL, artifacts proxied to a
+moto S3 server), the Prefect server on PostgreSQL behind its auth string. Checked: no password on any server's
+command line; names reserved by `setup`; the pipeline's account registers a real generator version (artifacts land
+in S3) and holds `challenger`; only the release manager promotes into the production model; a wrong password and a
+reader's write are refused with one clear line; a client calling the server by its service name passes the host
+check, an unknown host does not; a deployment on a process work pool is run to Completed by a `prefect worker start
+--pool` process and a second clone pulls the run's outputs."""
+
 from __future__ import annotations
 
 import base64
@@ -17,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.servers import free_port, start_prefect_server, stop, wait_http
 from tests.support import postgres
@@ -27,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ADMIN_PW, SECRET_KEY = "admin-pw-never-printed", "csrf-key-" + "k" * 24
 USERS = {"pipeline": "pipeline-pw-0001", "release": "release-pw-0001", "reader": "reader-pw-00001"}  # >= 12
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "s3-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+PREFECT_AUTH = "twinflow:prefect-" + os.urandom(6).hex()  # the Prefect API's auth string (infra/docker-compose.yml)
 
 
 @pytest.fixture(scope="module")
@@ -37,35 +40,63 @@ def servers(moto_endpoint, tmp_path_factory):
     import boto3
 
     tmp = tmp_path_factory.mktemp("team")
-    boto3.client("s3", endpoint_url=moto_endpoint, **{k.lower(): v for k, v in AWS.items()
-                                                      if k != "AWS_DEFAULT_REGION"},
-                 region_name="us-east-1").create_bucket(Bucket="team")
-    with postgres.postgres_server(("mlflow", "mlflow_auth", "prefect")) as (pg, _):
+    boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        **{k.lower(): v for k, v in AWS.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    ).create_bucket(Bucket="team")
+    with postgres.postgres_server(("mlflow", "mlflow_auth", "prefect")) as (pg, pg_folder):
         port = free_port()
-        env = {**os.environ, **AWS, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               "MLFLOW_BACKEND_STORE_URI": pg.format(db="mlflow"),
-               "MLFLOW_AUTH_DATABASE_URI": pg.format(db="mlflow_auth"),
-               "MLFLOW_ARTIFACTS_DESTINATION": "s3://team/mlflow", "MLFLOW_S3_ENDPOINT_URL": moto_endpoint,
-               "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW, "MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET_KEY,
-               "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},mlflow:{port}", "MLFLOW_HOST": "127.0.0.1",
-               "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_AUTH_CACHE_TTL_SECONDS": "30",
-               "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "basic_auth.ini")}
+        env = {
+            **os.environ,
+            **AWS,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "MLFLOW_BACKEND_STORE_URI": pg.format(db="mlflow"),
+            "MLFLOW_AUTH_DATABASE_URI": pg.format(db="mlflow_auth"),
+            "MLFLOW_ARTIFACTS_DESTINATION": "s3://team/mlflow",
+            "MLFLOW_S3_ENDPOINT_URL": moto_endpoint,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PW,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": SECRET_KEY,
+            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},mlflow:{port}",
+            "MLFLOW_HOST": "127.0.0.1",
+            "MLFLOW_PORT": str(port),
+            "MLFLOW_WORKERS": "1",
+            "MLFLOW_AUTH_CACHE_TTL_SECONDS": "30",
+            "MLFLOW_AUTH_CONFIG_PATH": str(tmp / "basic_auth.ini"),
+        }
         log = open(tmp / "mlflow.log", "wb")
-        mlflow_proc = subprocess.Popen([str(ROOT / "infra" / "mlflow" / "entrypoint.sh")], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+        mlflow_proc = subprocess.Popen(
+            [str(ROOT / "infra" / "mlflow" / "entrypoint.sh")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         prefect_proc = None
         try:
             # Prefect migrates its database while MLflow migrates its own
-            api, prefect_proc = start_prefect_server(tmp / "prefect",
-                                                     database_url=pg.format(db="prefect").replace(
-                                                         "postgresql://", "postgresql+asyncpg://"))
+            api, prefect_proc = start_prefect_server(
+                tmp / "prefect",
+                database_url=pg.format(db="prefect").replace("postgresql://", "postgresql+asyncpg://"),
+                auth_string=PREFECT_AUTH,
+            )
             url = f"http://127.0.0.1:{port}"
             try:
                 wait_http(url + "/health", 300, mlflow_proc)
             except Exception:
                 raise AssertionError((tmp / "mlflow.log").read_text()[-3000:]) from None
             _create_accounts(url)  # here, not in a test: each test of this module may run alone
-            yield {"mlflow": url, "port": port, "prefect": api, "s3": moto_endpoint, "tmp": tmp}
+            yield {
+                "mlflow": url,
+                "port": port,
+                "prefect": api,
+                "s3": moto_endpoint,
+                "tmp": tmp,
+                "sessions": {mlflow_proc.pid, prefect_proc.pid},
+                "pg_folder": str(pg_folder),
+                "pg_password": pg.split(":")[2].split("@")[0],
+            }
         finally:
             stop(mlflow_proc)
             if prefect_proc is not None:
@@ -111,7 +142,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from flows import registry, release
     from tests.support.pipeline import make_outputs, scores
@@ -127,9 +158,22 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     assert _get(search, f"mlflow:{servers['port']}", "admin", ADMIN_PW) == 200
     assert _get(search, f"elsewhere:{servers['port']}", "admin", ADMIN_PW) == 403
 
-    # the release manager creates the production model first (so it, not the pipeline, holds MANAGE on it)
-    _as(monkeypatch, "release", USERS["release"])
-    MlflowClient(url, url).create_registered_model(release.production_name("tiny-gen"))
+    # no password on any command line of the servers (`ps` shows them to every local account): MLflow and its
+    # workers, Prefect's, PostgreSQL's
+    from support.argv import secrets_in_argv
+
+    assert (
+        secrets_in_argv(
+            [servers["pg_password"], ADMIN_PW, SECRET_KEY, PREFECT_AUTH],
+            sessions=servers["sessions"],
+            marks=(servers["pg_folder"],),
+        )
+        == []
+    )
+
+    # the admin reserves the names (models, locks, experiment) for the accounts that write them
+    _as(monkeypatch, "admin", ADMIN_PW)
+    release.setup(url, "tiny-gen", pipeline="pipeline", release="release", experiment="tests", log=lambda _: None)
 
     # the pipeline's account registers a real version; its artifacts are proxied into S3; it holds challenger
     _as(monkeypatch, "pipeline", USERS["pipeline"])
@@ -138,8 +182,12 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     client = MlflowClient(url, url)
     version = client.get_model_version_by_alias("tiny-gen", "challenger").version
     assert str(result["version"]) == str(version)
-    keys = [o["Key"] for o in boto3.client("s3", endpoint_url=servers["s3"]).list_objects_v2(
-        Bucket="team", Prefix="mlflow/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=servers["s3"])
+        .list_objects_v2(Bucket="team", Prefix="mlflow/")
+        .get("Contents", [])
+    ]
     assert any(k.endswith("model.safetensors") for k in keys), keys
 
     # ...but cannot promote into production
@@ -173,21 +221,25 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     assert exit_code(err.value) == 14
 
     # the Prefect server on PostgreSQL records what a client writes
-    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
+    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"], PREFECT_API_AUTH_STRING: PREFECT_AUTH}):
         with get_client(sync_client=True) as prefect:
             pool = prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-team", type="process"))
             assert prefect.read_work_pool("twinflow-team").id == pool.id
             # and takes the kubernetes pool template of flows/launch_templates.py as a kubernetes pool's base
             from flows import launch_templates
 
-            template = launch_templates.render("k8s-pool", ROOT / "params.yaml")
-            prefect.create_work_pool(work_pool=WorkPoolCreate(name="twinflow-k8s", type="kubernetes",
-                                                              base_job_template=template))
+            gpu = tmp_path / "gpu-params.yaml"  # a GPU trainer, as `configure trainer=multinode` writes it
+            gpu.write_text(yaml.safe_dump({"train": {"trainer": {"num_nodes": 1, "devices": 4, "accelerator": "gpu"}}}))
+            template = launch_templates.render("k8s-pool", gpu)
+            prefect.create_work_pool(
+                work_pool=WorkPoolCreate(name="twinflow-k8s", type="kubernetes", base_job_template=template)
+            )
             assert prefect.read_work_pool("twinflow-k8s").base_job_template == template
 
 
 def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_pulls_its_outputs(
-        servers, tmp_path, monkeypatch):
+    servers, tmp_path, monkeypatch
+):
     """The on-demand deployment registered to a process work pool on the PostgreSQL-backed Prefect server
     (`python -m flows.deployments deploy`, code from this checkout by a set_working_directory pull step), a flow
     run created through the API and picked up by a `prefect worker start --pool` process, which runs the
@@ -198,7 +250,7 @@ def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_
     from mlflow.tracking import MlflowClient
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from flows import deployments
     from tests.support.pipeline import make_toy_project, toy_env
@@ -211,25 +263,55 @@ def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_
     subprocess.run(["git", "commit", "-qam", "S3 remote"], cwd=project, check=True)
     creds = {"MLFLOW_TRACKING_USERNAME": "pipeline", "MLFLOW_TRACKING_PASSWORD": USERS["pipeline"]}
     # the worker's environment is what its flow runs get: the pipeline's credentials, S3, the tracking server
-    env = {**os.environ, **toy_env(), **AWS, **creds, "PREFECT_API_URL": servers["prefect"],
-           "PREFECT_HOME": str(tmp_path / "prefect-worker"), "MLFLOW_TRACKING_URI": url,
-           "MLFLOW_S3_ENDPOINT_URL": s3, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        **toy_env(),
+        **AWS,
+        **creds,
+        "PREFECT_API_URL": servers["prefect"],
+        "PREFECT_API_AUTH_STRING": PREFECT_AUTH,
+        "PREFECT_HOME": str(tmp_path / "prefect-worker"),
+        "MLFLOW_TRACKING_URI": url,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     monkeypatch.setenv("PREFECT_API_URL", servers["prefect"])
-    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"]}):
-        assert deployments.main(["deploy", "--pool", pool, "--only", "on-demand", "--code", str(ROOT),
-                                 "--workdir", str(project)]) == 0
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", PREFECT_AUTH)
+    with temporary_settings(updates={PREFECT_API_URL: servers["prefect"], PREFECT_API_AUTH_STRING: PREFECT_AUTH}):
+        assert (
+            deployments.main(
+                ["deploy", "--pool", pool, "--only", "on-demand", "--code", str(ROOT), "--workdir", str(project)]
+            )
+            == 0
+        )
         with get_client(sync_client=True) as client:
             dep = client.read_deployment_by_name("twinflow-pipeline/on-demand")
             assert client.read_work_pool(pool).type == "process" and dep.work_pool_name == pool
-            assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory":
-                                       {"directory": str(ROOT.resolve())}}]
+            assert dep.pull_steps == [
+                {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT.resolve())}}
+            ]
         # the run is created first and waits in the pool's queue until a worker takes it
         run = run_deployment("twinflow-pipeline/on-demand", parameters={"overrides": []}, timeout=0)
         log = open(tmp_path / "worker.log", "wb")
-        worker = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", pool,
-                                   "--type", "process", "--limit", "1"], cwd=tmp_path, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                pool,
+                "--type",
+                "process",
+                "--limit",
+                "1",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 600
             with get_client(sync_client=True) as client:
@@ -259,6 +341,7 @@ def test_a_worker_runs_a_pool_deployment_on_the_team_servers_and_a_second_clone_
     subprocess.run(["git", "checkout", "-q", commit], cwd=clone, check=True)
     pulled = subprocess.run(dvc + ["pull"], cwd=clone, env={**os.environ, **AWS}, capture_output=True, text=True)
     assert pulled.returncode == 0, pulled.stderr[-3000:]
-    status = subprocess.run(dvc + ["status"], cwd=clone, env={**os.environ, **toy_env(), **AWS},
-                            capture_output=True, text=True)
+    status = subprocess.run(
+        dvc + ["status"], cwd=clone, env={**os.environ, **toy_env(), **AWS}, capture_output=True, text=True
+    )
     assert status.returncode == 0 and "up to date" in status.stdout.lower(), status.stdout + status.stderr

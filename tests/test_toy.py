@@ -1,4 +1,5 @@
 """The 2-D benchmark: metrics on known sets, the `twinflow toy` command's outputs and its bad inputs."""
+
 import json
 import subprocess
 import sys
@@ -35,8 +36,27 @@ def test_toy_command_writes_metrics_samples_and_plots(tmp_path):
     from flows.cli import main
 
     out = tmp_path / "run"
-    assert main(["toy", "--data", "8gaussians", "--method", "twinflow", "--steps", "8", "--nfe", "1,2",
-                 "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "toy",
+                "--data",
+                "8gaussians",
+                "--method",
+                "twinflow",
+                "--steps",
+                "8",
+                "--nfe",
+                "1,2",
+                "--batch-size",
+                "64",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["nfe"]) == {"1", "2"}
     for k in ("sliced_w2", "mmd", "energy", "in_mode_fraction", "modes_covered"):
@@ -51,27 +71,37 @@ def test_toy_reads_a_user_npy_in_its_own_units(tmp_path):
 
     pts = np.random.default_rng(0).normal([100.0, -50.0], [5.0, 1.0], size=(2000, 2))
     np.save(tmp_path / "mine.npy", pts)
-    res = run(ToyConfig(data=str(tmp_path / "mine.npy"), method="fm", steps=5, nfe=(4,), batch_size=32,
-                        n_samples=500), tmp_path / "out", progress=False, plots=False)
+    res = run(
+        ToyConfig(data=str(tmp_path / "mine.npy"), method="fm", steps=5, nfe=(4,), batch_size=32, n_samples=500),
+        tmp_path / "out",
+        progress=False,
+        plots=False,
+    )
     samples = np.load(tmp_path / "out" / "samples_nfe4.npy")
     assert abs(samples[:, 0].mean() - 100.0) < 10  # mapped back to the data's units
     assert res["nfe"]["4"]["sampler"] == "euler"
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such file"),
-    (np.zeros((500, 3)), "shape (n, 2)"),
-    (np.full((500, 2), np.nan), "NaN"),
-    (b"not an array", "not a readable .npy"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (np.zeros((500, 3)), "shape (n, 2)"),
+        (np.full((500, 2), np.nan), "NaN"),
+        (b"not an array", "not a readable .npy"),
+    ],
+)
 def test_bad_npy_gives_one_line_error(tmp_path, content, message):
     path = tmp_path / "bad.npy"
     if isinstance(content, bytes):
         path.write_bytes(content)
     elif content is not None:
         np.save(path, content)
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "toy", "--data", str(path), "--steps", "2",
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "toy", "--data", str(path), "--steps", "2", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 11
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]

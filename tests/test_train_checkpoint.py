@@ -1,4 +1,5 @@
 """The image net's contract and the generator checkpoint: safetensors + JSON round trip, same images after reload."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from twinflow_core.nets import build_net
 from twinflow_core.text import Tokenizer
 
 WORDS = ["a", "photo", "of", "red", "blue", "circle", "square", "left", "right"]
-TINY = dict(image_size=16, patch=1, channels=[16, 32], attn_levels=[1], text_dim=32, text_layers=1, heads=2,
-            time_dim=32)
+TINY = dict(
+    image_size=16, patch=1, channels=[16, 32], attn_levels=[1], text_dim=32, text_layers=1, heads=2, time_dim=32
+)
 
 
 def _net(tok, seed=0):
@@ -35,7 +37,10 @@ def test_tokenizer_null_caption_and_errors():
         tok.encode(["a green circle"])
     with pytest.raises(DataError, match="more than max_len=6"):
         tok.encode(["a photo of a red circle left"])
-    assert Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))).encode(["red"]).tolist() == tok.encode(["red"]).tolist()
+    assert (
+        Tokenizer.from_dict(json.loads(json.dumps(tok.to_dict()))).encode(["red"]).tolist()
+        == tok.encode(["red"]).tolist()
+    )
 
 
 def test_unet_contract_signed_time_gate_and_caption():
@@ -47,9 +52,9 @@ def test_unet_contract_signed_time_gate_and_caption():
     with torch.no_grad():
         f = net(x, t, t, cond)
         assert f.shape == x.shape
-        assert not torch.allclose(f, net(x, -t, -t, cond))           # the twin branch is another field
+        assert not torch.allclose(f, net(x, -t, -t, cond))  # the twin branch is another field
         assert not torch.allclose(f, net(x, t, torch.zeros(4), cond))  # r enters through the gate (t - r)
-        assert not torch.allclose(f, net(x, t, t, tok.null(4)))       # the caption matters
+        assert not torch.allclose(f, net(x, t, t, tok.null(4)))  # the caption matters
         assert torch.allclose(net(x, t, t, None), net(x, t, t, tok.null(4)[:, :1]), atol=1e-6)
 
 
@@ -73,7 +78,9 @@ def test_out_skip_makes_the_one_step_generator_the_network_output():
     x, noise = 0.5 * torch.randn(200_000, generator=g), torch.randn(200_000, generator=g)
     for t in (0.25, 0.5, 0.9):
         xt, v = t * noise + (1 - t) * x, noise - x
-        assert skip_scale(torch.tensor([t]), 0.5).item() == pytest.approx(((xt * v).mean() / (xt * xt).mean()).item(), abs=0.02)
+        assert skip_scale(torch.tensor([t]), 0.5).item() == pytest.approx(
+            ((xt * v).mean() / (xt * xt).mean()).item(), abs=0.02
+        )
     plain = build_net("unet", **TINY, vocab_size=tok.size, max_len=tok.max_len)
     assert torch.equal(one_step(plain, z, cond), z)  # without the skip the net must learn to cancel z
 

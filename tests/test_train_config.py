@@ -1,4 +1,5 @@
 """Training configuration: schema errors are one line before any work; conf/, params.yaml and dvc.yaml agree."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,22 +13,27 @@ from twinflow_core.errors import ConfigError
 from twinflow_core.training.config import STAGES, compose, load_sections, tracked_keys
 
 
-@pytest.mark.parametrize("raw, message", [
-    ({"pretrain": {"stepz": 3}}, "pretrain.stepz: Key 'stepz' not in 'StageConfig'"),
-    ({"train": {"steps": "many"}}, "train.steps: Value 'many' of type 'str' could not be converted to Integer"),
-    ({"model": {"channels": 32}}, "model.channels"),
-    ({"train": {"trainer": {"devices": "two"}}}, "train.trainer.devices"),
-    ({"objective": {"train": {"overrides": {"dist_match_cof": "high"}}}},
-     "objective.train.overrides.dist_match_cof: expected float"),
-    ({"objective": {"train": {"overrides": {"lambda": 1.0}}}}, "unknown key(s) ['lambda']"),
-    ({"objective": {"pretrain": {"preset": "gan"}}}, "unknown objective preset 'gan'"),
-    ({"train": {"batch_size": 18}}, "must be divisible by 4"),
-    ({"train": {"trainer": {"strategy": "fsdp"}}}, "set ema_decay: 0"),
-    ({"pretrain": {"trainer": {"strategy": "horovod"}}}, "pretrain.trainer.strategy"),
-    ({"model": {"channels": [16, 32], "attn_levels": [2]}}, "model.attn_levels [2] must index model.channels"),
-    ({"model": {"image_size": 20, "patch": 2, "channels": [32, 64, 64]}}, "cannot be halved"),
-    ({"model": {"time_sign": "abs"}}, "model.time_sign 'abs' not in ('signed', 'learned')"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"pretrain": {"stepz": 3}}, "pretrain.stepz: Key 'stepz' not in 'StageConfig'"),
+        ({"train": {"steps": "many"}}, "train.steps: Value 'many' of type 'str' could not be converted to Integer"),
+        ({"model": {"channels": 32}}, "model.channels"),
+        ({"train": {"trainer": {"devices": "two"}}}, "train.trainer.devices"),
+        (
+            {"objective": {"train": {"overrides": {"dist_match_cof": "high"}}}},
+            "objective.train.overrides.dist_match_cof: expected float",
+        ),
+        ({"objective": {"train": {"overrides": {"lambda": 1.0}}}}, "unknown key(s) ['lambda']"),
+        ({"objective": {"pretrain": {"preset": "gan"}}}, "unknown objective preset 'gan'"),
+        ({"train": {"batch_size": 18}}, "must be divisible by 4"),
+        ({"train": {"trainer": {"strategy": "fsdp"}}}, "set ema_decay: 0"),
+        ({"pretrain": {"trainer": {"strategy": "horovod"}}}, "pretrain.trainer.strategy"),
+        ({"model": {"channels": [16, 32], "attn_levels": [2]}}, "model.attn_levels [2] must index model.channels"),
+        ({"model": {"image_size": 20, "patch": 2, "channels": [32, 64, 64]}}, "cannot be halved"),
+        ({"model": {"time_sign": "abs"}}, "model.time_sign 'abs' not in ('signed', 'learned')"),
+    ],
+)
 def test_bad_params_are_one_line_errors(raw, message):
     with pytest.raises(ConfigError) as err:
         load_sections(raw, where="params.yaml")
@@ -35,13 +41,16 @@ def test_bad_params_are_one_line_errors(raw, message):
     assert "\n" not in str(err.value) and str(err.value).startswith("params.yaml: ")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.stepz=1"], "train.stepz: Key 'stepz' not in 'StageConfig'"),
-    (["train.steps=abc"], "train.steps: Value 'abc'"),
-    (["model=nope"], "Could not find 'model/nope'"),
-    (["+foo=1"], "unknown top-level key(s) ['foo']"),
-    (["trainer=fsdp"], "set ema_decay: 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.stepz=1"], "train.stepz: Key 'stepz' not in 'StageConfig'"),
+        (["train.steps=abc"], "train.steps: Value 'abc'"),
+        (["model=nope"], "Could not find 'model/nope'"),
+        (["+foo=1"], "unknown top-level key(s) ['foo']"),
+        (["trainer=fsdp"], "set ema_decay: 0"),
+    ],
+)
 def test_bad_hydra_overrides_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError) as err:
         compose(overrides)
@@ -64,20 +73,39 @@ def test_presets_compose():
 def test_stage_rejects_a_bad_params_file_before_any_work(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"pretrain": {"steps": 5, "lr": "fast"}}))
-    proc = subprocess.run([sys.executable, "-m", "flows.stages.pretrain", "--params", str(params)], cwd=ROOT,
-                          env=stage_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.stages.pretrain", "--params", str(params)],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 10
-    assert proc.stderr.strip() == ("pretrain: error: " + str(params) +
-                                   ": pretrain.lr: Value 'fast' of type 'str' could not be converted to Float")
+    assert proc.stderr.strip() == (
+        "pretrain: error: " + str(params) + ": pretrain.lr: Value 'fast' of type 'str' could not be converted to Float"
+    )
     params.write_text(yaml.safe_dump({"train": {"steps": 5}}))
-    proc = subprocess.run([sys.executable, "-m", "flows.stages.train", "--params", str(params), "--set",
-                           "train.bogus=1"], cwd=ROOT, env=stage_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.stages.train", "--params", str(params), "--set", "train.bogus=1"],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 10 and "train.bogus" in proc.stderr and proc.stderr.count("\n") == 1
 
 
 def test_params_yaml_is_the_composition_of_conf():
-    proc = subprocess.run([sys.executable, "-m", "flows.stages.configure", "--check"], cwd=ROOT, env=stage_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.stages.configure", "--check"],
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     load_sections(yaml.safe_load((ROOT / "params.yaml").read_text()))
 
@@ -96,13 +124,16 @@ def test_configure_rewrites_only_its_sections(tmp_path):
     assert new["encode"]["data"] == "data/prepared/digits"  # encode is ours too, and follows data.name
     for key in set(old) - {"model", "objective", "pretrain", "train", "encode", "data", "evaluate"}:
         assert new[key] == old[key]
-    assert {k: v for k, v in new["evaluate"].items() if k != "base"} == \
-        {k: v for k, v in old["evaluate"].items() if k != "base"}
-    assert {k: v for k, v in new["data"].items() if k not in ("name", "source", "image_size")} == \
-        {k: v for k, v in old["data"].items() if k not in ("name", "source", "image_size")}
+    assert {k: v for k, v in new["evaluate"].items() if k != "base"} == {
+        k: v for k, v in old["evaluate"].items() if k != "base"
+    }
+    assert {k: v for k, v in new["data"].items() if k not in ("name", "source", "image_size")} == {
+        k: v for k, v in old["data"].items() if k not in ("name", "source", "image_size")
+    }
     # comments of other sections survive
-    assert [ln for ln in original.splitlines() if ln.startswith("# --- data")] == \
-        [ln for ln in text.splitlines() if ln.startswith("# --- data")]
+    assert [ln for ln in original.splitlines() if ln.startswith("# --- data")] == [
+        ln for ln in text.splitlines() if ln.startswith("# --- data")
+    ]
     # and composing the defaults again gives the original back
     assert rewrite(text, *composed_params([])) == original
 

@@ -1,5 +1,6 @@
 """A training stage's init checkpoint from S3 (moto on 127.0.0.1) or from the MLflow registry (models:/...):
 fetched into a local folder that DVC can hash, byte for byte, with one-line errors for what is missing."""
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,16 @@ def test_s3_init_is_fetched_byte_for_byte_and_names_its_source(tmp_path, s3_env,
     assert fetched == files_of(ckpt)
     import hashlib
 
-    assert source == {"uri": "s3://models/runs/base",
-                      "sha256": hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest()}
+    assert source == {
+        "uri": "s3://models/runs/base",
+        "sha256": hashlib.sha256((ckpt / "model.safetensors").read_bytes()).hexdigest(),
+    }
 
     # a second fetch of something missing fails in one line and leaves the first fetch as it was
-    for ref, expected in [("s3://models/runs/nothing", "s3://models/runs/nothing: missing model.json, model.safetensors"),
-                          ("s3://no-such-bucket/base", "bucket 'no-such-bucket' does not exist")]:
+    for ref, expected in [
+        ("s3://models/runs/nothing", "s3://models/runs/nothing: missing model.json, model.safetensors"),
+        ("s3://no-such-bucket/base", "bucket 'no-such-bucket' does not exist"),
+    ]:
         with pytest.raises(DataError) as err:
             init_source.fetch(ref, dest)
         assert expected in str(err.value) and "\n" not in str(err.value) and SECRET not in str(err.value)
@@ -54,15 +59,16 @@ def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
     registry.register_outputs(root, tracking_uri=uri)
     logged = []
-    parsed = localise_inits(root, {"train.init": f"models:/{NAME}@champion", "train.steps": 3}, uri,
-                            logged.append)
+    parsed = localise_inits(root, {"train.init": f"models:/{NAME}@champion", "train.steps": 3}, uri, logged.append)
     assert parsed == {"train.init": "checkpoints/train-init", "train.steps": 3}
     fetched = files_of(root / "checkpoints" / "train-init")
     assert json.loads(fetched.pop("source.json"))["uri"] == f"models:/{NAME}@champion"
     assert fetched == files_of(root / "checkpoints" / "twinflow")
     assert logged == [f"train.init: fetching models:/{NAME}@champion into checkpoints/train-init"]
     # a local init is left alone, and nothing is fetched
-    assert localise_inits(root, {"train.init": "checkpoints/base"}, uri, logged.append) == {"train.init": "checkpoints/base"}
+    assert localise_inits(root, {"train.init": "checkpoints/base"}, uri, logged.append) == {
+        "train.init": "checkpoints/base"
+    }
 
     with pytest.raises(TrackingError) as err:  # the registry is the input at fault (exit 14)
         localise_inits(root, {"train.init": "models:/no-such-model@champion"}, uri, logged.append)
@@ -73,8 +79,10 @@ def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(TransientFault) as err:
         localise_inits(root, {"train.init": f"models:/{NAME}@champion"}, dead, logged.append)
-    assert str(err.value) == (f"init models:/{NAME}@champion: the MLflow tracking server {dead} is unreachable; "
-                              "nothing was fetched or trained: run again once it is back")
+    assert str(err.value) == (
+        f"init models:/{NAME}@champion: the MLflow tracking server {dead} is unreachable; "
+        "nothing was fetched or trained: run again once it is back"
+    )
     assert (root / "checkpoints" / "train-init" / "model.safetensors").is_file()  # the earlier fetch is kept
 
 
@@ -88,19 +96,32 @@ def test_train_stage_runs_from_an_s3_base(tmp_path, s3_env):
     pre = subprocess.run(stage_cmd("pretrain", params), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert pre.returncode == 0, pre.stderr[-3000:]
     upload(s3_env, tmp_path / "base", "bases", "shapes/v1")
-    tr = subprocess.run(stage_cmd("train", params, "train.init=s3://bases/shapes/v1"), cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=600)
+    tr = subprocess.run(
+        stage_cmd("train", params, "train.init=s3://bases/shapes/v1"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert tr.returncode == 0, tr.stderr[-3000:]
     fetched = tmp_path / "train-init"
     assert (fetched / "model.safetensors").read_bytes() == (tmp_path / "base" / "model.safetensors").read_bytes()
     meta = json.loads((tmp_path / "twinflow" / "model.json").read_text())
     assert meta["extra"]["init"] == str(fetched) and meta["extra"]["steps"] == 4
 
-    bad = subprocess.run(stage_cmd("train", params, "train.init=s3://gone/shapes/v1"), cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        stage_cmd("train", params, "train.init=s3://gone/shapes/v1"),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 12
     assert bad.stderr.strip().splitlines() == [
-        f"train: error: s3://gone/shapes/v1: bucket 'gone' does not exist at {s3_env}"]
+        f"train: error: s3://gone/shapes/v1: bucket 'gone' does not exist at {s3_env}"
+    ]
 
 
 def test_a_latent_generator_is_fetched_whole_and_checked_file_by_file(tmp_path, s3_env, monkeypatch):
@@ -133,5 +154,8 @@ def test_a_latent_generator_is_fetched_whole_and_checked_file_by_file(tmp_path, 
     with pytest.raises(CheckpointError) as err:
         init_source.fetch("s3://models/sd3-damaged", dest)
     assert str(err.value) == f"s3://models/sd3-damaged/{vae}: sha256 differs from model.json's (damaged or changed)"
-    assert {p.relative_to(dest).as_posix(): p.read_bytes() for p in dest.rglob("*") if p.is_file()
-            and p.name != "source.json"} == tree
+    assert {
+        p.relative_to(dest).as_posix(): p.read_bytes()
+        for p in dest.rglob("*")
+        if p.is_file() and p.name != "source.json"
+    } == tree

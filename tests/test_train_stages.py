@@ -1,10 +1,9 @@
 """The pretrain and train stage entry points end to end (shrunk config), with MLflow logging to a real store."""
+
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -33,7 +32,11 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
     for name in ("model.json", "model.safetensors", "state.ckpt", "train_log.json", "summary.json"):
         assert (base / name).is_file(), name
     assert sorted(p.name for p in (base / "samples").iterdir()) == [
-        "step-00000002-1nfe.png", "step-00000002-euler25.png", "step-00000004-1nfe.png", "step-00000004-euler25.png"]
+        "step-00000002-1nfe.png",
+        "step-00000002-euler25.png",
+        "step-00000004-1nfe.png",
+        "step-00000004-euler25.png",
+    ]
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(summary["mlflow_run_id"])
@@ -80,8 +83,16 @@ def test_pretrain_then_train_with_mlflow(tmp_path):
 def test_train_with_a_missing_base_is_a_one_line_error(tmp_path):
     data = make_dataset(tmp_path / "data")
     params = smoke_params(tmp_path, data)
-    proc = subprocess.run(stage_cmd("train", params, f"train.init={tmp_path}/nowhere"), cwd=ROOT, env=stage_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        stage_cmd("train", params, f"train.init={tmp_path}/nowhere"),
+        cwd=ROOT,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 13
     assert proc.stderr.strip().splitlines() == [
-        f"train: error: generator checkpoint {tmp_path}/nowhere: no model.json (expected model.safetensors + model.json)"]
+        f"train: error: generator checkpoint {tmp_path}/nowhere: no model.json "
+        "(expected model.safetensors + model.json)"
+    ]

@@ -2,4 +2,5 @@
 
 Knows nothing of Prefect, DVC or MLflow; `flows/` wires it to them.
 """
+
 __version__ = "0.1.0"

@@ -10,6 +10,7 @@ Updated where the official step updates it: after the grad-carrying forward, bef
 official step runs once per micro-batch (all its configs use grad_accumulation_steps 1); TwinFlowModule updates
 once per optimiser step, which is the same thing without accumulation (see training/module.py).
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,11 @@ class EMA:
         self.current = d + (1.0 - d) * (self.decay - d) * 0.5
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "current": self.current,
-                "model": None if self.model is None else self.model.state_dict()}
+        return {
+            "decay": self.decay,
+            "current": self.current,
+            "model": None if self.model is None else self.model.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.decay, self.current = float(state["decay"]), float(state["current"])

@@ -13,8 +13,9 @@ Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflo
 - tan time weighting, L2 or Barron (alpha=1) per-sample loss;
 - L_rectify on e2e rows: sg(F - dv) with dv = clip(F(y,-s,-s) - F(y,s,s)) from the online model.
 
-Settings (`ObjectiveConfig.preset`): twinflow {1,1,1,1}; rcgm {1,1,1,0} without rectify (the official
-"RCGM in practice"); fm {mul} with consistc_ratio = enhanced_ratio = estimate_order = 0.
+Settings (`ObjectiveConfig.preset`, entries of the objective registry twinflow_core/objectives/twinflow.py):
+twinflow {1,1,1,1}; rcgm {1,1,1,0} without rectify (the official "RCGM in practice"); fm {mul} with
+consistc_ratio = enhanced_ratio = estimate_order = 0.
 Teachers (the EMA's decay d): CFG target from the EMA copy (0 < d < 1), the online net (d = 0) or the frozen
 copy (d = 1); RCGM rollout from the EMA copy, else the online net (also when frozen); fake samples and dv always
 from the online net. The CFG-baked target is v + w (f_c - f_u) in every mode; only `image_free` (official
@@ -38,6 +39,7 @@ Deliberate differences from the official code, none of which change a loss value
 - every no-grad call goes through the unwrapped module (`net.module` under DDP), so only the single
   grad-carrying forward passes through DDP's hooks.
 """
+
 from __future__ import annotations
 
 import math
@@ -74,24 +76,21 @@ class ObjectiveConfig:
     image_free: bool = False
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "ObjectiveConfig":
-        presets = {
-            "twinflow": {},
-            "rcgm": {"probs": {"e2e": 1.0, "mul": 1.0, "any": 1.0, "adv": 0.0}, "dist_match_cof": 0.0},
-            "fm": {
-                "probs": {"e2e": 0.0, "mul": 1.0, "any": 0.0, "adv": 0.0},
-                "consistc_ratio": 0.0,
-                "enhanced_ratio": 0.0,
-                "estimate_order": 0,
-                "dist_match_cof": 0.0,
-            },
-        }
-        if name not in presets:
-            raise ConfigError(f"unknown objective preset {name!r}; choose one of {', '.join(presets)}")
-        return cls.from_dict({**presets[name], **overrides})
+    def preset(cls, name: str, **overrides) -> ObjectiveConfig:
+        """A preset of the TwinFlow family (twinflow, rcgm, fm; their values live in the objective registry,
+        twinflow_core/objectives/twinflow.py); another registered method has its own config class."""
+        from twinflow_core.objectives import get
+
+        method = get(name)
+        if method.config_cls is not cls:
+            raise ConfigError(
+                f"objective preset {name!r} is not a {cls.__name__} preset; build it with "
+                f"twinflow_core.objectives.build_config({name!r})"
+            )
+        return method.config(**overrides)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ObjectiveConfig":
+    def from_dict(cls, values: dict) -> ObjectiveConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -119,7 +118,9 @@ class ObjectiveConfig:
             raise ConfigError(f"objective.delta must be > 0, got {self.delta}")
 
 
-def per_sample_loss(pred: torch.Tensor, target: torch.Tensor, kind: str, alpha: float = 1.0, c: float = 1e-3) -> torch.Tensor:
+def per_sample_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str, alpha: float = 1.0, c: float = 1e-3
+) -> torch.Tensor:
     """Per-sample loss, shape (B,). "l2": mean squared error. "robust": Barron-reweighted L2.
 
     robust = mse * sg((mse/c^2/|alpha-2| + 1)^((alpha-2)/2)) / c; for alpha=1 ~ mse/sqrt(mse + c^2), an L1-like loss.
@@ -180,7 +181,7 @@ def _paired_call(net, x_a, t_a, r_a, cond_a, x_b, t_b, r_b, cond_b):
     if cond is _UNSTACKABLE:
         return net(x_a, t_a, r_a, cond_a), net(x_b, t_b, r_b, cond_b)
     out = net(torch.cat([x_a, x_b]), torch.cat([t_a, t_b]), torch.cat([r_a, r_b]), cond)
-    return out[: x_a.shape[0]], out[x_a.shape[0]:]
+    return out[: x_a.shape[0]], out[x_a.shape[0] :]
 
 
 def _encoded(net: nn.Module, cond):
@@ -204,7 +205,7 @@ def partition(batch_size: int, probs: dict, device=None) -> dict[str, torch.Tens
     if batch_size % 4:
         raise ConfigError(
             f"batch size {batch_size} is not divisible by 4: TwinFlow splits every batch into quarters "
-            "(e2e / mul / any / adv); use a multiple of 4 per device"
+            "(e2e / mul / any / adv); use a multiple of 4 (the global batch: a micro-batch takes its rows of it)"
         )
     weights = [float(probs.get(k, 0.0)) for k in BUCKETS]
     total = sum(weights)
@@ -261,14 +262,60 @@ def rcgm_target(teacher, F, v, x_t, t, r, cond, order: int, delta: float, clip: 
 
 
 @torch.no_grad()
-def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float) -> torch.Tensor:
-    """dv = clip(F(y, -s, -s) - F(y, s, s)) at y = s*z + (1-s)*x_fake, s ~ U(0,1): fake minus real velocity."""
-    z = torch.randn_like(x_fake)
-    s = torch.rand(x_fake.shape[0], device=x_fake.device)
+def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float, draws=None) -> torch.Tensor:
+    """dv = clip(F(y, -s, -s) - F(y, s, s)) at y = s*z + (1-s)*x_fake, s ~ U(0,1): fake minus real velocity.
+    `draws`: (z, s) already drawn (a slice of a larger batch's), else drawn here."""
+    if draws is None:
+        z = torch.randn_like(x_fake)
+        s = torch.rand(x_fake.shape[0], device=x_fake.device)
+    else:
+        z, s = draws
     y = _bcast(s, z) * z + (1 - _bcast(s, z)) * x_fake
     cond = _encoded(net, cond)  # both branches read the same captions
     fake, real = _paired_call(net, y, -s, -s, cond, y, s, s, cond)  # one forward of both branches
     return (fake - real).float().clamp(-clip, clip)
+
+
+class _Slice:
+    """Rows [lo, hi) of a global batch of `total` rows: the global batch's partition and random draws, cut to
+    these rows, so that a micro-batch's share of the step does not depend on how the batch is split over micro-
+    batches and processes. Every draw is made at the global batch's size, in the order the whole batch in one
+    piece draws them (its noise is seeded per step), and the loss terms that average over a bucket's rows are
+    sums over this slice's rows divided by the bucket's global row count, times the number of slices (the module
+    and DDP average the slices' losses)."""
+
+    def __init__(self, lo: int, hi: int, total: int, probs: dict, device):
+        self.lo, self.hi, self.total = lo, hi, total
+        self.slices = total // (hi - lo)
+        self.global_masks = partition(total, probs, device)
+        self.masks = {k: m[lo:hi] for k, m in self.global_masks.items()}
+
+    def count(self, key: str) -> int:
+        return int(self.global_masks[key].sum())
+
+    def bucket_rows(self, key: str) -> slice:
+        """This slice's rows among bucket `key`'s rows (buckets are contiguous)."""
+        mask = self.global_masks[key]
+        start = int(mask.nonzero()[0]) if mask.any() else 0
+        n = int(mask.sum())
+        return slice(min(max(self.lo - start, 0), n), min(max(self.hi - start, 0), n))
+
+    @staticmethod
+    def randn(rows: int, like: torch.Tensor) -> torch.Tensor:
+        """N(0,1) for `rows` rows shaped and laid out in memory as torch.randn_like lays out `like` (randn_like
+        fills its tensor in memory order, and a strided tensor through another kernel than a contiguous one), so
+        that rows [lo, hi) of it are what randn_like of the whole batch holds there (the data comes channels-last)."""
+        probe = torch.empty_like(like)  # the layout randn_like(like) would use
+        order = sorted(range(probe.dim()), key=lambda d: -probe.stride(d))  # outermost dimension first
+        shape = [rows, *like.shape[1:]]
+        strides, step = [0] * len(shape), 1
+        for d in reversed(order):
+            strides[d], step = step, step * shape[d]
+        return torch.empty_strided(shape, strides, dtype=like.dtype, device=like.device).normal_()
+
+    def share(self, values: torch.Tensor, key_count: int) -> torch.Tensor:
+        """This slice's part of a mean over `key_count` global rows (summed over the slices: the mean)."""
+        return values.sum() * (self.slices / key_count) if key_count else values.sum() * 0.0
 
 
 class TwinFlowObjective:
@@ -278,33 +325,52 @@ class TwinFlowObjective:
     cond / uncond: conditioning rows for x and the null condition (same batch size), or None.
     ema: a `twinflow_core.ema.EMA` or None (None: the online net is the teacher). It is updated right after the
          grad forward, as in the official step, then provides the teacher for the CFG and RCGM targets.
+    rows: (offset, total) when x is rows [offset, offset + len(x)) of a global batch of `total` rows split into
+         equal micro-batches (over accumulation and processes): partition, noise and bucket means are then the
+         global batch's (_Slice), so any split gives the same step; None (or total == len(x)): x is the batch.
     """
 
     def __init__(self, cfg: ObjectiveConfig | None = None):
         self.cfg = cfg or ObjectiveConfig()
         self.cfg.validate()
 
-    def __call__(self, net: nn.Module, x: torch.Tensor, cond=None, uncond=None, ema=None):
+    def __call__(self, net: nn.Module, x: torch.Tensor, cond=None, uncond=None, ema=None, rows=None):
         cfg = self.cfg
         inner = unwrap(net)
         batch = x.shape[0]
-        masks = partition(batch, cfg.probs, x.device)
+        sl = None
+        if rows is not None and int(rows[1]) != batch:
+            sl = _Slice(int(rows[0]), int(rows[0]) + batch, int(rows[1]), cfg.probs, x.device)
+        masks = partition(batch, cfg.probs, x.device) if sl is None else sl.masks
         adv = masks["adv"]
+        drawn = batch if sl is None else sl.total
+
+        def cut(v: torch.Tensor) -> torch.Tensor:
+            return v if sl is None else v[sl.lo : sl.hi]
 
         with torch.no_grad():
             a, b, c = cfg.time_dist
-            t = torch.distributions.Beta(a, b).sample((batch,)).to(x.device).clamp(0, 1) * c
+            t = torch.distributions.Beta(a, b).sample((drawn,)).to(x.device).clamp(0, 1) * c
             r = t - torch.rand_like(t) * cfg.consistc_ratio * t
             t_near = t - torch.rand_like(t) * t * min(cfg.near_ratio, cfg.consistc_ratio)
+            t, r, t_near = cut(t), cut(r), cut(t_near)
             t[masks["e2e"]], r[masks["e2e"]] = 1.0, 0.0
             r[masks["mul"]] = t_near[masks["mul"]]
             x = x.clone()
             if cfg.image_free:  # data-free distillation: the online model's own samples stand in for the data
-                x = one_step(inner, torch.randn_like(x), cond).to(x.dtype)
-            if adv.any():
+                x = one_step(inner, torch.randn_like(x) if sl is None else cut(sl.randn(sl.total, x)), cond).to(x.dtype)
+            if sl is None and adv.any():
                 r[adv] = -t[adv]
                 x[adv] = one_step(inner, torch.randn_like(x[adv]), _rows(cond, adv)).to(x.dtype)
-            z = torch.randn_like(x)
+            elif sl is not None and sl.count("adv"):
+                # drawn even when no adv row is here, laid out as the rows picked by a mask are
+                one_row = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+                one_row[0] = True
+                noise = sl.randn(sl.count("adv"), x[one_row])[sl.bucket_rows("adv")]
+                if adv.any():
+                    r[adv] = -t[adv]
+                    x[adv] = one_step(inner, noise, _rows(cond, adv)).to(x.dtype)
+            z = torch.randn_like(x) if sl is None else cut(sl.randn(sl.total, x))
             x_t = _bcast(t, x) * z + (1 - _bcast(t, x)) * x
             v = z - x
             t[adv] = -t[adv]
@@ -318,7 +384,10 @@ class TwinFlowObjective:
         with torch.no_grad():
             target = v.clone()
             use_cfg = cfg.enhanced_ratio != 0.0 and uncond is not None
-            use_rcgm = cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0 and bool((masks["e2e"] | masks["any"]).any())
+            whole = masks if sl is None else sl.global_masks  # whether the batch has such rows, not this slice
+            use_rcgm = (
+                cfg.estimate_order >= 1 and cfg.consistc_ratio != 0.0 and bool((whole["e2e"] | whole["any"]).any())
+            )
             # official `model_4_rcgm`: the EMA copy, or the online model when the EMA is off (decay 0) or
             # frozen (decay 1: the frozen copy guides only the CFG target; the rollout follows the online net)
             rcgm_teacher = inner if fixed_teacher else teacher
@@ -347,34 +416,61 @@ class TwinFlowObjective:
                     target[idx] = (f_u + boost) if pure_teacher else target[idx] + boost
             if use_rcgm:
                 target[rows] = rcgm_target(
-                    rcgm_teacher, F.detach()[rows], target[rows], x_t[rows], t[rows], r[rows],
-                    cond_rows, cfg.estimate_order, cfg.delta, cfg.residual_clip,
+                    rcgm_teacher,
+                    F.detach()[rows],
+                    target[rows],
+                    x_t[rows],
+                    t[rows],
+                    r[rows],
+                    cond_rows,
+                    cfg.estimate_order,
+                    cfg.delta,
+                    cfg.residual_clip,
                 ).to(target.dtype)
             weight = time_weight(t, r) if cfg.time_weighting else torch.ones_like(t)
             weight[adv] = 1.0
 
         per_sample = per_sample_loss(F, target, cfg.loss, cfg.barron_alpha, cfg.barron_c) * weight
         if cfg.estimate_order >= 1:
-            base = per_sample.mean()
-        else:  # the official multi-step (flow-matching) setting scores only the mul and adv rows
+            base = per_sample.mean()  # a slice's mean: the slices are equal in size, their mean is the batch's
+        elif sl is None:  # the official multi-step (flow-matching) setting scores only the mul and adv rows
             scored = masks["mul"] | adv
             base = per_sample[scored].mean() if scored.any() else per_sample.sum() * 0.0
+        else:
+            scored = masks["mul"] | adv
+            base = sl.share(per_sample[scored], int((sl.global_masks["mul"] | sl.global_masks["adv"]).sum()))
 
         stats = {"loss/base": base.item()}
         for key in BUCKETS:
-            if masks[key].any():
+            if sl is None and masks[key].any():
                 stats[f"loss/{key}"] = per_sample[masks[key]].mean().item()
+            elif sl is not None and sl.count(key):  # every slice reports every key of the batch (DDP averages)
+                stats[f"loss/{key}"] = sl.share(per_sample[masks[key]], sl.count(key)).item()
 
         loss = base
         e2e = masks["e2e"]
-        if cfg.consistc_ratio == 1.0 and e2e.any() and cfg.dist_match_cof != 0.0:
-            x_fake = (x_t[e2e] - _bcast(t[e2e].abs(), x_t) * F[e2e]).detach()
-            dv = velocity_gap(inner, x_fake, _rows(cond, e2e), cfg.dv_clip)
-            F_e2e = F[e2e]
-            rectify = per_sample_loss(F_e2e, (F_e2e - dv).detach(), cfg.loss, cfg.barron_alpha, cfg.barron_c).mean()
+        if cfg.consistc_ratio == 1.0 and cfg.dist_match_cof != 0.0 and (e2e.any() if sl is None else sl.count("e2e")):
+            if e2e.any():
+                x_fake = (x_t[e2e] - _bcast(t[e2e].abs(), x_t) * F[e2e]).detach()
+                draws = None
+                if sl is not None:  # the batch's dv draws (the step's last), this slice's e2e rows of them
+                    n = sl.count("e2e")
+                    z_all, s_all = sl.randn(n, x_fake), torch.rand(n, device=x_t.device)
+                    part = sl.bucket_rows("e2e")
+                    draws = (z_all[part], s_all[part])
+                dv = velocity_gap(inner, x_fake, _rows(cond, e2e), cfg.dv_clip, draws)
+                F_e2e = F[e2e]
+                terms = per_sample_loss(F_e2e, (F_e2e - dv).detach(), cfg.loss, cfg.barron_alpha, cfg.barron_c)
+            else:
+                dv, terms = F.new_zeros((0,)), F.new_zeros((0,))
+            if sl is None:
+                rectify, dv_abs = terms.mean(), dv.abs().mean()
+            else:
+                rectify = sl.share(terms, sl.count("e2e"))
+                dv_abs = sl.share(dv.abs(), sl.count("e2e") * x_t[0].numel())
             loss = loss + cfg.dist_match_cof * rectify
             stats["loss/rectify"] = rectify.item()
-            stats["dv/abs_mean"] = dv.abs().mean().item()
+            stats["dv/abs_mean"] = dv_abs.item()
         stats["loss"] = loss.item()
         return loss, stats
 

@@ -6,6 +6,7 @@ evaluations: `sample(..., nfe=K)` calls the net K times; `euler(..., steps=K)` K
 Path convention: x_t = t*z + (1-t)*x, so sampling runs t from ~1 down to 0. From one output F at time t:
 x_hat = x - t*F (predicted data), z_hat = x + (1-t)*F (predicted noise).
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,17 @@ def _full(value: torch.Tensor, n: int, like: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample(net, z: torch.Tensor, cond=None, nfe: int = 1, style: str = "few", gaps=None, rho=None,
-           warp=(1.0, 1.0, 1.0), generator: torch.Generator | None = None) -> torch.Tensor:
+def sample(
+    net,
+    z: torch.Tensor,
+    cond=None,
+    nfe: int = 1,
+    style: str = "few",
+    gaps=None,
+    rho=None,
+    warp=(1.0, 1.0, 1.0),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Any-step sampling with exactly `nfe` network evaluations.
 
     Official 'few' times: 1 NFE [0.999, 0]; 2 NFE [0.999, 0.6, 0]; 4 NFE [0.999, 0.833, 0.666, 0.5, 0].

@@ -4,6 +4,7 @@ Id 0 is padding and doubles as the null caption (the empty string encodes to all
 unconditional branch of classifier-free guidance. The vocabulary is data (a list of words stored with every
 checkpoint in model.json), so a generator always tokenizes exactly as it was trained.
 """
+
 from __future__ import annotations
 
 import re

@@ -2,6 +2,7 @@
 
 Pillow for grids (no torchvision here); matplotlib (imported lazily, Agg backend) for scatter plots.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,15 @@ def to_uint8_images(images) -> np.ndarray:
     return arr
 
 
-def save_image_grid(images, path, captions=None, ncol: int | None = None, title: str | None = None,
-                    cell: int = 96, caption_lines: int = 3) -> Path:
+def save_image_grid(
+    images,
+    path,
+    captions=None,
+    ncol: int | None = None,
+    title: str | None = None,
+    cell: int = 96,
+    caption_lines: int = 3,
+) -> Path:
     """Write a grid of images, each upscaled (nearest) to `cell` px, with its caption wrapped underneath."""
     from PIL import Image, ImageDraw, ImageFont
 

@@ -1,11 +1,12 @@
 """`twinflow eval ...`: summarise official benchmark outputs into JSON with project metric names.
 
-  twinflow eval geneval-summary results.jsonl        official GenEval summary (per tag, overall, % correct)
-  twinflow eval dpg-summary dpg-bench_..._results.txt  official DPG summary (score, L1/L2 categories)
-  twinflow eval dpg-summary ..._detail.txt --csv dpg_bench.csv
-                                                     rescore the answers: official rules and corrected ones
-  twinflow eval dpg-summary answers.jsonl --csv q.csv  the same from the project's answer format
+twinflow eval geneval-summary results.jsonl        official GenEval summary (per tag, overall, % correct)
+twinflow eval dpg-summary dpg-bench_..._results.txt  official DPG summary (score, L1/L2 categories)
+twinflow eval dpg-summary ..._detail.txt --csv dpg_bench.csv
+                                                   rescore the answers: official rules and corrected ones
+twinflow eval dpg-summary answers.jsonl --csv q.csv  the same from the project's answer format
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from pathlib import Path
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="summarise GenEval / DPG-Bench outputs",
-                                   description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser(
+        "eval", help="summarise GenEval / DPG-Bench outputs", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="eval_command", metavar="WHAT", required=True)
 
     g = sub.add_parser("geneval-summary", help="official GenEval results.jsonl -> summary JSON")
@@ -55,8 +57,7 @@ def _dpg_summary(args) -> int:
     if not args.csv:
         raise ConfigError(f"dpg-summary {path.name}: rescoring answers needs --csv (the DPG question file)")
     rows = dpg_score.read_csv(args.csv)
-    answers = (official.parse_dpg_detail(path, rows) if path.suffix == ".txt"
-               else official.read_answers_jsonl(path))
+    answers = official.parse_dpg_detail(path, rows) if path.suffix == ".txt" else official.read_answers_jsonl(path)
     result = official.dpg_rescore(answers, rows)
     for part in ("official", "corrected"):
         if result[part] is not None:

@@ -1,7 +1,6 @@
 """`twinflow toy`: the 2-D benchmark (train one method, write metrics.json, samples and scatter plots)."""
-from __future__ import annotations
 
-import json
+from __future__ import annotations
 
 
 def _nfe_list(text: str) -> tuple:
@@ -15,9 +14,15 @@ def _nfe_list(text: str) -> tuple:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("toy", help="2-D benchmark: fm / rcgm / twinflow on a toy distribution or PATH.npy")
-    p.add_argument("--data", default="8gaussians", help="8gaussians, checkerboard, moons, swissroll, or PATH.npy of shape (n, 2)")
-    p.add_argument("--method", default="twinflow", choices=["fm", "rcgm", "twinflow"])
+    p = subparsers.add_parser(
+        "toy", help="2-D benchmark: fm / rcgm / twinflow / meanflow on a toy distribution or PATH.npy"
+    )
+    p.add_argument(
+        "--data", default="8gaussians", help="8gaussians, checkerboard, moons, swissroll, or PATH.npy of shape (n, 2)"
+    )
+    # any method of the objective registry (twinflow_core/objectives; checked when the run starts, so that the
+    # CLI's start does not import the registry's torch code)
+    p.add_argument("--method", default="twinflow", help="fm, rcgm, twinflow, meanflow, or another registered objective")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: ToyConfig.steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nfe", type=_nfe_list, default=(1, 2, 4, 50), help="comma-separated, e.g. 1,2,4,50")
@@ -44,12 +49,14 @@ def _run(args) -> int:
         overrides["loss"] = args.loss
     cfg.objective = overrides
     results = run(cfg, args.out, progress=not args.no_progress)
-    rows = [f"  {k:>3} NFE ({v['sampler']}): sliced W2 {v['sliced_w2']:.4f}  MMD {v['mmd']:.4f}  energy {v['energy']:.4f}"
-            for k, v in results["nfe"].items()]
-    print(f"{args.method} on {args.data}: {cfg.steps} steps in {results['train_seconds']:.1f} s "
-          f"({1000 * results['seconds_per_step']:.1f} ms/step)")
+    rows = [
+        f"  {k:>3} NFE ({v['sampler']}): sliced W2 {v['sliced_w2']:.4f}  MMD {v['mmd']:.4f}  energy {v['energy']:.4f}"
+        for k, v in results["nfe"].items()
+    ]
+    print(
+        f"{args.method} on {args.data}: {cfg.steps} steps in {results['train_seconds']:.1f} s "
+        f"({1000 * results['seconds_per_step']:.1f} ms/step)"
+    )
     print("\n".join(rows))
     print(f"wrote {args.out}/metrics.json, samples_nfe*.npy, scatter_nfe*.png")
     return 0
-
-

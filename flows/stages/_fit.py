@@ -6,6 +6,7 @@ MLflow logging (Lightning's MLFlowLogger) is on when --mlflow-uri or MLFLOW_TRAC
 config, every loss term, lr, throughput, the sample grids, the exported model.json and the run summary.
 Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,27 +18,40 @@ from pathlib import Path
 from flows import init_source
 from flows.tracking import resolve_tracking_uri
 from twinflow_core.errors import TwinflowError, exit_code
+from twinflow_core.redaction import redact
 
 
 def parse_args(stage: str, argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"python -m flows.stages.{stage}", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)")
-    parser.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: no MLflow logging)")
-    parser.add_argument("--experiment", default=os.environ.get("MLFLOW_EXPERIMENT_NAME", "twinflow"),
-                        help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME or twinflow)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)",
+    )
+    parser.add_argument(
+        "--mlflow-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI; unset: no MLflow logging)",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME", "twinflow"),
+        help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME or twinflow)",
+    )
     return parser.parse_args(argv)
 
 
 def load(params_path: str | Path, overrides: list[str]):
-    from flows.overrides import load_params
-    from twinflow_core.training.config import apply_overrides, load_sections
+    from flows.params import load_with_sets
+    from twinflow_core.training.config import load_sections
 
     path = Path(params_path)
-    raw = load_params(path)
-    return apply_overrides(load_sections(raw, where=str(path)), overrides, where="--set")
+    where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)
+    return load_sections(load_with_sets(path, overrides), where=where)
 
 
 def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
@@ -48,10 +62,17 @@ def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
     from twinflow_core.training.run import run_key
 
     hide_run_links_with_credentials(uri)
-    logger = MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_name=f"{stage}-{run_key(sections, stage)}",
-                          tags={"stage": stage, "twinflow.run_key": run_key(sections, stage)})
-    resolved = {"model": to_dict(sections.model), "objective": to_dict(getattr(sections.objective, stage)),
-                stage: to_dict(getattr(sections, stage))}
+    logger = MLFlowLogger(
+        experiment_name=experiment,
+        tracking_uri=uri,
+        run_name=f"{stage}-{run_key(sections, stage)}",
+        tags={"stage": stage, "twinflow.run_key": run_key(sections, stage)},
+    )
+    resolved = {
+        "model": to_dict(sections.model),
+        "objective": to_dict(getattr(sections.objective, stage)),
+        stage: to_dict(getattr(sections, stage)),
+    }
     logger.log_hyperparams(resolved)
     return logger
 
@@ -76,9 +97,14 @@ def run_stage(stage: str, argv=None) -> int:
         launch = detect(section.trainer.devices, section.trainer.num_nodes)
         if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
             # once per node: local rank 0 fetches, the node's other ranks wait for it (all may start at once)
-            section.init = str(init_source.fetch_for_launch(
-                section.init, init_source.local_folder(section.out, stage),
-                resolve_tracking_uri(".", None, args.mlflow_uri), launch))
+            section.init = str(
+                init_source.fetch_for_launch(
+                    section.init,
+                    init_source.local_folder(section.out, stage),
+                    resolve_tracking_uri(".", None, args.mlflow_uri),
+                    launch,
+                )
+            )
         from twinflow_core.training.run import fit
 
         loggers, hooks = [], []
@@ -98,8 +124,10 @@ def run_stage(stage: str, argv=None) -> int:
         logger = loggers[0]
         summary["mlflow_run_id"] = logger.run_id
         final = {k: v for k, v in summary.get("final", {}).items() if isinstance(v, (int, float)) and k != "step"}
-        logger.log_metrics({"summary/seconds": summary["seconds"], **{f"final/{k}": v for k, v in final.items()}},
-                           step=summary["steps"])
+        logger.log_metrics(
+            {"summary/seconds": summary["seconds"], **{f"final/{k}": v for k, v in final.items()}},
+            step=summary["steps"],
+        )
         for name in ("model.json", "train_log.json"):
             if (out / name).is_file():
                 logger.experiment.log_artifact(logger.run_id, str(out / name), "checkpoint")
@@ -109,7 +137,8 @@ def run_stage(stage: str, argv=None) -> int:
     # out/ is a DVC output: what the same inputs reproduce bitwise goes there, the wall clock and the run's ids
     # beside it (checkpoints/twinflow.run.json, untracked), so a rerun leaves dvc.lock unchanged
     (out / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k not in RUN_KEYS}, indent=1))
-    out.with_name(out.name + ".run.json").write_text(
-        json.dumps({k: summary.get(k) for k in RUN_KEYS}, indent=1))
+    out.with_name(out.name + ".run.json").write_text(  # ids and URIs of this run: never a credential
+        redact(json.dumps({k: summary.get(k) for k in RUN_KEYS}, indent=1))
+    )
     print(json.dumps(summary))
     return 0

@@ -10,6 +10,7 @@ Only a pretrained model (model.name diffusers) has latents: with the UNet this i
 pipeline (flows/pipeline.py) does not run the stage unless train.data is encode.out.
 Prints one summary line; a user-fixable problem is one line on stderr, exit 2.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,12 +30,16 @@ def run(params: dict, where: str = "params.yaml") -> dict:
     sections = load_sections(params, where=where)
     model, enc = sections.model, sections.encode
     if not isinstance(model, PretrainedModelConfig):
-        raise ConfigError(f"{where}: encode: model.name is {model.name!r}; latent shards are for a pretrained "
-                          f"diffusers model (model.name diffusers, conf/model/sd3.yaml)")
+        raise ConfigError(
+            f"{where}: encode: model.name is {model.name!r}; latent shards are for a pretrained "
+            f"diffusers model (model.name diffusers, conf/model/sd3.yaml)"
+        )
     size = int(read_meta(enc.data).get("image_size", 0))
     if size != model.image_size:
-        raise DataError(f"{enc.data}: images are {size} px, model.image_size is {model.image_size} "
-                        f"(prepare at data.image_size {model.image_size})")
+        raise DataError(
+            f"{enc.data}: images are {size} px, model.image_size is {model.image_size} "
+            f"(prepare at data.image_size {model.image_size})"
+        )
     threads = (params.get("train") or {}).get("threads") or 0
     if threads:
         torch.set_num_threads(int(threads))
@@ -46,15 +51,17 @@ def run(params: dict, where: str = "params.yaml") -> dict:
     encoder = LatentEncoder(pipe, model.family, model.max_sequence_length)
     meta = write_latents(enc.data, enc.out, encoder, source=pipeline, batch=enc.batch, shard_size=enc.shard_size)
     seconds = time.perf_counter() - start
-    print(f"encode: {meta['n']} images of {enc.data} -> {enc.out} ({model.family} latents {meta['latent_shape']}, "
-          f"{len(meta['shards'])} shards) in {seconds:.1f} s")
+    print(
+        f"encode: {meta['n']} images of {enc.data} -> {enc.out} ({model.family} latents {meta['latent_shape']}, "
+        f"{len(meta['shards'])} shards) in {seconds:.1f} s"
+    )
     return meta
 
 
 def main(argv=None) -> int:
-    from flows.stages.prepare import load_params, parse_args
-
+    from flows.params import load_with_sets as load_params
     from flows.quiet import quiet_loading_bars, quiet_third_party
+    from flows.stages.prepare import parse_args
 
     quiet_third_party()
     args = parse_args(argv, __doc__.splitlines()[0])

@@ -23,6 +23,7 @@ checkpoint, the prompts, the evaluators, the evaluation code and the `evaluate` 
 only changed the TwinFlow model. The same inputs give the same numbers, so a cached base is the base.
 Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,30 +33,23 @@ import sys
 import time
 from pathlib import Path
 
+from flows.metrics_files import is_timing, timing_path
+from flows.schema import STAGE_KEYS, split_section  # noqa: F401 (STAGE_KEYS: also read by tests)
 from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
-STAGE_KEYS = ("checkpoint", "base", "metrics", "breakdown", "plots_dir", "reports_dir", "official", "base_cache")
 # What the base's evaluation reads besides its checkpoint, prompts and evaluators (the stage's code deps).
-BASE_CODE = ("twinflow_core/benchmarks", "twinflow_core/sampler.py", "twinflow_core/checkpoint.py",
-             "twinflow_core/nets", "twinflow_core/text.py", "twinflow_core/data/shapes.py",
-             "twinflow_core/data/digits.py", "twinflow_core/data/prompt_sets.py")
-
-
-def split_section(section: dict) -> tuple[dict, dict]:
-    """(stage paths/options, EvalConfig fields)."""
-    section = dict(section or {})
-    return {k: section.pop(k) for k in STAGE_KEYS if k in section}, section
-
-
-def is_timing(name: str) -> bool:
-    """A wall-clock metric: it differs between two runs of the same inputs."""
-    return "throughput/" in name or name == "evaluate/seconds"
-
-
-def timing_path(metrics_path: str | Path) -> Path:
-    """Where the wall-clock metrics of `metrics_path` go: metrics/eval.json -> metrics/eval.timing.json."""
-    metrics_path = Path(metrics_path)
-    return metrics_path.with_name(f"{metrics_path.stem}.timing.json")
+BASE_CODE = (
+    "twinflow_core/benchmarks",
+    "twinflow_core/sampler.py",
+    "twinflow_core/generator.py",
+    "twinflow_core/loader.py",
+    "twinflow_core/files.py",
+    "twinflow_core/nets",
+    "twinflow_core/text.py",
+    "twinflow_core/data/shapes.py",
+    "twinflow_core/data/digits.py",
+    "twinflow_core/data/prompt_sets.py",
+)
 
 
 def write_outputs(result_metrics: dict, breakdown: dict, curves: list[dict], grids: dict, paths: dict) -> None:
@@ -94,7 +88,11 @@ def write_outputs(result_metrics: dict, breakdown: dict, curves: list[dict], gri
     reports = Path(paths.get("reports_dir", "reports"))
     for name, (images, captions) in grids.items():
         # twinflow: reports/samples_<setting>.png; base: reports/samples_base/<setting>.png (one DVC out)
-        path = reports / "samples_base" / f"{name[5:]}.png" if name.startswith("base_") else reports / f"samples_{name}.png"
+        path = (
+            reports / "samples_base" / f"{name[5:]}.png"
+            if name.startswith("base_")
+            else reports / f"samples_{name}.png"
+        )
         title = ("flow-matching base" if name.startswith("base_") else "twinflow") + f" @{name.removeprefix('base_')}"
         save_image_grid(images, path, captions=captions, ncol=8, title=f"{title}: prompt [benchmark verdict]")
 
@@ -115,8 +113,12 @@ def base_cache_key(base_dir: str, cfg, image_size: int) -> str:
     root = Path(__file__).resolve().parents[2]
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("nfe", "style")}
     h = hashlib.sha256(json.dumps({"cfg": fields, "size": image_size}, sort_keys=True).encode())
-    for label, top in (("base", Path(base_dir)), ("prompts", Path(cfg.prompts_dir)),
-                       ("evaluators", Path(cfg.evaluators_dir)), *(("code", root / c) for c in BASE_CODE)):
+    for label, top in (
+        ("base", Path(base_dir)),
+        ("prompts", Path(cfg.prompts_dir)),
+        ("evaluators", Path(cfg.evaluators_dir)),
+        *(("code", root / c) for c in BASE_CODE),
+    ):
         for f in _tree_files(top):
             h.update(f"{label}:{f.relative_to(top) if f != top else f.name}:{file_sha256(f)}\n".encode())
     return h.hexdigest()[:24]
@@ -129,8 +131,17 @@ def _save_base(path: Path, rb) -> None:
     write_npz(path.with_suffix(".npz"), {name: images for name, (images, _) in rb.grids.items()})
     per = {k: {p: list(v) for p, v in vals.items()} for k, vals in rb.per_prompt.items()}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"metrics": rb.metrics, "breakdown": rb.breakdown, "curves": rb.curves,
-                               "captions": {n: c for n, (_, c) in rb.grids.items()}, "per_prompt": per}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "metrics": rb.metrics,
+                "breakdown": rb.breakdown,
+                "curves": rb.curves,
+                "captions": {n: c for n, (_, c) in rb.grids.items()},
+                "per_prompt": per,
+            }
+        )
+    )
     tmp.replace(path)  # the json last: a cache entry with a json is complete
 
 
@@ -150,14 +161,14 @@ def _load_base(path: Path):
 
 def run(params: dict) -> dict:
     from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation, domain_of, settings_for
-    from twinflow_core.checkpoint import load_generator
+    from twinflow_core.loader import is_latent, load_generator
 
     stage, fields = split_section(params.get("evaluate"))
     cfg = EvalConfig.from_dict(fields)
     if not stage.get("checkpoint"):
         raise ConfigError("evaluate.checkpoint: the generator checkpoint directory is required")
     t0 = time.perf_counter()
-    if any(p and (Path(p) / "model_index.json").is_file() for p in (stage["checkpoint"], stage.get("base"))):
+    if any(p and is_latent(p) for p in (stage["checkpoint"], stage.get("base"))):
         from flows.quiet import quiet_loading_bars
 
         quiet_loading_bars()  # latent generators: diffusers pipeline folders
@@ -172,8 +183,9 @@ def run(params: dict) -> dict:
     if stage.get("base"):
         base = load_generator(stage["base"])
         if domain_of(base, cfg) != domain or base.image_size != model.image_size:
-            raise ConfigError(f"evaluate.base: {stage['base']} is not the same domain / image size as "
-                              f"{stage['checkpoint']}")
+            raise ConfigError(
+                f"evaluate.base: {stage['base']} is not the same domain / image size as {stage['checkpoint']}"
+            )
         cache_dir = stage.get("base_cache", "outputs/eval-base")
         cache = Path(cache_dir) / f"{base_cache_key(stage['base'], cfg, base.image_size)}.json" if cache_dir else None
         rb = _load_base(cache) if cache else None
@@ -193,8 +205,10 @@ def run(params: dict) -> dict:
 
         ratios = paired_ratios(per_prompt, cfg.ratio_reference)
         if stage.get("base") and not any(k.endswith(f"@{cfg.ratio_reference}") for k in per_prompt):
-            raise ConfigError(f"evaluate.ratio_reference: {cfg.ratio_reference!r} is not a base setting of this "
-                              f"evaluation (have: {', '.join(s.label for s in settings_for(cfg, base=True))})")
+            raise ConfigError(
+                f"evaluate.ratio_reference: {cfg.ratio_reference!r} is not a base setting of this "
+                f"evaluation (have: {', '.join(s.label for s in settings_for(cfg, base=True))})"
+            )
         metrics.update(ratios)
     official = stage.get("official") or {}
     if official.get("enabled"):
@@ -209,21 +223,33 @@ def run(params: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.stages.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)",
+    )
     args = parser.parse_args(argv)
     from flows.quiet import quiet_third_party
 
     quiet_third_party()
     try:
-        from flows.stages.prepare import load_params
+        from flows.params import load_with_sets
 
-        metrics = run(load_params(args.params, args.overrides))
+        metrics = run(load_with_sets(args.params, args.overrides))
     except TwinflowError as err:
         print(f"evaluate: error: {err}", file=sys.stderr)
         return exit_code(err)
-    keys = [k for k in metrics if k.endswith("@1nfe") and "/" in k and k.count("/") <= 2
-            and ("overall" in k or "score@" in k or "accuracy" in k or "/fd@" in k)]
+    keys = [
+        k
+        for k in metrics
+        if k.endswith("@1nfe")
+        and "/" in k
+        and k.count("/") <= 2
+        and ("overall" in k or "score@" in k or "accuracy" in k or "/fd@" in k)
+    ]
     print(json.dumps({"seconds": round(metrics["evaluate/seconds"], 1), **{k: round(metrics[k], 4) for k in keys}}))
     return 0
 

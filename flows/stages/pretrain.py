@@ -2,9 +2,10 @@
 
     python -m flows.stages.pretrain [--params params.yaml] [--set pretrain.steps=10 ...] [--mlflow-uri URI]
 
-Writes <pretrain.out>/: model.safetensors + model.json (EMA weights; twinflow_core/checkpoint.py), state.ckpt
+Writes <pretrain.out>/: model.safetensors + model.json (EMA weights; twinflow_core/nets/generator.py), state.ckpt
 (optimiser, EMA, RNG, step), train_log.json, summary.json, samples/. A killed run resumes on rerun.
 """
+
 from __future__ import annotations
 
 import sys

@@ -7,6 +7,7 @@ model.safetensors), `s3://bucket/prefix`, or an MLflow URI such as `models:/twin
 one is fetched into checkpoints/train-init first (flows/init_source.py). Outputs as for pretrain. A killed run
 resumes on rerun.
 """
+
 from __future__ import annotations
 
 import sys

@@ -9,38 +9,19 @@ vocabulary, pixel hash recomputed from the shards, each caption kind's / label's
 file readable, its sha256 as meta.json records, its row count and array shape; words: how often each
 vocabulary word occurs (coverage).
 """
+
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flows.stages.prepare import load_params, parse_args
+from flows.params import load_with_sets as load_params
+from flows.schema import ValidateConfig, validate_config
+from flows.stages.prepare import parse_args
 from twinflow_core.errors import DataError, TwinflowError, exit_code
-
-
-@dataclass
-class ValidateConfig:
-    max_caption_chars: int = 400
-    max_caption_words: int = 48
-    min_pixel_std: float = 2.0            # an image flatter than this is blank
-    max_duplicate_fraction: float = 0.01  # share of images whose pixels repeat an earlier image
-    min_vocab_coverage: float = 0.95      # share of vocabulary words used by at least one caption
-    share_bounds: tuple = (0.5, 2.0)      # each kind / label's share, relative to an even split
-    _types = {"max_caption_chars": int, "max_caption_words": int, "min_pixel_std": (int, float),
-              "max_duplicate_fraction": (int, float), "min_vocab_coverage": (int, float), "share_bounds": list}
-
-
-def _config(raw) -> ValidateConfig:
-    from twinflow_core.data.config import build_config
-
-    cfg = build_config(ValidateConfig, raw, "validate")
-    cfg.share_bounds = tuple(cfg.share_bounds)
-    return cfg
-
 
 # ---------------------------------------------------------------- tables
 
@@ -59,8 +40,14 @@ def build_tables(path: Path, meta: dict, manifest, image_size: int):
     key = {(int(s), int(r)): i for i, (s, r) in enumerate(zip(manifest["shard"], manifest["row"]))}
     for k, shard in enumerate(meta["shards"]):
         file = path / shard["file"]
-        info = {"file": shard["file"], "exists": file.is_file(), "readable": False, "sha256_ok": False,
-                "rows_ok": False, "shape_ok": False}
+        info = {
+            "file": shard["file"],
+            "exists": file.is_file(),
+            "readable": False,
+            "sha256_ok": False,
+            "rows_ok": False,
+            "shape_ok": False,
+        }
         if info["exists"]:
             info["sha256_ok"] = file_sha256(file) == shard["sha256"]
             try:
@@ -115,46 +102,92 @@ def expectations(meta: dict, cfg: ValidateConfig, image_size: int, shard_total: 
         E("ExpectColumnValuesToNotBeNull", "every row has an id", column="id"),
         E("ExpectColumnValuesToBeUnique", "ids are unique", column="id"),
         E("ExpectColumnValuesToNotBeNull", "every row has a caption", column="caption"),
-        E("ExpectColumnValueLengthsToBeBetween", f"captions are non-empty, at most {cfg.max_caption_chars} chars",
-          column="caption", min_value=1, max_value=cfg.max_caption_chars),
-        E("ExpectColumnValuesToBeBetween", f"captions have 1..{cfg.max_caption_words} words",
-          column="n_words", min_value=1, max_value=cfg.max_caption_words),
-        E("ExpectColumnValuesToBeBetween", "every caption word is in meta.json's vocabulary",
-          column="oov_words", min_value=0, max_value=0),
+        E(
+            "ExpectColumnValueLengthsToBeBetween",
+            f"captions are non-empty, at most {cfg.max_caption_chars} chars",
+            column="caption",
+            min_value=1,
+            max_value=cfg.max_caption_chars,
+        ),
+        E(
+            "ExpectColumnValuesToBeBetween",
+            f"captions have 1..{cfg.max_caption_words} words",
+            column="n_words",
+            min_value=1,
+            max_value=cfg.max_caption_words,
+        ),
+        E(
+            "ExpectColumnValuesToBeBetween",
+            "every caption word is in meta.json's vocabulary",
+            column="oov_words",
+            min_value=0,
+            max_value=0,
+        ),
         E("ExpectColumnValuesToBeInSet", f"width is {image_size}", column="width", value_set=[image_size]),
         E("ExpectColumnValuesToBeInSet", f"height is {image_size}", column="height", value_set=[image_size]),
         E("ExpectColumnValuesToBeInSet", "mode is RGB", column="mode", value_set=["RGB"]),
         E("ExpectColumnValuesToBeBetween", "pixel_min in 0..255", column="pixel_min", min_value=0, max_value=255),
         E("ExpectColumnValuesToBeBetween", "pixel_max in 0..255", column="pixel_max", min_value=0, max_value=255),
-        E("ExpectColumnValuesToBeBetween", f"no blank image (pixel_std >= {cfg.min_pixel_std})",
-          column="pixel_std", min_value=cfg.min_pixel_std),
-        E("ExpectColumnValuesToBeInSet", "the pixels in the shards hash to the manifest's content_hash",
-          column="hash_ok", value_set=[True]),
-        E("ExpectColumnProportionOfUniqueValuesToBeBetween",
-          f"duplicate images are at most {cfg.max_duplicate_fraction:.1%}",
-          column="content_hash", min_value=1.0 - cfg.max_duplicate_fraction),
+        E(
+            "ExpectColumnValuesToBeBetween",
+            f"no blank image (pixel_std >= {cfg.min_pixel_std})",
+            column="pixel_std",
+            min_value=cfg.min_pixel_std,
+        ),
+        E(
+            "ExpectColumnValuesToBeInSet",
+            "the pixels in the shards hash to the manifest's content_hash",
+            column="hash_ok",
+            value_set=[True],
+        ),
+        E(
+            "ExpectColumnProportionOfUniqueValuesToBeBetween",
+            f"duplicate images are at most {cfg.max_duplicate_fraction:.1%}",
+            column="content_hash",
+            min_value=1.0 - cfg.max_duplicate_fraction,
+        ),
         E("ExpectColumnValuesToBeInSet", "caption kinds are the source's kinds", column="kind", value_set=kinds),
         E("ExpectColumnDistinctValuesToContainSet", "every caption kind occurs", column="kind", value_set=kinds),
-        E("ExpectColumnValuesToBeBetween", f"each caption kind's share is {lo}x..{hi}x an even split",
-          column="kind_share", min_value=lo, max_value=hi),
+        E(
+            "ExpectColumnValuesToBeBetween",
+            f"each caption kind's share is {lo}x..{hi}x an even split",
+            column="kind_share",
+            min_value=lo,
+            max_value=hi,
+        ),
     ]
     if meta.get("labeled"):
         labels = list(range(len(meta["classes"])))
         rows += [
             E("ExpectColumnValuesToBeInSet", f"labels are 0..{len(labels) - 1}", column="label", value_set=labels),
             E("ExpectColumnDistinctValuesToContainSet", "every label occurs", column="label", value_set=labels),
-            E("ExpectColumnValuesToBeBetween", f"each label's share is {lo}x..{hi}x an even split",
-              column="label_share", min_value=lo, max_value=hi),
+            E(
+                "ExpectColumnValuesToBeBetween",
+                f"each label's share is {lo}x..{hi}x an even split",
+                column="label_share",
+                min_value=lo,
+                max_value=hi,
+            ),
         ]
-    shards = [E("ExpectColumnValuesToBeInSet", d, column=c, value_set=[True]) for c, d in (
-        ("exists", "every shard listed in meta.json exists"),
-        ("readable", "every shard is a readable npz"),
-        ("sha256_ok", "every shard's sha256 is the one meta.json records"),
-        ("rows_ok", "every shard holds as many images as meta.json and the manifest say"),
-        ("shape_ok", f"every shard is uint8 (n, {image_size}, {image_size}, 3)"),
-    )]
-    words = [E("ExpectColumnValuesToBeBetween", f"at least {cfg.min_vocab_coverage:.0%} of the vocabulary occurs",
-               column="captions", min_value=1, mostly=cfg.min_vocab_coverage)]
+    shards = [
+        E("ExpectColumnValuesToBeInSet", d, column=c, value_set=[True])
+        for c, d in (
+            ("exists", "every shard listed in meta.json exists"),
+            ("readable", "every shard is a readable npz"),
+            ("sha256_ok", "every shard's sha256 is the one meta.json records"),
+            ("rows_ok", "every shard holds as many images as meta.json and the manifest say"),
+            ("shape_ok", f"every shard is uint8 (n, {image_size}, {image_size}, 3)"),
+        )
+    ]
+    words = [
+        E(
+            "ExpectColumnValuesToBeBetween",
+            f"at least {cfg.min_vocab_coverage:.0%} of the vocabulary occurs",
+            column="captions",
+            min_value=1,
+            mostly=cfg.min_vocab_coverage,
+        )
+    ]
     return {"rows": rows, "shards": shards, "words": words}
 
 
@@ -188,9 +221,12 @@ def run_suite(tables: dict, suite: dict) -> list[dict]:
         for expectation in items:
             gx_suite.add_expectation(expectation)
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"prepared-{table}", data=batch_def, suite=gx_suite))
-        result = definition.run(batch_parameters={"dataframe": frame}, result_format={
-            "result_format": "COMPLETE", "unexpected_index_column_names": [index_column[table]]})
+            gx.ValidationDefinition(name=f"prepared-{table}", data=batch_def, suite=gx_suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": frame},
+            result_format={"result_format": "COMPLETE", "unexpected_index_column_names": [index_column[table]]},
+        )
         for r in result.results:
             cfg = r.expectation_config
             kwargs = {k: v for k, v in cfg.kwargs.items() if k != "batch_id"}
@@ -202,11 +238,20 @@ def run_suite(tables: dict, suite: dict) -> list[dict]:
             if table == "rows":  # show the caption beside the offending row
                 captions = dict(zip(frame["id"], frame["caption"]))
                 examples = [{**e, "caption": captions.get(e.get("id"))} for e in examples]
-            out.append(_plain({
-                "table": table, "expectation": cfg.type, "description": cfg.description, "kwargs": kwargs,
-                "success": bool(r.success), "observed": res.get("observed_value"),
-                "unexpected_count": res.get("unexpected_count"), "examples": examples,
-            }))
+            out.append(
+                _plain(
+                    {
+                        "table": table,
+                        "expectation": cfg.type,
+                        "description": cfg.description,
+                        "kwargs": kwargs,
+                        "success": bool(r.success),
+                        "observed": res.get("observed_value"),
+                        "unexpected_count": res.get("unexpected_count"),
+                        "examples": examples,
+                    }
+                )
+            )
     return out
 
 
@@ -216,15 +261,22 @@ def run_suite(tables: dict, suite: dict) -> list[dict]:
 def write_reports(out_dir: Path, name: str, path: Path, results: list[dict], summary: dict) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = [r for r in results if not r["success"]]
-    metrics = {**summary, "success": not failed and not summary.get("structure_error"),
-               "expectations": len(results), "failed": len(failed),
-               "failed_expectations": [f"{r['table']}: {r['expectation']}({r['kwargs'].get('column', '')})"
-                                       for r in failed]}
+    metrics = {
+        **summary,
+        "success": not failed and not summary.get("structure_error"),
+        "expectations": len(results),
+        "failed": len(failed),
+        "failed_expectations": [f"{r['table']}: {r['expectation']}({r['kwargs'].get('column', '')})" for r in failed],
+    }
     json_path = out_dir / "validation.json"
     json_path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    lines = [f"# Validation of {path}", "",
-             f"**{'PASSED' if metrics['success'] else 'FAILED'}**: {len(results) - len(failed)} of "
-             f"{len(results)} expectations met (Great Expectations suite, flows/stages/validate.py).", ""]
+    lines = [
+        f"# Validation of {path}",
+        "",
+        f"**{'PASSED' if metrics['success'] else 'FAILED'}**: {len(results) - len(failed)} of "
+        f"{len(results)} expectations met (Great Expectations suite, flows/stages/validate.py).",
+        "",
+    ]
     if summary.get("structure_error"):
         lines += [f"Could not check the dataset: {summary['structure_error']}", ""]
     for key in ("n", "duplicate_fraction", "vocab_coverage"):
@@ -233,17 +285,27 @@ def write_reports(out_dir: Path, name: str, path: Path, results: list[dict], sum
     if failed:
         lines += ["", "## Failed expectations", ""]
         for r in failed:
-            lines += [f"### {r['table']}: `{r['expectation']}` on `{r['kwargs'].get('column', '(table)')}`",
-                      f"{r['description']}. Arguments: `{json.dumps(r['kwargs'])}`.",
-                      f"Observed: {r['observed']}; unexpected rows: {r['unexpected_count']}.", ""]
+            lines += [
+                f"### {r['table']}: `{r['expectation']}` on `{r['kwargs'].get('column', '(table)')}`",
+                f"{r['description']}. Arguments: `{json.dumps(r['kwargs'])}`.",
+                f"Observed: {r['observed']}; unexpected rows: {r['unexpected_count']}.",
+                "",
+            ]
             if r["examples"]:
                 lines += ["Example rows:", ""] + [f"- `{json.dumps(e)}`" for e in r["examples"]] + [""]
-    lines += ["", "## All expectations", "", "| table | expectation | column | ok | observed / unexpected | what |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## All expectations",
+        "",
+        "| table | expectation | column | ok | observed / unexpected | what |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         seen = r["observed"] if r["observed"] is not None else r["unexpected_count"]
-        lines.append(f"| {r['table']} | {r['expectation']} | {r['kwargs'].get('column', '')} | "
-                     f"{'yes' if r['success'] else '**NO**'} | {seen} | {r['description']} |")
+        lines.append(
+            f"| {r['table']} | {r['expectation']} | {r['kwargs'].get('column', '')} | "
+            f"{'yes' if r['success'] else '**NO**'} | {seen} | {r['description']} |"
+        )
     md_path = out_dir / "validation.md"
     md_path.write_text("\n".join(lines) + "\n")
     return json_path, md_path
@@ -255,7 +317,7 @@ def validate(params: dict, root: str | Path = ".", dataset: str | Path | None = 
     from twinflow_core.data.prepared import read_manifest, read_meta
 
     data_cfg = DataConfig.from_dict(params.get("data"))
-    cfg = _config(params.get("validate"))
+    cfg = validate_config(params.get("validate"))
     root = Path(root)
     path = Path(dataset) if dataset is not None else root / "data" / "prepared" / data_cfg.name
     out_dir = root / "reports" / "data" / data_cfg.name
@@ -268,9 +330,11 @@ def validate(params: dict, root: str | Path = ".", dataset: str | Path | None = 
         write_reports(out_dir, data_cfg.name, path, [], summary)
         return False, out_dir / "validation.md", summary
     rows, shards, words = build_tables(path, meta, manifest, data_cfg.image_size)
-    summary.update(n=int(len(rows)),
-                   duplicate_fraction=round(float(rows["content_hash"].duplicated().mean()) if len(rows) else 0.0, 6),
-                   vocab_coverage=round(float((words["captions"] > 0).mean()) if len(words) else 0.0, 4))
+    summary.update(
+        n=int(len(rows)),
+        duplicate_fraction=round(float(rows["content_hash"].duplicated().mean()) if len(rows) else 0.0, 6),
+        vocab_coverage=round(float((words["captions"] > 0).mean()) if len(words) else 0.0, 4),
+    )
     shard_total = int(sum(s["n"] for s in meta["shards"]))
     suite = expectations(meta, cfg, data_cfg.image_size, shard_total)
     results = run_suite({"rows": rows, "shards": shards, "words": words}, suite)

@@ -2,6 +2,7 @@
 compared after each test, so the test that writes into the repository fails, naming the files it touched.
 Stores that MLflow makes on its own in its working folder (git-ignored, so not tracked) are watched too: a test
 that lets a tool default to the checkout leaves a store there that the user's own runs then read."""
+
 from __future__ import annotations
 
 import os

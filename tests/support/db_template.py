@@ -2,6 +2,7 @@
 (support/prefect_db.py, support/mlflow_db.py). A file lock lets the first of several xdist workers build it
 while the others wait; the build happens in a scratch folder renamed into place, so a killed build leaves no
 half template behind."""
+
 from __future__ import annotations
 
 import fcntl

@@ -11,6 +11,7 @@ missing, with the artifact location of *that* store (a sqlite file's folder, or 
 a copied row would get wrong. It lives in the project's git-ignored `.prefect/`, beside Prefect's, one per MLflow
 version (support/db_template.py).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,8 +39,12 @@ def template() -> Path:
 
 
 def _migrate(folder: Path) -> None:
-    done = subprocess.run([sys.executable, "-c", _BUILD, str(folder / "mlflow.db"), str(folder / "mlruns")],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _BUILD, str(folder / "mlflow.db"), str(folder / "mlruns")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode:
         raise RuntimeError(f"could not build the MLflow template database: {(done.stdout + done.stderr)[-2000:]}")
     with sqlite3.connect(folder / "mlflow.db") as con:

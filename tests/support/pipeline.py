@@ -3,6 +3,7 @@ and throwaway copies of the project to run DVC and the flow in.
 
 Servers are started as subprocesses and stopped by their PID (never by name).
 """
+
 from __future__ import annotations
 
 import json
@@ -12,21 +13,21 @@ import subprocess
 from pathlib import Path
 
 import yaml
+from support import mlflow_db, prefect_db
 
 from flows import servers
 from flows.servers import BIN, free_port, stop, wait_http  # noqa: F401
-from support import mlflow_db, prefect_db
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_prefect_server(home: Path, port: int | None = None) -> tuple[str, "subprocess.Popen"]:
+def start_prefect_server(home: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
     """flows.servers.start_prefect_server (sqlite in `home`) on a copy of the suite's migrated database."""
     prefect_db.seed(home)
     return servers.start_prefect_server(home, port)
 
 
-def start_mlflow_server(store: Path, port: int | None = None) -> tuple[str, "subprocess.Popen"]:
+def start_mlflow_server(store: Path, port: int | None = None) -> tuple[str, subprocess.Popen]:
     """flows.servers.start_mlflow_server (sqlite in `store`) on a copy of the suite's migrated database."""
     mlflow_db.seed(store / "mlflow.db")
     return servers.start_mlflow_server(store, port)
@@ -47,8 +48,18 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     tok = Tokenizer.from_captions(CAPTIONS, max_len=8)
-    kwargs = dict(image_size=8, channels=[8, 8], res_blocks=1, attn_levels=[], vocab_size=tok.size,
-                  max_len=8, text_dim=8, text_layers=1, heads=2, time_dim=16)
+    kwargs = dict(
+        image_size=8,
+        channels=[8, 8],
+        res_blocks=1,
+        attn_levels=[],
+        vocab_size=tok.size,
+        max_len=8,
+        text_dim=8,
+        text_layers=1,
+        heads=2,
+        time_dim=16,
+    )
     net = build_net("unet", **kwargs)
     # the unet zero-initialises its output layer; perturb it so generated images depend on the weights
     with torch.no_grad():
@@ -61,15 +72,15 @@ def make_checkpoint(path: Path, seed: int = 0) -> Path:
 GATE = {"min": {"geneval-shapes/overall@1nfe": 0.5, "dpg-shapes/score@1nfe": 50.0}, "champion_margin": 0.05}
 
 
-def make_outputs(root: Path, scores: dict[str, float], seed: int = 0, model_name: str = "tiny-gen",
-                 gate: dict | None = None) -> Path:
+def make_outputs(
+    root: Path, scores: dict[str, float], seed: int = 0, model_name: str = "tiny-gen", gate: dict | None = None
+) -> Path:
     """A project folder as the stages leave it: params.yaml (gate, register), metrics/eval.json,
     checkpoints/twinflow (real tiny generator), a sample grid and a data report."""
     from twinflow_core.viz import save_image_grid
 
     root.mkdir(parents=True, exist_ok=True)
-    params = {"gate": gate or GATE,
-              "register": {"model_name": model_name, "experiment": "tests"}}
+    params = {"gate": gate or GATE, "register": {"model_name": model_name, "experiment": "tests"}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "metrics").mkdir(exist_ok=True)
     (root / "metrics" / "eval.json").write_text(json.dumps(scores, indent=1))
@@ -88,12 +99,17 @@ def make_outputs(root: Path, scores: dict[str, float], seed: int = 0, model_name
 
 def scores(geneval: float, dpg: float) -> dict[str, float]:
     """An eval.json in the evaluate stage's naming, with the flow-matching reference beside 1 NFE."""
-    return {"geneval-shapes/overall@1nfe": geneval, "dpg-shapes/score@1nfe": dpg,
-            "geneval-shapes/overall@2nfe": geneval + 0.01, "geneval-shapes/overall@base-euler50": 0.9,
-            "dpg-shapes/score@base-euler50": 90.0}
+    return {
+        "geneval-shapes/overall@1nfe": geneval,
+        "dpg-shapes/score@1nfe": dpg,
+        "geneval-shapes/overall@2nfe": geneval + 0.01,
+        "geneval-shapes/overall@base-euler50": 0.9,
+        "dpg-shapes/score@base-euler50": 90.0,
+    }
 
 
 # ---- a throwaway DVC project with stand-in stages (tests/support/toy_stages.py) ----
+
 
 def make_toy_project(root: Path, **toy) -> Path:
     """git + DVC project whose five stages are the fast stand-ins; the DVC remote is root/.dvc-remote."""
@@ -101,8 +117,18 @@ def make_toy_project(root: Path, **toy) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     params = {
-        "toy": {"size": 16, "seed": 0, "fail": "", "flaky_stage": "", "flaky": 0, "geneval": 0.8, "dpg": 80.0,
-                "sleep_stage": "", "sleep": 0, **toy},
+        "toy": {
+            "size": 16,
+            "seed": 0,
+            "fail": "",
+            "flaky_stage": "",
+            "flaky": 0,
+            "geneval": 0.8,
+            "dpg": 80.0,
+            "sleep_stage": "",
+            "sleep": 0,
+            **toy,
+        },
         "gate": GATE,
         "register": {"model_name": "tiny-gen", "experiment": "tests"},
         "pipeline": {"push": True, "dvc_remote": "", "retries": 2, "retry_delay_s": 0.1},
@@ -137,24 +163,42 @@ def toy_env() -> dict[str, str]:
 # A run of seconds per stage: a few images, the tiny net, 4 steps, a handful of prompts; gate at 0 so it passes.
 TINY = [
     "data.shapes.n_images=400",
-    "model.channels=[16,32]", "model.attn_levels=[1]", "model.text_dim=32", "model.text_layers=1",
-    "model.heads=2", "model.time_dim=32",
-    "pretrain.steps=4", "pretrain.batch_size=16", "pretrain.ckpt_every=2", "pretrain.sample_every=0",
+    "model.channels=[16,32]",
+    "model.attn_levels=[1]",
+    "model.text_dim=32",
+    "model.text_layers=1",
+    "model.heads=2",
+    "model.time_dim=32",
+    "pretrain.steps=4",
+    "pretrain.batch_size=16",
+    "pretrain.ckpt_every=2",
+    "pretrain.sample_every=0",
     "pretrain.progress=false",
-    "train.init=checkpoints/base", "evaluate.base=checkpoints/base",  # a fresh tiny base, not the committed one
-    "train.steps=4", "train.batch_size=16", "train.ckpt_every=2", "train.sample_every=0", "train.progress=false",
+    "train.init=checkpoints/base",
+    "evaluate.base=checkpoints/base",  # a fresh tiny base, not the committed one
+    "optional_stages.pretrain=[used]",  # which declares the pretrain stage (flows/stage_use.py)
+    "train.steps=4",
+    "train.batch_size=16",
+    "train.ckpt_every=2",
+    "train.sample_every=0",
+    "train.progress=false",
     "evaluate.images_per_prompt=2",  # the default guided 50-step reference: 16 images of a tiny net
-    "evaluate.geneval_max_prompts=6", "evaluate.dpg_max_items=2",
-    "evaluate.grid_prompts=4", "evaluate.batch=16",
-    "gate.min.geneval-shapes/overall@1nfe=0.0", "gate.min.dpg-shapes/score@1nfe=0.0",
-    "gate.ratio.geneval-shapes/overall@1nfe.min=0", "gate.ratio.dpg-shapes/score@1nfe.min=0",
+    "evaluate.geneval_max_prompts=6",
+    "evaluate.dpg_max_items=2",
+    "evaluate.grid_prompts=4",
+    "evaluate.batch=16",
+    "gate.min.geneval-shapes/overall@1nfe=0.0",
+    "gate.min.dpg-shapes/score@1nfe=0.0",
+    "gate.ratio.geneval-shapes/overall@1nfe.min=0",
+    "gate.ratio.dpg-shapes/score@1nfe.min=0",
 ]
 
 
 def copy_project(dest: Path) -> Path:
     """What a fresh clone has: tracked and not-ignored files (no outputs, no dvc.lock, no caches)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split("\n")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout.split("\n")
     for rel in filter(None, files):
         src = REPO / rel
         if rel == "dvc.lock" or not src.is_file():
@@ -165,8 +209,13 @@ def copy_project(dest: Path) -> Path:
         if (REPO / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, dest / rel)
-    for args in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
-                 ["git", "config", "user.name", "t"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "copy"]):
+    for args in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "t"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-q", "-m", "copy"],
+    ):
         subprocess.run(args, cwd=dest, check=True, capture_output=True)
     mlflow_db.seed(dest / "mlflow.db")  # git-ignored: the store the stages open, migrated already (~6 s less a run)
     return dest

@@ -4,6 +4,7 @@ The values are realistic in shape (an AWS key pair, a tracking password, a beare
 redaction helper to mask them (twinflow_core/redaction.py), and made of characters that URL-encoding leaves as they
 are, so a leak is found whichever way it was written.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,16 +19,25 @@ PLANTED = {
     "MLFLOW_TRACKING_TOKEN": "planted-token-" + os.urandom(8).hex(),
 }
 PASSWORD = "planted-pw-" + os.urandom(8).hex()  # in the tracking URI: http://pipeline:<PASSWORD>@host:port
+# One password per channel a run records as given, each in a tracking URI: `twinflow run register.tracking_uri=...`,
+# `twinflow run --tracking-uri ...` and params.yaml's register.tracking_uri. A run refuses each of them in one
+# line (flows/params.refuse_credentials); the grep then finds none of them anywhere.
+RECORDED = {
+    "override": "planted-override-pw-" + os.urandom(8).hex(),
+    "flag": "planted-flag-pw-" + os.urandom(8).hex(),
+    "params": "planted-params-pw-" + os.urandom(8).hex(),
+}
 
 
 def secrets() -> list[str]:
-    return [*PLANTED.values(), PASSWORD]
+    return [*PLANTED.values(), PASSWORD, *RECORDED.values()]
 
 
 def _git_objects(repo: Path) -> bytes:
     """Every object of a git repository, decompressed (commits of run refs, their trees and blobs)."""
-    listing = subprocess.run(["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True,
-                             check=True)
+    listing = subprocess.run(
+        ["git", "cat-file", "--batch-all-objects", "--batch"], cwd=repo, capture_output=True, check=True
+    )
     return listing.stdout
 
 

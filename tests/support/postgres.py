@@ -3,6 +3,7 @@
 initdb refuses to run as root, so when the test runs as root the cluster belongs to the `postgres` account
 (runuser). The binaries are found on PATH or under /usr/lib/postgresql/<version>/bin (Debian's layout).
 """
+
 from __future__ import annotations
 
 import glob
@@ -59,19 +60,51 @@ def postgres_server(databases: tuple[str, ...], user: str = "twinflow", password
     pwfile.write_text(password + "\n")
     if os.geteuid() == 0:
         shutil.chown(pwfile, "postgres", "postgres")
-    _run([pg_bin("initdb"), "-D", str(data), "-U", user, "--pwfile", str(pwfile), "--auth-host=scram-sha-256",
-          "--auth-local=trust", "-E", "UTF8"], 120)
+    _run(
+        [
+            pg_bin("initdb"),
+            "-D",
+            str(data),
+            "-U",
+            user,
+            "--pwfile",
+            str(pwfile),
+            "--auth-host=scram-sha-256",
+            "--auth-local=trust",
+            "-E",
+            "UTF8",
+        ],
+        120,
+    )
     port = free_port()
     # the socket lives in our folder (the default /run/postgresql may not exist or be writable)
     opts = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off"
-    _run([pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o", opts,
-          "start"], 90)
+    _run(
+        [pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "-o", opts, "start"], 90
+    )
     try:
         for db in databases:
-            _run([pg_bin("psql"), "-h", str(folder), "-p", str(port), "-U", user, "-d", "postgres", "-v",
-                  "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{db}"'], 60)
+            _run(
+                [
+                    pg_bin("psql"),
+                    "-h",
+                    str(folder),
+                    "-p",
+                    str(port),
+                    "-U",
+                    user,
+                    "-d",
+                    "postgres",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    f'CREATE DATABASE "{db}"',
+                ],
+                60,
+            )
         yield f"postgresql://{user}:{password}@127.0.0.1:{port}/{{db}}", folder
     finally:
-        subprocess.run(_as_owner([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_owner([pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True, timeout=60
+        )
         shutil.rmtree(folder, ignore_errors=True)

@@ -7,6 +7,7 @@ run. The copy has the schema the server would make itself (it still runs its mig
 then has nothing to do) and no rows of any run. The template lives in the project's git-ignored `.prefect/`,
 one per Prefect version (support/db_template.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -31,8 +32,9 @@ def _upgrade(folder: Path) -> None:
     for key in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
         env.pop(key, None)
     prefect = Path(sys.executable).parent / "prefect"
-    done = subprocess.run([str(prefect), "server", "database", "upgrade", "-y"], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(prefect), "server", "database", "upgrade", "-y"], env=env, capture_output=True, text=True, timeout=600
+    )
     if done.returncode:
         raise RuntimeError(f"could not build the Prefect template database: {(done.stdout + done.stderr)[-2000:]}")
 

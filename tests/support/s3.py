@@ -1,5 +1,6 @@
 """An S3 server for tests: moto in server mode on 127.0.0.1 (real HTTP, real boto/s3fs clients), credentials
 in the environment, and an uploader. Import the fixtures into a test module to use them."""
+
 from __future__ import annotations
 
 import socket

@@ -1,4 +1,5 @@
 """One torch thread for the duration of a test, restored after (a stage run in-process may change it)."""
+
 import pytest
 import torch
 

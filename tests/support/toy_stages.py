@@ -9,6 +9,7 @@ so that runs overlap or can be interrupted mid-stage).
 Attempts go to $TOY_ATTEMPTS when set (a run in a workspace of its own logs to its project's file), else
 to attempts.log where the stage runs. Every attempt is appended to attempts.log.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ def main(stage: str) -> int:
     if toy.get("flaky_stage") == stage:
         tries = Path(log).read_text().split().count(stage)
         if tries <= int(toy.get("flaky", 0)):
-            print("requests.exceptions.ConnectionError: HTTPSConnectionPool(host='s3.example'): "
-                  "Max retries exceeded (Connection refused)")
+            print(
+                "requests.exceptions.ConnectionError: HTTPSConnectionPool(host='s3.example'): "
+                "Max retries exceeded (Connection refused)"
+            )
             return 1
     if stage == "prepare":
         out = Path("data/prepared/toy")
@@ -56,10 +59,10 @@ def main(stage: str) -> int:
 
         make_checkpoint(Path("checkpoints/twinflow"), seed=int(toy["seed"]))
     elif stage == "evaluate":
+        from support.pipeline import CAPTIONS, scores
+
         from twinflow_core.checkpoint import load_generator
         from twinflow_core.viz import save_image_grid
-
-        from support.pipeline import CAPTIONS, scores
 
         Path("metrics").mkdir(exist_ok=True)
         s = scores(float(toy["geneval"]), float(toy["dpg"]))
@@ -74,19 +77,36 @@ def main(stage: str) -> int:
 
 DVC_YAML = {
     "stages": {
-        "prepare": {"cmd": "python -m support.toy_stages prepare", "params": ["toy.size"],
-                    "outs": ["data/prepared/toy"]},
-        "validate": {"cmd": "python -m support.toy_stages validate", "deps": ["data/prepared/toy"],
-                     "params": ["toy.fail", "toy.flaky"],
-                     "outs": [{"reports/data/toy/validation.json": {"cache": False}}]},
-        "pretrain": {"cmd": "python -m support.toy_stages pretrain", "deps": ["data/prepared/toy"],
-                     "params": ["toy.seed"], "outs": ["checkpoints/base"]},
-        "train": {"cmd": "python -m support.toy_stages train", "deps": ["checkpoints/base"],
-                  "params": ["toy.seed"], "outs": ["checkpoints/twinflow"]},
-        "evaluate": {"cmd": "python -m support.toy_stages evaluate", "deps": ["checkpoints/twinflow"],
-                     "params": ["toy.geneval", "toy.dpg"],
-                     "outs": [{"reports/samples_1nfe.png": {"cache": False}}],
-                     "metrics": [{"metrics/eval.json": {"cache": False}}]},
+        "prepare": {
+            "cmd": "python -m support.toy_stages prepare",
+            "params": ["toy.size"],
+            "outs": ["data/prepared/toy"],
+        },
+        "validate": {
+            "cmd": "python -m support.toy_stages validate",
+            "deps": ["data/prepared/toy"],
+            "params": ["toy.fail", "toy.flaky"],
+            "outs": [{"reports/data/toy/validation.json": {"cache": False}}],
+        },
+        "pretrain": {
+            "cmd": "python -m support.toy_stages pretrain",
+            "deps": ["data/prepared/toy"],
+            "params": ["toy.seed"],
+            "outs": ["checkpoints/base"],
+        },
+        "train": {
+            "cmd": "python -m support.toy_stages train",
+            "deps": ["checkpoints/base"],
+            "params": ["toy.seed"],
+            "outs": ["checkpoints/twinflow"],
+        },
+        "evaluate": {
+            "cmd": "python -m support.toy_stages evaluate",
+            "deps": ["checkpoints/twinflow"],
+            "params": ["toy.geneval", "toy.dpg"],
+            "outs": [{"reports/samples_1nfe.png": {"cache": False}}],
+            "metrics": [{"metrics/eval.json": {"cache": False}}],
+        },
     }
 }
 

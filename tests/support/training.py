@@ -1,4 +1,5 @@
 """Fixtures for the training tests: a tiny prepared dataset, a shrunk params.yaml, stage runs as subprocesses."""
+
 from __future__ import annotations
 
 import os
@@ -27,10 +28,18 @@ def smoke_params(tmp: Path, data: Path, overrides: list[str] | None = None) -> P
     """params.yaml for tmp: conf/ composed with experiment=smoke (+ overrides), paths inside tmp."""
     from twinflow_core.training.config import compose, to_dict
 
-    sections, _ = compose(["experiment=smoke", "data.image_size=16", f"data.path={data}",
-                           f"pretrain.out={tmp}/base", f"train.out={tmp}/twinflow",
-                           f"pretrain.resume_dir={tmp}/resume", f"train.resume_dir={tmp}/resume",
-                           *(overrides or [])])
+    sections, _ = compose(
+        [
+            "experiment=smoke",
+            "data.image_size=16",
+            f"data.path={data}",
+            f"pretrain.out={tmp}/base",
+            f"train.out={tmp}/twinflow",
+            f"pretrain.resume_dir={tmp}/resume",
+            f"train.resume_dir={tmp}/resume",
+            *(overrides or []),
+        ]
+    )
     params = {k: to_dict(getattr(sections, k)) for k in ("model", "objective", "pretrain", "train")}
     path = Path(tmp) / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
@@ -53,11 +62,40 @@ def stage_env() -> dict:
 
 
 def run_stage(stage: str, params: Path, *sets: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(stage_cmd(stage, params, *sets), cwd=ROOT, env=stage_env(), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        stage_cmd(stage, params, *sets), cwd=ROOT, env=stage_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def load_weights(directory: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(directory) / "model.safetensors"))
+
+
+def state_difference(a: Path, b: Path) -> list[str]:
+    """The entries in which two resume states differ, tensors compared exactly; the run key (a function of the
+    run's output folder too) is left out, so two runs of one configuration into two folders compare equal."""
+    import torch
+
+    from twinflow_core.training.callbacks import RUN_KEY_FIELD
+
+    def walk(x, y, where: str) -> list[str]:
+        if isinstance(x, torch.Tensor) or isinstance(y, torch.Tensor):
+            same = (
+                isinstance(x, torch.Tensor)
+                and isinstance(y, torch.Tensor)
+                and x.dtype == y.dtype
+                and x.shape == y.shape
+                and torch.equal(x, y)
+            )
+            return [] if same else [where]
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys = (set(x) | set(y)) - {RUN_KEY_FIELD}
+            return [d for k in sorted(keys, key=str) for d in walk(x.get(k), y.get(k), f"{where}/{k}")]
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)) and len(x) == len(y):
+            return [d for i, (p, q) in enumerate(zip(x, y)) for d in walk(p, q, f"{where}[{i}]")]
+        return [] if x == y else [where]
+
+    load = lambda p: torch.load(p, map_location="cpu", weights_only=False)  # noqa: E731 - states the test wrote
+    return walk(load(a), load(b), "")

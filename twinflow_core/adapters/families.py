@@ -15,6 +15,7 @@ Read from the official wrappers (inclusionAI/TwinFlow src/networks/): SD3 `time_
 timestep t*1000, gate (t - r); Qwen-Image `time_text_embed_2` copied, t unscaled (its module scales by 1000),
 gate (t - r); SANA (OpenUni) `time_embed_2` N(0,0.02), t*1000, both outputs of the module gated.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,24 +29,31 @@ from twinflow_core.errors import ConfigError
 @dataclass(frozen=True)
 class Family:
     name: str
-    transformer_class: str      # diffusers class name
-    pipeline_class: str         # the diffusers pipeline that holds it (export / plain loading)
-    time_embed: str             # attribute of the model's own timestep-embedding module
-    r_embed: str                # attribute of the added r embedding (official TwinFlow name)
-    r_init: str                 # "normal": N(0, 0.02), zero bias (official SD3 / SANA); "copy" (official Qwen)
-    time_scale: float           # the model's timestep = t * time_scale
-    call: Callable              # (transformer, x, timestep, cond) -> kwargs of transformer.forward
-    unpack: Callable            # (output[0], x) -> velocity shaped like x
+    transformer_class: str  # diffusers class name
+    pipeline_class: str  # the diffusers pipeline that holds it (export / plain loading)
+    time_embed: str  # attribute of the model's own timestep-embedding module
+    r_embed: str  # attribute of the added r embedding (official TwinFlow name)
+    r_init: str  # "normal": N(0, 0.02), zero bias (official SD3 / SANA); "copy" (official Qwen)
+    time_scale: float  # the model's timestep = t * time_scale
+    call: Callable  # (transformer, x, timestep, cond) -> kwargs of transformer.forward
+    unpack: Callable  # (output[0], x) -> velocity shaped like x
     cond_keys: tuple[str, ...]  # condition entries the family needs
     note: str = ""
 
 
 def _sd3_call(model, x, timestep, cond):
     if max(x.shape[-2:]) // model.config.patch_size > model.config.pos_embed_max_size:
-        raise ConfigError(f"sd3: latents {tuple(x.shape[-2:])} exceed pos_embed_max_size "
-                          f"{model.config.pos_embed_max_size} x patch {model.config.patch_size}")
-    return {"hidden_states": x, "encoder_hidden_states": cond["prompt_embeds"],
-            "pooled_projections": cond["pooled"], "timestep": timestep, "return_dict": False}
+        raise ConfigError(
+            f"sd3: latents {tuple(x.shape[-2:])} exceed pos_embed_max_size "
+            f"{model.config.pos_embed_max_size} x patch {model.config.patch_size}"
+        )
+    return {
+        "hidden_states": x,
+        "encoder_hidden_states": cond["prompt_embeds"],
+        "pooled_projections": cond["pooled"],
+        "timestep": timestep,
+        "return_dict": False,
+    }
 
 
 def _same(out, x):
@@ -69,26 +77,66 @@ def _qwen_call(model, x, timestep, cond):
     if x.shape[-1] % 2 or x.shape[-2] % 2:
         raise ConfigError(f"qwen_image: latent height and width must be even, got {tuple(x.shape[-2:])}")
     b, _, h, w = x.shape
-    return {"hidden_states": _qwen_pack(x), "encoder_hidden_states": cond["prompt_embeds"],
-            "encoder_hidden_states_mask": cond["mask"], "timestep": timestep,
-            "img_shapes": [[(1, h // 2, w // 2)]] * b, "return_dict": False}
+    return {
+        "hidden_states": _qwen_pack(x),
+        "encoder_hidden_states": cond["prompt_embeds"],
+        "encoder_hidden_states_mask": cond["mask"],
+        "timestep": timestep,
+        "img_shapes": [[(1, h // 2, w // 2)]] * b,
+        "return_dict": False,
+    }
 
 
 def _sana_call(model, x, timestep, cond):
-    return {"hidden_states": x, "encoder_hidden_states": cond["prompt_embeds"],
-            "encoder_attention_mask": cond["mask"], "timestep": timestep, "return_dict": False}
+    return {
+        "hidden_states": x,
+        "encoder_hidden_states": cond["prompt_embeds"],
+        "encoder_attention_mask": cond["mask"],
+        "timestep": timestep,
+        "return_dict": False,
+    }
 
 
 FAMILIES: dict[str, Family] = {
-    "sd3": Family("sd3", "SD3Transformer2DModel", "StableDiffusion3Pipeline", "time_text_embed",
-                  "time_text_embed_2", "normal", 1000.0, _sd3_call, _same, ("prompt_embeds", "pooled"),
-                  "SD3 / SD3.5 (MMDiT; SD3.5's dual attention and qk-norm are config options of the same class)"),
-    "qwen_image": Family("qwen_image", "QwenImageTransformer2DModel", "QwenImagePipeline", "time_text_embed",
-                         "time_text_embed_2", "copy", 1.0, _qwen_call, _qwen_unpack, ("prompt_embeds", "mask"),
-                         "Qwen-Image (MMDiT on packed 2x2 latents; its embedding module scales t by 1000)"),
-    "sana": Family("sana", "SanaTransformer2DModel", "SanaPipeline", "time_embed", "time_embed_2", "normal",
-                   1000.0, _sana_call, _same, ("prompt_embeds", "mask"),
-                   "SANA (linear DiT; AdaLayerNormSingle gives two outputs, both gated)"),
+    "sd3": Family(
+        "sd3",
+        "SD3Transformer2DModel",
+        "StableDiffusion3Pipeline",
+        "time_text_embed",
+        "time_text_embed_2",
+        "normal",
+        1000.0,
+        _sd3_call,
+        _same,
+        ("prompt_embeds", "pooled"),
+        "SD3 / SD3.5 (MMDiT; SD3.5's dual attention and qk-norm are config options of the same class)",
+    ),
+    "qwen_image": Family(
+        "qwen_image",
+        "QwenImageTransformer2DModel",
+        "QwenImagePipeline",
+        "time_text_embed",
+        "time_text_embed_2",
+        "copy",
+        1.0,
+        _qwen_call,
+        _qwen_unpack,
+        ("prompt_embeds", "mask"),
+        "Qwen-Image (MMDiT on packed 2x2 latents; its embedding module scales t by 1000)",
+    ),
+    "sana": Family(
+        "sana",
+        "SanaTransformer2DModel",
+        "SanaPipeline",
+        "time_embed",
+        "time_embed_2",
+        "normal",
+        1000.0,
+        _sana_call,
+        _same,
+        ("prompt_embeds", "mask"),
+        "SANA (linear DiT; AdaLayerNormSingle gives two outputs, both gated)",
+    ),
 }
 
 # Why these are not rows (yet):
@@ -101,8 +149,10 @@ FAMILIES: dict[str, Family] = {
 
 def get_family(name: str) -> Family:
     if name not in FAMILIES:
-        raise ConfigError(f"unknown model family {name!r}; supported: {', '.join(FAMILIES)} "
-                          "(flux and z_image: see twinflow_core/adapters/families.py)")
+        raise ConfigError(
+            f"unknown model family {name!r}; supported: {', '.join(FAMILIES)} "
+            "(flux and z_image: see twinflow_core/adapters/families.py)"
+        )
     return FAMILIES[name]
 
 

@@ -9,7 +9,10 @@
   `<Pipeline>.load_lora_weights(folder)` reads in a plain diffusers pipeline.
 `LoraTeacher` has the interface the objective and the Lightning module use for twinflow_core.ema.EMA
 (decay, update, teacher, model, state_dict), so the module needs no LoRA branch.
+
+peft and diffusers are imported where used: they take seconds to import and only LoRA runs need them.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -18,32 +21,56 @@ from pathlib import Path
 import torch
 
 from twinflow_core.errors import ConfigError
+from twinflow_core.files import sort_safetensors_metadata
 
 # official SD3.5 `lora_target_modules`; Qwen-Image uses the same names; SANA's attention has no add_* parts
 TARGETS = {
-    "sd3": ["timestep_embedder.linear_1", "timestep_embedder.linear_2", "attn.add_k_proj", "attn.add_v_proj",
-            "attn.add_q_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0", "attn.to_q", "attn.to_v"],
-    "qwen_image": ["timestep_embedder.linear_1", "timestep_embedder.linear_2", "attn.add_k_proj",
-                   "attn.add_v_proj", "attn.add_q_proj", "attn.to_add_out", "attn.to_k", "attn.to_out.0",
-                   "attn.to_q", "attn.to_v"],
+    "sd3": [
+        "timestep_embedder.linear_1",
+        "timestep_embedder.linear_2",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.add_q_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
+    ],
+    "qwen_image": [
+        "timestep_embedder.linear_1",
+        "timestep_embedder.linear_2",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.add_q_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
+    ],
     "sana": ["timestep_embedder.linear_1", "timestep_embedder.linear_2", "to_k", "to_out.0", "to_q", "to_v"],
 }
 TRAIN, EMA_ADAPTER = "default", "ema"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 
-def add_lora(net, rank: int = 64, alpha: float = 64.0, targets: list[str] | None = None,
-             ema: bool = False) -> None:
+def add_lora(net, rank: int = 64, alpha: float = 64.0, targets: list[str] | None = None, ema: bool = False) -> None:
     """Inject the trainable adapter (and the EMA adapter when `ema`) into net.transformer, in place.
     Afterwards only the "default" adapter's weights require grad."""
     from peft import LoraConfig
 
     if net.time_input != "half":
-        raise ConfigError("LoRA uses the native time embedding fed t - r/2 (official): build the net with "
-                          "time_input='half'")
-    cfg = LoraConfig(r=int(rank), lora_alpha=float(alpha), init_lora_weights="gaussian",
-                     target_modules=list(targets or TARGETS[net.family.name]))
+        raise ConfigError(
+            "LoRA uses the native time embedding fed t - r/2 (official): build the net with time_input='half'"
+        )
     tr = net.transformer
+    cfg = LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha),
+        init_lora_weights="gaussian",
+        target_modules=live_targets(tr, list(targets or TARGETS[net.family.name])),
+    )
     tr.requires_grad_(False)
     tr.add_adapter(cfg, adapter_name=TRAIN)
     if ema:
@@ -53,6 +80,28 @@ def add_lora(net, rank: int = 64, alpha: float = 64.0, targets: list[str] | None
         with torch.no_grad():
             for p_ema, p in _pairs(tr):
                 p_ema.copy_(p)
+
+
+def live_targets(transformer, targets: list[str]) -> list[str]:
+    """The full names of the modules `targets` names (peft's rule: the name, or a suffix after a dot), less
+    those whose output the model discards. A joint (MMDiT) model's output reads only the image stream, so after
+    its last joint block the text stream is dropped: that block's context queries (`attn.add_q_proj`) and
+    context output (`attn.to_add_out`) feed nothing (SD3 marks the block `context_pre_only` and builds no
+    to_add_out; Qwen-Image builds both). An adapter there would be dead weights that never get a gradient."""
+    dead = set()
+    blocks = getattr(transformer, "transformer_blocks", None)
+    joint = [i for i, b in enumerate(blocks or []) if getattr(getattr(b, "attn", None), "add_q_proj", None) is not None]
+    if joint:
+        last = f"transformer_blocks.{joint[-1]}.attn"
+        dead = {f"{last}.add_q_proj", f"{last}.to_add_out"}
+    picked = [
+        name
+        for name, _ in transformer.named_modules()
+        if name and name not in dead and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if not picked:
+        raise ConfigError(f"model.lora_targets {targets}: no module of the {type(transformer).__name__} matches")
+    return picked
 
 
 def _pairs(transformer):
@@ -125,8 +174,11 @@ class LoraTeacher:
         return _WithAdapter(self.net, EMA_ADAPTER if self.decay < 1.0 else None)
 
     def state_dict(self) -> dict:
-        ema = {n: p.detach().clone() for n, p in self.net.transformer.named_parameters()
-               if f".{EMA_ADAPTER}." in n} if 0.0 < self.decay < 1.0 else None
+        ema = (
+            {n: p.detach().clone() for n, p in self.net.transformer.named_parameters() if f".{EMA_ADAPTER}." in n}
+            if 0.0 < self.decay < 1.0
+            else None
+        )
         return {"decay": self.decay, "current": self.current, "model": ema}
 
     def load_state_dict(self, state: dict) -> None:
@@ -154,5 +206,15 @@ def export_lora(net, folder, name: str = TRAIN) -> Path:
     cls = getattr(diffusers, net.family.pipeline_class)
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    cls.save_lora_weights(str(out), transformer_lora_layers=lora_state_dict(net, name), safe_serialization=True)
+    # the adapter's config goes into the file's metadata: without it a loader assumes lora_alpha = rank, and an
+    # adapter trained with another alpha would load at the wrong scale
+    # (sets as sorted lists and the header's keys sorted: the same adapter gives the same bytes, a DVC output)
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in net.transformer.peft_config[name].to_dict().items()}
+    cls.save_lora_weights(
+        str(out),
+        transformer_lora_layers=lora_state_dict(net, name),
+        safe_serialization=True,
+        transformer_lora_adapter_metadata=config,
+    )
+    sort_safetensors_metadata(out / LORA_FILE)
     return out

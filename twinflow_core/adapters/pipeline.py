@@ -1,6 +1,7 @@
 """A latent text-to-image generator: frozen text encoders + TransformerVelocity + frozen VAE decoder, with the
-same `generate(captions, nfe, seed, style, cfg_scale)` -> uint8 (N, H, W, 3) as twinflow_core.checkpoint's
-Generator, so evaluation, the pyfunc model and `twinflow generate` need not know which kind they hold.
+same `generate(captions, nfe, seed, style, cfg_scale)` -> uint8 (N, H, W, 3) as the in-house nets'
+generator (twinflow_core.generator.Generator), so evaluation, the pyfunc model and `twinflow generate` need not
+know which kind they hold.
 
 On disk a generator is a diffusers pipeline folder (safetensors only) that diffusers itself loads, plus the two
 files every generator checkpoint of this project has, so the stages' DVC deps (`<init>/model.json`,
@@ -13,20 +14,36 @@ official name); LoRA keeps the base transformer and adds `lora/pytorch_lora_weig
 LoRA format. `wrap_base` turns an untouched pretrained pipeline folder into such a generator (the base: its
 own r embedding is never used by the many-step Euler reference, which passes r = t, so its gate is 0).
 Prompt encoding and the VAE scaling follow the official SD3 wrapper (VAE posterior mean, (z - shift) * scale).
+
+diffusers, peft and the stock-diffusers classes (twinflow_core/adapters/stock.py) are imported where used: they take
+seconds to import, and the in-house nets' generators, which share this door, do not need them.
 """
+
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from twinflow_core.errors import ConfigError, DataError
+from twinflow_core.adapters.families import get_family
+from twinflow_core.adapters.lora import export_lora
+from twinflow_core.adapters.velocity import ADAPTER_META, load_velocity
+from twinflow_core.data.prepared import file_sha256
+from twinflow_core.errors import CheckpointError, ConfigError, DataError, TwinflowError, exit_code
+from twinflow_core.files import member_name
+from twinflow_core.generator import sample_images, to_pixels
 
 FORMAT = "twinflow-latent-generator/1"
-META = "model.json"          # the same name as twinflow_core/checkpoint.py's
+META = "model.json"  # the same name as the in-house nets' format (twinflow_core/nets/generator.py)
 WEIGHTS = "model.safetensors"  # hard link to the transformer weights
 LORA_DIR = "lora"
 CHUNK = 64
@@ -40,7 +57,7 @@ def load_pipeline(source: str, family: str, dtype=torch.float32, transformer: bo
     loaded, and the base class's "weights not used" report about the r embedding is not printed."""
     import diffusers
 
-    from twinflow_core.adapters.families import get_family
+    import twinflow_core.adapters.stock  # noqa: F401  (an export's model_index.json names its classes)
 
     cls = getattr(diffusers, get_family(family).pipeline_class)
     try:
@@ -71,9 +88,14 @@ def encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict
 
 def _encode_prompts(pipe, family: str, captions: list[str], max_len: int) -> dict[str, torch.Tensor]:
     if family == "sd3":
-        pe, _, pooled, _ = pipe.encode_prompt(prompt=captions, prompt_2=None, prompt_3=None,
-                                              do_classifier_free_guidance=False, max_sequence_length=max_len,
-                                              device=pipe.device)
+        pe, _, pooled, _ = pipe.encode_prompt(
+            prompt=captions,
+            prompt_2=None,
+            prompt_3=None,
+            do_classifier_free_guidance=False,
+            max_sequence_length=max_len,
+            device=pipe.device,
+        )
         return {"prompt_embeds": pe.float(), "pooled": pooled.float()}
     if family == "sana":  # Gemma tokens padded to max_len by the pipeline; no complex human instruction (its
         # negative prompt has none either: the null prompt "" is encoded the same way as a caption)
@@ -99,7 +121,7 @@ def _pad_tokens(pe: torch.Tensor, mask: torch.Tensor, max_len: int) -> dict[str,
 
 
 def vae_kind(config) -> str:
-    """"kl" (AutoencoderKL: SD3), "qwen" (AutoencoderKLQwenImage: a video VAE, 5-D latents, per-channel
+    """ "kl" (AutoencoderKL: SD3), "qwen" (AutoencoderKLQwenImage: a video VAE, 5-D latents, per-channel
     mean / std normalisation) or "dc" (AutoencoderDC: SANA, deterministic, scaling factor only), from the VAE's
     config (the model's or its config.json's)."""
     if "z_dim" in config and "latents_mean" in config:
@@ -150,8 +172,6 @@ def encode_images(vae, pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
     """Model latents (N, C, h, w) -> uint8 (N, H, W, 3)."""
-    from twinflow_core.checkpoint import to_pixels
-
     latents = latents.float()
     shift, scale = _vae_shift_scale(vae, latents)
     z = (latents / scale + shift).to(vae.device, vae.dtype)
@@ -164,8 +184,8 @@ def decode_latents(vae, latents: torch.Tensor) -> np.ndarray:
 
 @dataclass
 class LatentGenerator:
-    net: torch.nn.Module      # TransformerVelocity
-    pipe: object              # the diffusers pipeline (text encoders, tokenizers, VAE)
+    net: torch.nn.Module  # TransformerVelocity
+    pipe: object  # the diffusers pipeline (text encoders, tokenizers, VAE)
     meta: dict
 
     @property
@@ -180,45 +200,57 @@ class LatentGenerator:
         return encode_prompts(self.pipe, self.family, captions, int(self.meta["max_sequence_length"]))
 
     @property
-    def tokenizer(self) -> "PipelineVocabulary":
-        """What the evaluator reads of a generator's tokenizer (its vocabulary: which benchmark domain)."""
-        return PipelineVocabulary(self.pipe.tokenizer)
-
-    def generate(self, captions: list[str], nfe: int = 1, seed: int = 0, style: str = "few",
-                 cfg_scale: float = 0.0) -> np.ndarray:
-        from twinflow_core.checkpoint import sample_images
-
-        c, size = int(self.meta["latent_channels"]), int(self.meta["latent_size"])
-        return sample_images(self.net, captions, nfe, seed, style, cfg_scale, noise_shape=(c, size, size),
-                             image_size=self.image_size, encode=self.encode,
-                             null=lambda n: self.encode([""] * n),
-                             decode=lambda x: decode_latents(self.pipe.vae, x), chunk=CHUNK,
-                             device=self.pipe.device)
-
-
-@dataclass
-class PipelineVocabulary:
-    """The words of a pipeline's first tokenizer, its subword markers stripped (CLIP's </w>, BPE's Ġ, ▁)."""
-    tokenizer: object
+    def vocabulary(self) -> list[str]:
+        """The words of the pipeline's first tokenizer, its subword markers stripped (CLIP's </w>, BPE's Ġ, ▁)."""
+        words = {w.replace("</w>", "").lstrip("Ġ▁") for w in self.pipe.tokenizer.get_vocab()}
+        return sorted(w for w in words if w and not w.startswith("<"))
 
     @property
-    def vocabulary(self) -> list[str]:
-        words = {w.replace("</w>", "").lstrip("Ġ▁") for w in self.tokenizer.get_vocab()}
-        return sorted(w for w in words if w and not w.startswith("<"))
+    def tokenizer(self) -> SimpleNamespace:
+        """`generator.tokenizer.vocabulary`, as callers written for the in-house generator read the words; the
+        protocol's `vocabulary` is the interface (a pipeline's own tokenizers stay in `pipe`)."""
+        return SimpleNamespace(vocabulary=self.vocabulary)
+
+    def generate(
+        self, captions: list[str], nfe: int = 1, seed: int = 0, style: str = "few", cfg_scale: float = 0.0
+    ) -> np.ndarray:
+        c, size = int(self.meta["latent_channels"]), int(self.meta["latent_size"])
+        return sample_images(
+            self.net,
+            captions,
+            nfe,
+            seed,
+            style,
+            cfg_scale,
+            noise_shape=(c, size, size),
+            image_size=self.image_size,
+            encode=self.encode,
+            null=lambda n: self.encode([""] * n),
+            decode=lambda x: decode_latents(self.pipe.vae, x),
+            chunk=CHUNK,
+            device=self.pipe.device,
+        )
 
 
 def generator_meta(family: str, time_input: str, pipe, image_size: int, max_len: int, extra=None) -> dict:
     channels, factor = vae_geometry(pipe.vae.config)
-    return {"format": FORMAT, "family": family, "time_input": time_input, "image_size": int(image_size),
-            "latent_size": int(image_size) // int(factor), "latent_channels": int(channels),
-            "max_sequence_length": int(max_len), "lora": time_input == "half", "extra": extra or {}}
+    return {
+        "format": FORMAT,
+        "family": family,
+        "time_input": time_input,
+        "image_size": int(image_size),
+        "latent_size": int(image_size) // int(factor),
+        "latent_channels": int(channels),
+        "max_sequence_length": int(max_len),
+        "lora": time_input == "half",
+        "extra": extra or {},
+    }
 
 
 def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") -> Path:
     """Full fine-tuning: the pipeline with the trained transformer. LoRA: the base pipeline + lora/ (the weights of
     `adapter`: "default", the trained one, or "ema", its EMA)."""
-    from twinflow_core.adapters.lora import export_lora
-    from twinflow_core.adapters.velocity import ADAPTER_META
+    from twinflow_core.adapters.stock import mark_for_diffusers
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -226,11 +258,12 @@ def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") 
     # model_index.json only this way, and a plain diffusers pipeline then loads the folder
     pipe.register_modules(transformer=net.transformer)
     if meta["lora"]:
-        from safetensors.torch import save_file
-
         # the base weights under their plain diffusers names (peft's injected layers hold them as base_layer)
-        base_state = {k.replace(".base_layer", ""): v.detach().cpu().contiguous()
-                      for k, v in pipe.transformer.state_dict().items() if "lora_" not in k}
+        base_state = {
+            k.replace(".base_layer", ""): v.detach().cpu().contiguous()
+            for k, v in pipe.transformer.state_dict().items()
+            if "lora_" not in k
+        }
         pipe.save_pretrained(str(out), safe_serialization=True)
         for f in [*(out / "transformer").glob("*.safetensors"), *(out / "transformer").glob("*.index.json")]:
             f.unlink()
@@ -238,8 +271,11 @@ def save_latent_generator(out, net, pipe, meta: dict, adapter: str = "default") 
         export_lora(net, out / LORA_DIR, name=adapter)
     else:
         pipe.save_pretrained(str(out), safe_serialization=True)
-        (out / "transformer" / ADAPTER_META).write_text(json.dumps(
-            {"family": meta["family"], "time_input": "gated", "r_embed": net.family.r_embed}, indent=1) + "\n")
+        (out / "transformer" / ADAPTER_META).write_text(
+            json.dumps({"family": meta["family"], "time_input": "gated", "r_embed": net.family.r_embed}, indent=1)
+            + "\n"
+        )
+    mark_for_diffusers(out, meta["family"], meta["time_input"])  # stock diffusers samples it as generate() does
     return write_generator_files(out, meta)
 
 
@@ -256,17 +292,12 @@ def _transformer_weights(folder: Path) -> Path:
 def write_generator_files(folder, meta: dict) -> Path:
     """model.safetensors (a hard link to the transformer's weights) and model.json (meta + every file's sha256),
     model.json last: a folder with it is complete."""
-    import os
-
-    from twinflow_core.data.prepared import file_sha256
-
     folder = Path(folder)
     link = folder / WEIGHTS
     link.unlink(missing_ok=True)
     (folder / META).unlink(missing_ok=True)
     os.link(_transformer_weights(folder), link)
-    files = {str(f.relative_to(folder)): file_sha256(f) for f in sorted(folder.rglob("*"))
-             if f.is_file() and f != link}
+    files = {str(f.relative_to(folder)): file_sha256(f) for f in sorted(folder.rglob("*")) if f.is_file() and f != link}
     (folder / META).write_text(json.dumps({**meta, "files": files}, indent=1, sort_keys=True) + "\n")
     return folder
 
@@ -290,8 +321,6 @@ def _patch_size(folder: Path) -> int:
 
 def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     """Make a pretrained diffusers pipeline folder (untouched) a base generator of this project, in place."""
-    from twinflow_core.adapters.families import get_family
-
     folder = Path(folder)
     fam = get_family(family)
     try:
@@ -303,20 +332,27 @@ def wrap_base(folder, family: str, image_size: int, max_len: int) -> Path:
     channels, factor = _vae_factor(folder)
     patch = _patch_size(folder)
     if image_size % (factor * patch):
-        raise ConfigError(f"image_size {image_size} is not a multiple of {factor * patch} (the VAE's downsampling "
-                          f"{factor} x the transformer's patch {patch})")
-    meta = {"format": FORMAT, "family": family, "time_input": "gated", "image_size": int(image_size),
-            "latent_size": int(image_size) // factor, "latent_channels": channels,
-            "max_sequence_length": int(max_len), "lora": False, "extra": {"base": True}}
+        raise ConfigError(
+            f"image_size {image_size} is not a multiple of {factor * patch} (the VAE's downsampling "
+            f"{factor} x the transformer's patch {patch})"
+        )
+    meta = {
+        "format": FORMAT,
+        "family": family,
+        "time_input": "gated",
+        "image_size": int(image_size),
+        "latent_size": int(image_size) // factor,
+        "latent_channels": channels,
+        "max_sequence_length": int(max_len),
+        "lora": False,
+        "extra": {"base": True},
+    }
     return write_generator_files(folder, meta)
 
 
 def check_generator_files(folder, where: str | None = None) -> None:
     """Every file model.json lists is in `folder` with its recorded sha256 (a copied or fetched generator is
     complete and undamaged); a CheckpointError naming the first file that is not."""
-    from twinflow_core.data.prepared import file_sha256
-    from twinflow_core.errors import CheckpointError
-
     folder = Path(folder)
     where = where or str(folder)
     try:
@@ -324,23 +360,14 @@ def check_generator_files(folder, where: str | None = None) -> None:
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{where}/{META}: unreadable ({err})") from None
     for rel, digest in sorted((meta.get("files") or {}).items()):
-        path = folder / rel
+        path = folder / member_name(rel, f"{where}/{META} files")  # a listed '../x' would be read from outside
         if not path.is_file():
             raise CheckpointError(f"{where}/{rel}: missing (model.json lists it)")
         if file_sha256(path) != digest:
             raise CheckpointError(f"{where}/{rel}: sha256 differs from model.json's (damaged or changed)")
 
 
-def is_latent_generator(directory) -> bool:
-    try:
-        return json.loads((Path(directory) / META).read_text()).get("format") == FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
 def load_latent_generator(directory, device="cpu") -> LatentGenerator:
-    from twinflow_core.adapters.velocity import load_velocity
-
     directory = Path(directory)
     try:
         meta = json.loads((directory / META).read_text())
@@ -348,26 +375,105 @@ def load_latent_generator(directory, device="cpu") -> LatentGenerator:
         raise DataError(f"{directory / META}: unreadable ({err})") from None
     if meta.get("format") != FORMAT:
         raise DataError(f"{directory / META}: format {meta.get('format')!r} is not {FORMAT!r}")
-    pipe = load_pipeline(str(directory), meta["family"], transformer=False)
-    if meta.get("extra", {}).get("base"):
-        torch.manual_seed(0)  # the base's unused r embedding: drawn the same way every time
-    net = load_velocity(str(directory), meta["family"], meta["time_input"], subfolder="transformer")
+    if isinstance(meta.get("base"), dict):  # a registered version: its own weights + the base it names
+        base = resolve_base(meta["base"], str(directory))
+        pipe = load_pipeline(str(base), meta["family"], transformer=False)
+        net = load_velocity(
+            str(base if meta["lora"] else directory), meta["family"], meta["time_input"], subfolder="transformer"
+        )
+    else:
+        pipe = load_pipeline(str(directory), meta["family"], transformer=False)
+        if meta.get("extra", {}).get("base"):
+            torch.manual_seed(0)  # the base's unused r embedding: drawn the same way every time
+        net = load_velocity(str(directory), meta["family"], meta["time_input"], subfolder="transformer")
     if meta["lora"]:
-        net.transformer.load_lora_adapter(str(directory / LORA_DIR), adapter_name="default",
-                                          weight_name="pytorch_lora_weights.safetensors")
+        net.transformer.load_lora_adapter(
+            str(directory / LORA_DIR), adapter_name="default", weight_name="pytorch_lora_weights.safetensors"
+        )
     pipe.register_modules(transformer=net.transformer)
     return LatentGenerator(net.to(device).eval(), pipe.to(device), meta)
+
+
+LEAN_DTYPES = ("float32", "bfloat16", "float16")
+CARD = "MODEL_CARD.md"
+
+
+def base_reference(folder, source: str) -> dict:
+    """What pins a base pipeline folder: the source it was named by, where it was, and the sha256 of its
+    model.json (which lists the sha256 of every file of the folder: the hash of the hashes)."""
+    folder = Path(folder)
+    if not (folder / META).is_file():
+        raise DataError(
+            f"{folder}: not a base generator (no {META}); run "
+            f"`python -m twinflow_core.adapters.pipeline wrap {folder} --family F --image-size N`"
+        )
+    return {"source": str(source), "path": str(folder.resolve()), "model_json_sha256": file_sha256(folder / META)}
+
+
+def resolve_base(ref: dict, where: str) -> Path:
+    """The base folder a registered version names: where it was registered, else its source from here (a
+    checkout holding models/X); it must be the very folder (model.json's sha256)."""
+    tried = list(dict.fromkeys([ref.get("path") or "", ref.get("source") or ""]))
+    for candidate in filter(None, tried):
+        folder = Path(candidate)
+        if (folder / META).is_file():
+            if file_sha256(folder / META) != ref.get("model_json_sha256"):
+                raise CheckpointError(
+                    f"{where}: its base {folder} is not the one it was trained from (model.json "
+                    f"sha256 differs from {str(ref.get('model_json_sha256'))[:12]}...)"
+                )
+            return folder
+    raise CheckpointError(
+        f"{where}: its base pipeline {ref.get('source')!r} is not here (looked in "
+        f"{', '.join(filter(None, tried))}); run from the project that holds it, or put the "
+        f"folder (model.json sha256 {str(ref.get('model_json_sha256'))[:12]}...) there"
+    )
+
+
+def export_lean(src, out, base: dict, card: str = "", dtype: str = "float32") -> Path:
+    """A registered version of the latent generator `src` (a training output): full fine-tuning -> the trained
+    transformer (weights cast to `dtype`) and its r-embedding meta; LoRA -> the adapter only; both with a model
+    card and model.json naming the base by `base` (base_reference). No optimiser, no EMA, no base weights, no
+    second copy of the weights (a lean folder has no model.safetensors). Stock diffusers reads it as it is:
+    `SD3Transformer2DModel.from_pretrained(out, subfolder="transformer")`, `pipe.load_lora_weights(out/lora)`."""
+    if dtype not in LEAN_DTYPES:
+        raise ConfigError(f"register weights dtype {dtype!r} not in {LEAN_DTYPES}")
+    src, out = Path(src), Path(out)
+    meta = json.loads((src / META).read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    if meta["lora"]:
+        (out / LORA_DIR).mkdir()
+        shutil.copyfile(
+            src / LORA_DIR / "pytorch_lora_weights.safetensors", out / LORA_DIR / "pytorch_lora_weights.safetensors"
+        )
+    else:
+        (out / "transformer").mkdir()
+        for name in ("config.json", ADAPTER_META):
+            if (src / "transformer" / name).is_file():
+                shutil.copyfile(src / "transformer" / name, out / "transformer" / name)
+        for weights in sorted((src / "transformer").glob("*.safetensors")):
+            if dtype == "float32":
+                shutil.copyfile(weights, out / "transformer" / weights.name)
+            else:
+                state = {
+                    k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous()
+                    for k, v in load_file(str(weights)).items()
+                }
+                save_file(state, str(out / "transformer" / weights.name))
+        for index in (src / "transformer").glob("*.index.json"):
+            shutil.copyfile(index, out / "transformer" / index.name)
+    if card:
+        (out / CARD).write_text(card)
+    files = {str(f.relative_to(out)): file_sha256(f) for f in sorted(out.rglob("*")) if f.is_file()}
+    lean = {**meta, "base": base, "weights_dtype": dtype if not meta["lora"] else "float32", "files": files}
+    (out / META).write_text(json.dumps(lean, indent=1, sort_keys=True) + "\n")
+    return out
 
 
 def main(argv=None) -> int:
     """python -m twinflow_core.adapters.pipeline wrap FOLDER --family sd3 --image-size 1024 [--max-len 256]:
     make a downloaded diffusers pipeline folder the base generator a latent experiment starts from (train.init) and
     measures against (evaluate.base): writes model.json and the model.safetensors link; changes nothing else."""
-    import argparse
-    import sys
-
-    from twinflow_core.errors import TwinflowError, exit_code
-
     ap = argparse.ArgumentParser(prog="python -m twinflow_core.adapters.pipeline", description=main.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     wrap = sub.add_parser("wrap")

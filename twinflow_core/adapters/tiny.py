@@ -7,6 +7,7 @@ models over a given word list, wrapped in PreTrainedTokenizerFast; CLIP takes it
 token, so the tokenizer appends one. Qwen-Image's and SANA's are the real tokenizer classes (Qwen2Tokenizer,
 GemmaTokenizer) with a BPE vocabulary learned from the word list, because their pipelines count tokens.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,20 +27,48 @@ def tiny_transformer(family: str, seed: int = 0, sd35: bool = False, **overrides
 
     torch.manual_seed(seed)
     if family == "sd3":
-        kw = dict(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=16,
-                  num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=32,
-                  pooled_projection_dim=32, pos_embed_max_size=16)
+        kw = dict(
+            sample_size=16,
+            patch_size=2,
+            in_channels=4,
+            out_channels=4,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            caption_projection_dim=32,
+            pooled_projection_dim=32,
+            pos_embed_max_size=16,
+        )
         if sd35:  # SD3.5-Medium's distinctive parts: MMDiT-X dual attention and RMS qk-norm
             kw.update(dual_attention_layers=(0,), qk_norm="rms_norm")
         return diffusers.SD3Transformer2DModel(**{**kw, **overrides})
     if family == "qwen_image":
-        kw = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
-                  num_attention_heads=2, joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+        kw = dict(
+            patch_size=2,
+            in_channels=64,
+            out_channels=16,
+            num_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            axes_dims_rope=(4, 6, 6),
+        )
         return diffusers.QwenImageTransformer2DModel(**{**kw, **overrides})
     if family == "sana":
-        kw = dict(in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=2,
-                  num_cross_attention_heads=2, cross_attention_head_dim=16, cross_attention_dim=32,
-                  caption_channels=32, sample_size=16, patch_size=1)
+        kw = dict(
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=2,
+            num_cross_attention_heads=2,
+            cross_attention_head_dim=16,
+            cross_attention_dim=32,
+            caption_channels=32,
+            sample_size=16,
+            patch_size=1,
+        )
         return diffusers.SanaTransformer2DModel(**{**kw, **overrides})
     raise ValueError(f"no tiny {family}")
 
@@ -60,8 +89,14 @@ def word_tokenizer(words, max_len: int):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 2), ("</s>", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", model_max_length=max_len)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        model_max_length=max_len,
+    )
 
 
 def tiny_sd3_pipeline(words, seed: int = 0, sd35: bool = False, image_size: int = 32):
@@ -76,22 +111,51 @@ def tiny_sd3_pipeline(words, seed: int = 0, sd35: bool = False, image_size: int 
     n = len(tok)
 
     def clip():
-        cfg = transformers.CLIPTextConfig(vocab_size=n, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                          num_attention_heads=2, max_position_embeddings=CLIP_MAX_LEN,
-                                          projection_dim=16, pad_token_id=0, bos_token_id=2, eos_token_id=3)
+        cfg = transformers.CLIPTextConfig(
+            vocab_size=n,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=CLIP_MAX_LEN,
+            projection_dim=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
         return transformers.CLIPTextModelWithProjection(cfg).eval()
 
-    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=n, d_model=32, d_kv=8, d_ff=64, num_layers=1,
-                                                           num_heads=2, pad_token_id=0, eos_token_id=3)).eval()
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
-                                  layers_per_block=1, latent_channels=4, norm_num_groups=4,
-                                  sample_size=image_size, scaling_factor=1.0, shift_factor=0.0).eval()
+    t5 = transformers.T5EncoderModel(
+        transformers.T5Config(
+            vocab_size=n, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, pad_token_id=0, eos_token_id=3
+        )
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=image_size,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+    ).eval()
     transformer = tiny_transformer("sd3", seed=seed, sd35=sd35, sample_size=image_size // 2)
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0)
     return diffusers.StableDiffusion3Pipeline(
-        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip(), tokenizer=tok,
-        text_encoder_2=clip(), tokenizer_2=word_tokenizer(words, CLIP_MAX_LEN), text_encoder_3=t5, tokenizer_3=tok3)
+        transformer=transformer,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip(),
+        tokenizer=tok,
+        text_encoder_2=clip(),
+        tokenizer_2=word_tokenizer(words, CLIP_MAX_LEN),
+        text_encoder_3=t5,
+        tokenizer_3=tok3,
+    )
 
 
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -108,8 +172,9 @@ def _bpe_over(tokenizer_cls, corpus, specials, alphabet, **kwargs):
     from tokenizers import trainers
 
     empty = tokenizer_cls(**kwargs)
-    trainer = trainers.BpeTrainer(vocab_size=1 << 20, min_frequency=1, special_tokens=specials,
-                                  initial_alphabet=alphabet, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1 << 20, min_frequency=1, special_tokens=specials, initial_alphabet=alphabet, show_progress=False
+    )
     empty.backend_tokenizer.train_from_iterator(corpus, trainer)
     model = json.loads(empty.backend_tokenizer.to_str())["model"]
     return tokenizer_cls(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], **kwargs)
@@ -132,8 +197,9 @@ def qwen_tokenizer(words):
     tok.add_tokens([AddedToken(s, special=True) for s in QWEN_SPECIALS[1:]])
     n = len(tok(template.split("{}")[0])["input_ids"])
     if n != drop:  # the pipeline would cut caption tokens or keep template ones
-        raise RuntimeError(f"tiny Qwen2 tokenizer: the prompt template's system part is {n} tokens, "
-                           f"QwenImagePipeline drops {drop}")
+        raise RuntimeError(
+            f"tiny Qwen2 tokenizer: the prompt template's system part is {n} tokens, QwenImagePipeline drops {drop}"
+        )
     return tok
 
 
@@ -145,8 +211,7 @@ def gemma_tokenizer(words):
 
     words = sorted({str(w).lower() for w in words})
     alphabet = list(string.ascii_lowercase + string.digits + string.punctuation + "▁")
-    return _bpe_over(GemmaTokenizer, [*words, *(" " + w for w in words)], GEMMA_SPECIALS, alphabet,
-                     add_bos_token=True)
+    return _bpe_over(GemmaTokenizer, [*words, *(" " + w for w in words)], GEMMA_SPECIALS, alphabet, add_bos_token=True)
 
 
 def tiny_qwen_image_pipeline(words, seed: int = 0, image_size: int = 32):
@@ -160,19 +225,43 @@ def tiny_qwen_image_pipeline(words, seed: int = 0, image_size: int = 32):
     torch.manual_seed(seed)
     tok = qwen_tokenizer(words)
     cfg = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-                         bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tok.pad_token_id),
-        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           patch_size=2, temporal_patch_size=1, window_size=8, fullatt_block_indexes=[0]))
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=256,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+            bos_token_id=None,
+            eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+            pad_token_id=tok.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            out_hidden_size=32,
+            patch_size=2,
+            temporal_patch_size=1,
+            window_size=8,
+            fullatt_block_indexes=[0],
+        ),
+    )
     text_encoder = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-    vae = diffusers.AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 2], num_res_blocks=1,
-                                           temperal_downsample=[False]).eval()
+    vae = diffusers.AutoencoderKLQwenImage(
+        base_dim=8, z_dim=16, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False]
+    ).eval()
     transformer = tiny_transformer("qwen_image", seed=seed)
-    return diffusers.QwenImagePipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae,
-                                       text_encoder=text_encoder, tokenizer=tok, transformer=transformer)
+    return diffusers.QwenImagePipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=1.0),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tok,
+        transformer=transformer,
+    )
 
 
 def tiny_sana_pipeline(words, seed: int = 0, image_size: int = 32):
@@ -184,22 +273,40 @@ def tiny_sana_pipeline(words, seed: int = 0, image_size: int = 32):
 
     torch.manual_seed(seed)
     tok = gemma_tokenizer(words)
-    cfg = transformers.Gemma2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                                    max_position_embeddings=512, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    cfg = transformers.Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     text_encoder = transformers.Gemma2Model(cfg).eval()
-    vae = diffusers.AutoencoderDC(latent_channels=4, attention_head_dim=8,
-                                  encoder_block_types=("ResBlock", "EfficientViTBlock"),
-                                  decoder_block_types=("ResBlock", "EfficientViTBlock"),
-                                  encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
-                                  encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
-                                  encoder_qkv_multiscales=((), (5,)), decoder_qkv_multiscales=((), (5,)),
-                                  scaling_factor=0.41407).eval()
+    vae = diffusers.AutoencoderDC(
+        latent_channels=4,
+        attention_head_dim=8,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 16),
+        decoder_block_out_channels=(8, 16),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=(1, 1),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        scaling_factor=0.41407,
+    ).eval()
     transformer = tiny_transformer("sana", seed=seed, sample_size=image_size // 2)
-    scheduler = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0,
-                                                      prediction_type="flow_prediction")
-    return diffusers.SanaPipeline(tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer,
-                                  scheduler=scheduler)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, flow_shift=1.0, prediction_type="flow_prediction"
+    )
+    return diffusers.SanaPipeline(
+        tokenizer=tok, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
 
 
 TINY_PIPELINES = {"sd3": tiny_sd3_pipeline, "qwen_image": tiny_qwen_image_pipeline, "sana": tiny_sana_pipeline}
@@ -234,7 +341,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--wrap", action="store_true", help="make it a base generator (conf/experiment/sd3_tiny.yaml)")
-    ap.add_argument("--max-len", type=int, default=T5_MAX_LEN, help="prompt tokens of the wrapped base (model.max_sequence_length)")
+    ap.add_argument(
+        "--max-len", type=int, default=T5_MAX_LEN, help="prompt tokens of the wrapped base (model.max_sequence_length)"
+    )
     args = ap.parse_args(argv)
     if args.sd35 and args.family != "sd3":
         ap.error("--sd35 is a variant of --family sd3")

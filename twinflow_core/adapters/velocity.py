@@ -10,6 +10,7 @@ Two ways of telling the model r, both from the official TwinFlow code:
   it sees t = 1, so a LoRA exported from it samples in a plain diffusers pipeline.
 Signed (negative) time goes straight into the model's sinusoidal embedding, as in the official code.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,12 +52,29 @@ def _gated(out: torch.Tensor, extra: torch.Tensor, gate: torch.Tensor) -> torch.
     return out + extra * gate.to(extra.dtype).view(-1, *([1] * (extra.dim() - 1)))
 
 
+def add_gated_r(r_embedding: nn.Module, r_state, args, kwargs, output):
+    """The native time embedding's output plus the r embedding's, gated: emb1(t) + emb2(r) * (t - r).
+    `r_state` is (r as the model's timestep, gate t - r); args / kwargs are the native module's call, which the
+    r embedding gets with r in place of t. Shared by TransformerVelocity and the stock-diffusers classes."""
+    r_in, gate = r_state
+    if args:
+        r_in = r_in.to(args[0].dtype)
+        extra = r_embedding(r_in, *args[1:], **kwargs)
+    else:
+        kwargs = {**kwargs, "timestep": r_in.to(kwargs["timestep"].dtype)}
+        extra = r_embedding(**kwargs)
+    if isinstance(output, tuple):  # SANA's AdaLayerNormSingle: (modulation, embedded timestep), both gated
+        return tuple(_gated(o, e, gate) for o, e in zip(output, extra))
+    return _gated(output, extra, gate)
+
+
 class TransformerVelocity(nn.Module):
     """F(x, t, r, cond): x latents (B, C, H, W), signed t and r (B,) or scalars, cond a dict of tensors
     (see families.py). Returns the velocity noise - data, shaped and typed like x."""
 
-    def __init__(self, transformer: nn.Module, family: str | None = None, time_input: str = "gated",
-                 r_init: str | None = None):
+    def __init__(
+        self, transformer: nn.Module, family: str | None = None, time_input: str = "gated", r_init: str | None = None
+    ):
         super().__init__()
         if time_input not in TIME_INPUTS:
             raise ConfigError(f"time_input {time_input!r} not in {TIME_INPUTS}")
@@ -82,16 +100,7 @@ class TransformerVelocity(nn.Module):
     def _add_r_embedding(self, module, args, kwargs, output):
         if self._r_state is None:  # the model called outside our forward: behave as the base model
             return output
-        r_in, gate = self._r_state
-        if args:
-            r_in = r_in.to(args[0].dtype)
-            extra = self.r_embedding(r_in, *args[1:], **kwargs)
-        else:
-            kwargs = {**kwargs, "timestep": r_in.to(kwargs["timestep"].dtype)}
-            extra = self.r_embedding(**kwargs)
-        if isinstance(output, tuple):  # SANA's AdaLayerNormSingle: (modulation, embedded timestep), both gated
-            return tuple(_gated(o, e, gate) for o, e in zip(output, extra))
-        return _gated(output, extra, gate)
+        return add_gated_r(self.r_embedding, self._r_state, args, kwargs, output)
 
     def model_time(self, t: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """The timestep the model's forward receives."""
@@ -100,8 +109,10 @@ class TransformerVelocity(nn.Module):
 
     def forward(self, x: torch.Tensor, t, r, cond=None) -> torch.Tensor:
         if not isinstance(cond, dict):
-            raise ConfigError(f"{self.family.name}: the condition must be a dict of prompt tensors "
-                              f"{list(self.family.cond_keys)}; the unconditional branch is the null prompt's")
+            raise ConfigError(
+                f"{self.family.name}: the condition must be a dict of prompt tensors "
+                f"{list(self.family.cond_keys)}; the unconditional branch is the null prompt's"
+            )
         missing = [k for k in self.family.cond_keys if k not in cond]
         if missing:
             raise ConfigError(f"{self.family.name}: condition lacks {missing}")
@@ -122,8 +133,11 @@ class TransformerVelocity(nn.Module):
     def save(self, directory) -> Path:
         out = Path(directory)
         self.transformer.save_pretrained(str(out), safe_serialization=True)
-        meta = {"family": self.family.name, "time_input": self.time_input, "r_embed": self.family.r_embed
-                if self.time_input == "gated" else None}
+        meta = {
+            "family": self.family.name,
+            "time_input": self.time_input,
+            "r_embed": self.family.r_embed if self.time_input == "gated" else None,
+        }
         (out / ADAPTER_META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         return out
 
@@ -141,7 +155,7 @@ def load_transformer(source: str, family: str, subfolder: str | None = None, dty
     log.addFilter(expected)
     try:
         return cls.from_pretrained(source, dtype=dtype, **kwargs)  # diffusers 0.42: torch_dtype is deprecated
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         where = f"{source}/{subfolder}" if subfolder else source
         raise DataError(f"{fam.transformer_class} from {where}: {str(err).splitlines()[0]}") from None
     finally:
@@ -169,8 +183,13 @@ def _weights_file(folder: Path) -> Path | None:
     return files[0] if len(files) == 1 else None
 
 
-def load_velocity(source: str, family: str | None = None, time_input: str | None = None,
-                  subfolder: str | None = None, dtype=torch.float32) -> TransformerVelocity:
+def load_velocity(
+    source: str,
+    family: str | None = None,
+    time_input: str | None = None,
+    subfolder: str | None = None,
+    dtype=torch.float32,
+) -> TransformerVelocity:
     """A TransformerVelocity from a transformer folder written by `save` or by diffusers (a base model, or an
     official TwinFlow checkpoint with its `time_text_embed_2` / `time_embed_2` weights). Without an adapter
     meta file, family and time_input must be given; an r embedding present in the weights is loaded, else
@@ -189,11 +208,13 @@ def load_velocity(source: str, family: str | None = None, time_input: str | None
     if time_input == "gated" and folder.is_dir():
         weights = _weights_file(folder)
         prefix = net.family.r_embed + "."
-        state = {k[len(prefix):]: v for k, v in load_file(str(weights)).items() if k.startswith(prefix)} \
-            if weights else {}
+        state = (
+            {k[len(prefix) :]: v for k, v in load_file(str(weights)).items() if k.startswith(prefix)} if weights else {}
+        )
         if state:
             net.r_embedding.load_state_dict(state, strict=True)
         elif meta.get("r_embed"):
-            raise DataError(f"{folder}: {ADAPTER_META} names an r embedding {meta['r_embed']!r} "
-                            "but the weights hold none")
+            raise DataError(
+                f"{folder}: {ADAPTER_META} names an r embedding {meta['r_embed']!r} but the weights hold none"
+            )
     return net

@@ -14,18 +14,28 @@ Two defects of the official script are reproduced in `rules="official"` (its iss
 `rules="corrected"` keeps every row and averages categories over all tiles. Both are always computed and
 named apart (`score` vs `score_corrected` in metric names); nothing substitutes one for the other.
 """
+
 from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from twinflow_core.errors import DataError
 
-CSV_COLUMNS = ("item_id", "text", "keywords", "proposition_id", "dependency", "category_broad",
-               "category_detailed", "tuple", "question_natural_language")
+CSV_COLUMNS = (
+    "item_id",
+    "text",
+    "keywords",
+    "proposition_id",
+    "dependency",
+    "category_broad",
+    "category_detailed",
+    "tuple",
+    "question_natural_language",
+)
 RULES = ("official", "corrected")
 
 
@@ -53,11 +63,17 @@ class Question:
         return self.category.split("-")[0].strip()
 
     def to_row(self) -> dict:
-        return {"item_id": self.item_id, "text": self.text, "keywords": self.keywords,
-                "proposition_id": self.proposition_id,
-                "dependency": ",".join(str(d) for d in self.dependency) or "0",
-                "category_broad": self.category_broad, "category_detailed": self.category_detailed,
-                "tuple": self.tuple, "question_natural_language": self.question}
+        return {
+            "item_id": self.item_id,
+            "text": self.text,
+            "keywords": self.keywords,
+            "proposition_id": self.proposition_id,
+            "dependency": ",".join(str(d) for d in self.dependency) or "0",
+            "category_broad": self.category_broad,
+            "category_detailed": self.category_detailed,
+            "tuple": self.tuple,
+            "question_natural_language": self.question,
+        }
 
 
 class MissingParent(DataError):
@@ -69,22 +85,35 @@ def read_csv(path: str | Path) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"DPG question file not found: {path}")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start})") from None
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in ("item_id", "proposition_id", "dependency", "tuple", "question_natural_language")
-                   if c not in (reader.fieldnames or [])]
+        missing = [
+            c
+            for c in ("item_id", "proposition_id", "dependency", "tuple", "question_natural_language")
+            if c not in (reader.fieldnames or [])
+        ]
         if missing:
             raise DataError(f"{path}: missing DPG columns {missing}")
         rows = []
         for line_no, rec in enumerate(reader, start=2):
             try:
-                rows.append(Question(
-                    item_id=str(rec["item_id"]).strip(), proposition_id=int(rec["proposition_id"]),
-                    dependency=tuple(int(d.strip()) for d in str(rec["dependency"]).split(",")),
-                    tuple=rec["tuple"] or "", question=rec["question_natural_language"] or "",
-                    category_broad=rec.get("category_broad") or "",
-                    category_detailed=rec.get("category_detailed") or "",
-                    text=rec.get("text") or "", keywords=rec.get("keywords") or ""))
+                rows.append(
+                    Question(
+                        item_id=str(rec["item_id"]).strip(),
+                        proposition_id=int(rec["proposition_id"]),
+                        dependency=tuple(int(d.strip()) for d in str(rec["dependency"]).split(",")),
+                        tuple=rec["tuple"] or "",
+                        question=rec["question_natural_language"] or "",
+                        category_broad=rec.get("category_broad") or "",
+                        category_detailed=rec.get("category_detailed") or "",
+                        text=rec.get("text") or "",
+                        keywords=rec.get("keywords") or "",
+                    )
+                )
             except (TypeError, ValueError) as err:
                 raise DataError(f"{path}:{line_no}: bad DPG row ({err})") from None
     return rows
@@ -153,8 +182,9 @@ def score_item(questions: Mapping[int, Question], tiles: Sequence[Mapping[int, s
     return ItemScore(tile_scores, raws)
 
 
-def summarize(rows: Sequence[Question], answers: Mapping[str, Sequence[Mapping[int, str]]],
-              rules: str = "corrected") -> dict:
+def summarize(
+    rows: Sequence[Question], answers: Mapping[str, Sequence[Mapping[int, str]]], rules: str = "corrected"
+) -> dict:
     """DPG summary over the images in `answers` (item_id -> tiles -> {proposition_id: answer}).
 
     official: items the official script would drop (unknown id, first-row parent) are listed in `dropped`
@@ -190,9 +220,15 @@ def summarize(rows: Sequence[Question], answers: Mapping[str, Sequence[Mapping[i
     for cat in sorted(cat_scores):
         l1.setdefault(cat.split("-")[0].strip(), []).extend(cat_scores[cat])
     mean = lambda v: 100.0 * sum(v) / len(v)  # noqa: E731
-    return {"rules": rules, "score": mean(list(item_scores.values())), "n_images": len(item_scores),
-            "dropped": dropped, "l1": {c: mean(v) for c, v in l1.items()},
-            "l2": {c: mean(v) for c, v in sorted(cat_scores.items())}, "items": item_scores}
+    return {
+        "rules": rules,
+        "score": mean(list(item_scores.values())),
+        "n_images": len(item_scores),
+        "dropped": dropped,
+        "l1": {c: mean(v) for c, v in l1.items()},
+        "l2": {c: mean(v) for c, v in sorted(cat_scores.items())},
+        "items": item_scores,
+    }
 
 
 def metric_key(category: str) -> str:
@@ -200,8 +236,9 @@ def metric_key(category: str) -> str:
     return re.sub(r"\s+", "_", re.sub(r"\s*-\s*", "-", category.strip()))
 
 
-def summary_metrics(official: Mapping, corrected: Mapping | None = None, benchmark: str = "dpg",
-                    suffix: str = "") -> dict[str, float]:
+def summary_metrics(
+    official: Mapping, corrected: Mapping | None = None, benchmark: str = "dpg", suffix: str = ""
+) -> dict[str, float]:
     """Project metric names: `<b>/score` (official rules), `<b>/score_corrected`, `<b>/l1/<cat>` and
     `<b>/l2/<cat>` from the official rules, `<b>/l1_corrected/<cat>` from the corrected ones."""
     out = {f"{benchmark}/score{suffix}": float(official["score"])}

@@ -20,47 +20,56 @@ sklearn scans for digits); `@real` compares two real sets of the same size, the 
 
 Core only (no MLflow, Prefect or DVC): `flows/stages/evaluate.py` wires it to params.yaml and the outputs.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from twinflow_core.benchmarks import dpg_score, geneval_score, uncertainty
 from twinflow_core.benchmarks.features import diversity, frechet_distance
 from twinflow_core.errors import ConfigError, DataError
+from twinflow_core.schema import EVALUATE, section_defaults
+from twinflow_core.schema import default_field as _d
+
+if TYPE_CHECKING:  # the protocol only: twinflow_core.generator imports torch, which the config check does not need
+    from twinflow_core.generator import Generator
 
 DOMAINS = ("shapes", "digits")
 REAL_SEEDS = (100_000, 200_000)  # render seeds of the two real reference sets (instrument uses others)
+_DEFAULTS = section_defaults(EVALUATE, "evaluate")
 
 
 @dataclass
 class EvalConfig:
     """The `evaluate` section of params.yaml (minus the paths the stage owns)."""
 
-    domain: str = "auto"                 # shapes | digits | auto (from the checkpoint's vocabulary)
-    prompts_dir: str = "data/prompts"
-    evaluators_dir: str = "artifacts/evaluators"
-    nfe: list = field(default_factory=lambda: [1, 2, 4])
-    style: str = "few"
-    base_nfe: list = field(default_factory=lambda: [1, 2, 4])  # the base sampled few-step (its collapse)
-    base_steps: int = 50                 # Euler steps of the flow-matching reference; 0 skips it
-    base_cfg: list = field(default_factory=lambda: [0.0, 0.5])  # guidance scales of the reference (0.5 = classic 1.5)
-    images_per_prompt: int = 4
-    geneval_max_prompts: int = 0         # 0: all; else an even spread over the tags
-    dpg_max_items: int = 0               # 0: all
-    reference_max_prompts: int = 0       # prompt cap for the many-step reference (it costs ~50x); 0: same
-    digits_per_class: int = 20
-    grid_prompts: int = 16
-    seed: int = 0
-    batch: int = 64                      # captions per generate() call (progress granularity)
-    ratio_reference: str = ""            # base setting the ratios divide by (e.g. euler50-cfg0.5); "": none
+    # defaults, ranges and help: twinflow_core/schema.py EVALUATE
+    domain: str = _d(_DEFAULTS, "domain")
+    prompts_dir: str = _d(_DEFAULTS, "prompts_dir")
+    evaluators_dir: str = _d(_DEFAULTS, "evaluators_dir")
+    nfe: list = _d(_DEFAULTS, "nfe")
+    style: str = _d(_DEFAULTS, "style")
+    base_nfe: list = _d(_DEFAULTS, "base_nfe")
+    base_steps: int = _d(_DEFAULTS, "base_steps")
+    base_cfg: list = _d(_DEFAULTS, "base_cfg")
+    images_per_prompt: int = _d(_DEFAULTS, "images_per_prompt")
+    geneval_max_prompts: int = _d(_DEFAULTS, "geneval_max_prompts")
+    dpg_max_items: int = _d(_DEFAULTS, "dpg_max_items")
+    reference_max_prompts: int = _d(_DEFAULTS, "reference_max_prompts")
+    digits_per_class: int = _d(_DEFAULTS, "digits_per_class")
+    grid_prompts: int = _d(_DEFAULTS, "grid_prompts")
+    seed: int = _d(_DEFAULTS, "seed")
+    batch: int = _d(_DEFAULTS, "batch")
+    ratio_reference: str = _d(_DEFAULTS, "ratio_reference", "")
 
     @classmethod
-    def from_dict(cls, raw: dict | None, where: str = "evaluate") -> "EvalConfig":
+    def from_dict(cls, raw: dict | None, where: str = "evaluate") -> EvalConfig:
         raw = dict(raw or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
@@ -77,6 +86,13 @@ class EvalConfig:
             raise ConfigError(f"{where}.images_per_prompt: diversity needs >= 2, got {cfg.images_per_prompt}")
         if cfg.base_steps < 0:
             raise ConfigError(f"{where}.base_steps: expected >= 0, got {cfg.base_steps}")
+        references = [s.label for s in settings_for(cfg, base=True) if s.reference]
+        if cfg.ratio_reference and cfg.ratio_reference not in references:
+            raise ConfigError(
+                f"{where}.ratio_reference: {cfg.ratio_reference!r} is not a reference this evaluation "
+                f"samples (base_steps {cfg.base_steps}, base_cfg {cfg.base_cfg} give "
+                f"{references or 'none'})"
+            )
         return cfg
 
 
@@ -106,16 +122,18 @@ def settings_for(cfg: EvalConfig, base: bool) -> list[Setting]:
     return out
 
 
-def domain_of(generator, cfg: EvalConfig) -> str:
+def domain_of(generator: Generator, cfg: EvalConfig) -> str:
     if cfg.domain != "auto":
         return cfg.domain
-    vocab = set(generator.tokenizer.vocabulary)
+    vocab = set(generator.vocabulary)
     if "handwritten" in vocab:
         return "digits"
     if {"circle", "square", "triangle", "cross"} <= vocab:
         return "shapes"
-    raise ConfigError("evaluate.domain: the checkpoint's vocabulary is neither the shapes world nor digits; "
-                      "the embedded benchmarks cannot score it (configure the official backends instead)")
+    raise ConfigError(
+        "evaluate.domain: the checkpoint's vocabulary is neither the shapes world nor digits; "
+        "the embedded benchmarks cannot score it (configure the official backends instead)"
+    )
 
 
 # ------------------------------------------------------------------------------------------- scoring
@@ -131,8 +149,9 @@ def score_geneval_shapes(images: Sequence[np.ndarray], metadata: Sequence[dict],
     return geneval_score.summarize(rows), rows
 
 
-def score_dpg_shapes(images: Sequence[np.ndarray], item_ids: Sequence[str], questions: Sequence[dpg_score.Question],
-                     detector) -> dict:
+def score_dpg_shapes(
+    images: Sequence[np.ndarray], item_ids: Sequence[str], questions: Sequence[dpg_score.Question], detector
+) -> dict:
     """images[i] is one tile of item item_ids[i] (tiles of an item in order); both rule sets."""
     from twinflow_core.benchmarks.shapes_detector import answer_item
 
@@ -141,8 +160,11 @@ def score_dpg_shapes(images: Sequence[np.ndarray], item_ids: Sequence[str], ques
     answers: dict[str, list[dict[int, str]]] = {}
     for item, dets in zip(item_ids, detections):
         answers.setdefault(item, []).append(answer_item(grouped[item], dets))
-    return {"official": dpg_score.summarize(questions, answers, "official"),
-            "corrected": dpg_score.summarize(questions, answers, "corrected"), "answers": answers}
+    return {
+        "official": dpg_score.summarize(questions, answers, "official"),
+        "corrected": dpg_score.summarize(questions, answers, "corrected"),
+        "answers": answers,
+    }
 
 
 # ------------------------------------------------------------------------------------------- prompt sets
@@ -153,20 +175,24 @@ class PromptSet:
     """Flat lists, one entry per generated image."""
 
     captions: list[str]
-    groups: list[str]          # prompt identity, for diversity
-    geneval_meta: list[dict] = field(default_factory=list)   # shapes: per geneval image
-    dpg_items: list[str] = field(default_factory=list)       # shapes: per dpg image
-    labels: list[int] = field(default_factory=list)          # digits
+    groups: list[str]  # prompt identity, for diversity
+    geneval_meta: list[dict] = field(default_factory=list)  # shapes: per geneval image
+    dpg_items: list[str] = field(default_factory=list)  # shapes: per dpg image
+    labels: list[int] = field(default_factory=list)  # digits
     n_geneval: int = 0
 
-    def take(self, idx: Sequence[int]) -> "PromptSet":
+    def take(self, idx: Sequence[int]) -> PromptSet:
         """The entries at `idx` (geneval entries first, as in every prompt set here)."""
         idx = list(idx)
         g = [i for i in idx if i < self.n_geneval]
-        return PromptSet([self.captions[i] for i in idx], [self.groups[i] for i in idx],
-                         [self.geneval_meta[i] for i in g], [self.dpg_items[i - self.n_geneval] for i in idx
-                                                            if i >= self.n_geneval and self.dpg_items],
-                         [self.labels[i] for i in idx] if self.labels else [], n_geneval=len(g))
+        return PromptSet(
+            [self.captions[i] for i in idx],
+            [self.groups[i] for i in idx],
+            [self.geneval_meta[i] for i in g],
+            [self.dpg_items[i - self.n_geneval] for i in idx if i >= self.n_geneval and self.dpg_items],
+            [self.labels[i] for i in idx] if self.labels else [],
+            n_geneval=len(g),
+        )
 
     def reference_indices(self, n_prompts: int, k: int) -> list[int]:
         """Entries of `n_prompts` geneval prompts (spread over the tags) and `n_prompts` dpg items (or, for
@@ -194,7 +220,7 @@ def shapes_prompt_set(cfg: EvalConfig) -> tuple[PromptSet, list[dict], list[dict
 
     meta = spread(prompt_sets.load_geneval_metadata(cfg.prompts_dir), cfg.geneval_max_prompts)
     items = prompt_sets.load_dpg_items(cfg.prompts_dir)
-    items = items[:cfg.dpg_max_items] if cfg.dpg_max_items else items
+    items = items[: cfg.dpg_max_items] if cfg.dpg_max_items else items
     questions = dpg_score.read_csv(Path(cfg.prompts_dir) / prompt_sets.DPG_DIR / prompt_sets.DPG_CSV)
     keep = {it["item_id"] for it in items}
     questions = [q for q in questions if q.item_id in keep]
@@ -258,16 +284,24 @@ def real_digits_images(labels: Sequence[int], size: int, part: int) -> np.ndarra
 # ------------------------------------------------------------------------------------------- generation
 
 
-def generate_set(generator, captions: Sequence[str], setting: Setting, seed: int, batch: int,
-                 desc: str = "") -> tuple[np.ndarray, float]:
+def generate_set(
+    generator, captions: Sequence[str], setting: Setting, seed: int, batch: int, desc: str = ""
+) -> tuple[np.ndarray, float]:
     """All images of a prompt set under one setting, and the images/s it ran at."""
     from tqdm import tqdm
 
     out = []
     t0 = time.perf_counter()
     for b, start in enumerate(tqdm(range(0, len(captions), batch), desc=desc or setting.label, leave=False)):
-        out.append(generator.generate(list(captions[start:start + batch]), nfe=setting.nfe, seed=seed * 100_003 + b,
-                                      style=setting.style, cfg_scale=setting.cfg_scale))
+        out.append(
+            generator.generate(
+                list(captions[start : start + batch]),
+                nfe=setting.nfe,
+                seed=seed * 100_003 + b,
+                style=setting.style,
+                cfg_scale=setting.cfg_scale,
+            )
+        )
     dt = time.perf_counter() - t0
     return np.concatenate(out), len(captions) / max(dt, 1e-9)
 
@@ -278,20 +312,23 @@ def generate_set(generator, captions: Sequence[str], setting: Setting, seed: int
 @dataclass
 class Evaluators:
     domain: str
-    detector: object = None      # shapes
-    features: object = None      # EvaluatorNet with .embed
-    classifier: object = None    # digits
+    detector: object = None  # shapes
+    features: object = None  # EvaluatorNet with .embed
+    classifier: object = None  # digits
 
     @classmethod
-    def load(cls, domain: str, directory: str | Path) -> "Evaluators":
+    def load(cls, domain: str, directory: str | Path) -> Evaluators:
         from twinflow_core.benchmarks.evaluator_net import load_evaluator
 
         directory = Path(directory)
         if domain == "shapes":
             from twinflow_core.benchmarks.shapes_detector import ShapesDetector
 
-            return cls(domain, ShapesDetector.load(directory / "shapes-detector"),
-                       load_evaluator(directory / "shapes-features")[0])
+            return cls(
+                domain,
+                ShapesDetector.load(directory / "shapes-detector"),
+                load_evaluator(directory / "shapes-features")[0],
+            )
         net, _ = load_evaluator(directory / "digits-classifier")
         return cls(domain, features=net, classifier=net)
 
@@ -299,18 +336,24 @@ class Evaluators:
 @dataclass
 class Result:
     metrics: dict[str, float]
-    breakdown: dict                       # per setting: geneval summary, dpg summaries (no per-image data)
-    grids: dict[str, tuple[np.ndarray, list[str]]]   # name -> (images, captions)
-    curves: list[dict]                    # one row per (model, setting) for plots
-    per_prompt: dict = field(default_factory=dict)   # "<prefix><bench><suffix>@<label>" -> {prompt: (stratum, score)}
+    breakdown: dict  # per setting: geneval summary, dpg summaries (no per-image data)
+    grids: dict[str, tuple[np.ndarray, list[str]]]  # name -> (images, captions)
+    curves: list[dict]  # one row per (model, setting) for plots
+    per_prompt: dict = field(default_factory=dict)  # "<prefix><bench><suffix>@<label>" -> {prompt: (stratum, score)}
 
 
 class Evaluation:
     """Holds the prompt set, the real references and the evaluators for one domain; `run(generator, ...)`
     scores one checkpoint under a list of settings."""
 
-    def __init__(self, cfg: EvalConfig, domain: str, image_size: int, evaluators: Evaluators | None = None,
-                 progress: Callable[[str], None] = print):
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        domain: str,
+        image_size: int,
+        evaluators: Evaluators | None = None,
+        progress: Callable[[str], None] = print,
+    ):
         self.cfg, self.domain, self.size, self.log = cfg, domain, image_size, progress
         self.ev = evaluators or Evaluators.load(domain, cfg.evaluators_dir)
         if domain == "shapes":
@@ -331,8 +374,10 @@ class Evaluation:
     def real_metrics(self) -> dict[str, float]:
         """The floor of the feature figures: a second real set against the first (on the full prompt set
         and, when the reference runs on fewer prompts, on those)."""
-        out = {f"{self.fname}/fd@real": frechet_distance(self.real_b_feats, self.real_a_feats),
-               f"{self.fname}/diversity@real": diversity(self.real_b_feats, self.ps.groups)}
+        out = {
+            f"{self.fname}/fd@real": frechet_distance(self.real_b_feats, self.real_a_feats),
+            f"{self.fname}/diversity@real": diversity(self.real_b_feats, self.ps.groups),
+        }
         if self.cfg.reference_max_prompts:
             k = self.cfg.images_per_prompt if self.domain == "shapes" else 1
             idx = self.ps.reference_indices(self.cfg.reference_max_prompts, k)
@@ -340,8 +385,16 @@ class Evaluation:
             out[f"{self.fname}-refset/diversity@real"] = diversity(self.real_b_feats[idx], self.ps.take(idx).groups)
         return out
 
-    def score(self, images: np.ndarray, ps: PromptSet, prefix: str, label: str, idx: Sequence[int] | None = None,
-              suffix: str = "", per_prompt: dict | None = None) -> tuple[dict, dict, list[str]]:
+    def score(
+        self,
+        images: np.ndarray,
+        ps: PromptSet,
+        prefix: str,
+        label: str,
+        idx: Sequence[int] | None = None,
+        suffix: str = "",
+        per_prompt: dict | None = None,
+    ) -> tuple[dict, dict, list[str]]:
         """(metrics, breakdown, grid verdicts) of one generated set; `idx`: its entries' positions in the full
         prompt set (None: it is the full set), `suffix` is appended to the benchmark names."""
         at = f"@{label}"
@@ -366,14 +419,16 @@ class Evaluation:
                 per_prompt[f"{prefix}geneval-shapes{suffix}/overall{at}"] = gp
             if ps.dpg_items:
                 dpg = score_dpg_shapes(images[g:], ps.dpg_items, self.questions, self.ev.detector)
-                metrics.update(dpg_score.summary_metrics(dpg["official"], dpg["corrected"],
-                                                         prefix + "dpg-shapes" + suffix, at))
+                metrics.update(
+                    dpg_score.summary_metrics(dpg["official"], dpg["corrected"], prefix + "dpg-shapes" + suffix, at)
+                )
                 dp = {i: ("dpg", float(v)) for i, v in dpg["official"]["items"].items()}
                 metrics[f"{prefix}dpg-shapes{suffix}/score_se{at}"] = uncertainty.score_se(dp, 100.0)[1]
                 if per_prompt is not None:
                     per_prompt[f"{prefix}dpg-shapes{suffix}/score{at}"] = dp
-                breakdown["dpg-shapes"] = {k: {kk: vv for kk, vv in v.items() if kk != "items"}
-                                           for k, v in dpg.items() if k != "answers"}
+                breakdown["dpg-shapes"] = {
+                    k: {kk: vv for kk, vv in v.items() if kk != "items"} for k, v in dpg.items() if k != "answers"
+                }
         else:
             pred = self.ev.classifier.predict_logits(images).argmax(1)
             correct = pred == np.asarray(ps.labels)
@@ -400,18 +455,23 @@ class Evaluation:
         for s in settings:
             use_ref = s.reference and ref_ps is not None
             ps = ref_ps if use_ref else self.ps
-            self.log(f"evaluate {name or 'model'} @{s.label}: {len(ps.captions)} images, "
-                     f"{s.evaluations} evaluations each")
+            self.log(
+                f"evaluate {name or 'model'} @{s.label}: {len(ps.captions)} images, {s.evaluations} evaluations each"
+            )
             images, ips = generate_set(generator, ps.captions, s, cfg.seed, cfg.batch, f"{name}@{s.label}")
             if use_ref:
-                m, b, verdicts = self.score(images, ps, prefix, s.label, ref_idx, suffix="-refset",
-                                            per_prompt=per_prompt)
+                m, b, verdicts = self.score(
+                    images, ps, prefix, s.label, ref_idx, suffix="-refset", per_prompt=per_prompt
+                )
             else:
                 m, b, verdicts = self.score(images, ps, prefix, s.label, per_prompt=per_prompt)
             m[f"{prefix}throughput/images_per_s@{s.label}"] = ips
             if not use_ref and ref_ps is not None:
-                m.update(self.score(images[ref_idx], ref_ps, prefix, s.label, ref_idx, suffix="-refset",
-                                    per_prompt=per_prompt)[0])
+                m.update(
+                    self.score(
+                        images[ref_idx], ref_ps, prefix, s.label, ref_idx, suffix="-refset", per_prompt=per_prompt
+                    )[0]
+                )
                 curves.append(self._curve_row(name or "model", s, m, prefix, "-refset"))
             metrics.update(m)
             breakdown[f"{prefix}{s.label}"] = b
@@ -430,11 +490,14 @@ class Evaluation:
         at = f"@{s.label}"
         row = {"model": model, "setting": s.label, "nfe": s.evaluations, "prompts": "refset" if suffix else "all"}
         f = self.fname + suffix
-        for key, col in ((f"{prefix}geneval-shapes{suffix}/overall{at}", "geneval_shapes"),
-                         (f"{prefix}dpg-shapes{suffix}/score{at}", "dpg_shapes"),
-                         (f"{prefix}digits{suffix}/accuracy{at}", "digits"),
-                         (f"{prefix}{f}/fd{at}", "fd"), (f"{prefix}{f}/diversity{at}", "diversity"),
-                         (f"{prefix}throughput/images_per_s{at}", "images_per_s")):
+        for key, col in (
+            (f"{prefix}geneval-shapes{suffix}/overall{at}", "geneval_shapes"),
+            (f"{prefix}dpg-shapes{suffix}/score{at}", "dpg_shapes"),
+            (f"{prefix}digits{suffix}/accuracy{at}", "digits"),
+            (f"{prefix}{f}/fd{at}", "fd"),
+            (f"{prefix}{f}/diversity{at}", "diversity"),
+            (f"{prefix}throughput/images_per_s{at}", "images_per_s"),
+        ):
             if key in m:
                 row[col] = round(float(m[key]), 6)
         return row
@@ -488,12 +551,16 @@ def run_official(generator, official: dict, nfe: Sequence[int], workdir: str | P
         if not path.is_file():
             raise ConfigError(f"evaluate.official.geneval.prompts: {path} not found")
         rows = [_json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        rows = rows[:opts["max_prompts"]] if opts.get("max_prompts") else rows
+        rows = rows[: opts["max_prompts"]] if opts.get("max_prompts") else rows
         k = int(opts.get("images_per_prompt", 4))
         for n in nfe:
             s = Setting(f"{n}nfe", n, "few")
-            imgs, _ = generate_set(generator, [r["prompt"] for r in rows for _ in range(k)], s, seed, 64, f"geneval@{s.label}")
-            layout = off.write_geneval_layout(workdir / f"geneval-{s.label}", rows, imgs.reshape(len(rows), k, *imgs.shape[1:]))
+            imgs, _ = generate_set(
+                generator, [r["prompt"] for r in rows for _ in range(k)], s, seed, 64, f"geneval@{s.label}"
+            )
+            layout = off.write_geneval_layout(
+                workdir / f"geneval-{s.label}", rows, imgs.reshape(len(rows), k, *imgs.shape[1:])
+            )
             summary = off.run_geneval(scorer, layout, workdir / f"geneval-{s.label}-results.jsonl")
             metrics.update(geneval_score.summary_metrics(summary, "geneval", f"@{s.label}"))
     if official.get("dpg"):
@@ -505,14 +572,21 @@ def run_official(generator, official: dict, nfe: Sequence[int], workdir: str | P
         if not csv_path.is_file() or not prompts_dir.is_dir():
             raise ConfigError(f"evaluate.official.dpg: need {csv_path} and {prompts_dir}")
         items = sorted(p.stem for p in prompts_dir.glob("*.txt"))
-        items = items[:opts["max_items"]] if opts.get("max_items") else items
+        items = items[: opts["max_items"]] if opts.get("max_items") else items
         texts = [(prompts_dir / f"{i}.txt").read_text().strip() for i in items]
         for n in nfe:
             s = Setting(f"{n}nfe", n, "few")
             imgs, _ = generate_set(generator, [t for t in texts for _ in range(4)], s, seed, 64, f"dpg@{s.label}")
-            layout = off.write_dpg_layout(workdir / f"dpg-{s.label}", items, imgs.reshape(len(items), 4, *imgs.shape[1:]))
-            res = off.run_dpg(scorer, layout, workdir / f"dpg-{s.label}_results.txt", csv_path,
-                              resolution=int(opts.get("resolution", imgs.shape[1])))
+            layout = off.write_dpg_layout(
+                workdir / f"dpg-{s.label}", items, imgs.reshape(len(items), 4, *imgs.shape[1:])
+            )
+            res = off.run_dpg(
+                scorer,
+                layout,
+                workdir / f"dpg-{s.label}_results.txt",
+                csv_path,
+                resolution=int(opts.get("resolution", imgs.shape[1])),
+            )
             metrics.update({f"{k}@{s.label}": v for k, v in res["metrics"].items()})
             if "rescored" in res and res["rescored"]["corrected"] is not None:
                 metrics[f"dpg/score_corrected@{s.label}"] = float(res["rescored"]["corrected"]["score"])

@@ -5,6 +5,7 @@ its heads are whatever the domain is trained to predict (digit class; shapes att
 saved as `<dir>/evaluator.safetensors` + `<dir>/evaluator.json` (architecture, training data, accuracy),
 small enough to commit under artifacts/evaluators/.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,14 +62,16 @@ class EvaluatorNet(nn.Module):
     def embed(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
         """Penultimate features of uint8 images, (N, feat_dim) float64."""
         self.eval()
-        out = [self.features(to_input(images[i:i + batch], self.config["size"])).double().numpy()
-               for i in range(0, len(images), batch)]
+        out = [
+            self.features(to_input(images[i : i + batch], self.config["size"])).double().numpy()
+            for i in range(0, len(images), batch)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.config["feat_dim"]))
 
     @torch.no_grad()
     def predict_logits(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
         self.eval()
-        out = [self(to_input(images[i:i + batch], self.config["size"])).numpy() for i in range(0, len(images), batch)]
+        out = [self(to_input(images[i : i + batch], self.config["size"])).numpy() for i in range(0, len(images), batch)]
         return np.concatenate(out)
 
 
@@ -77,7 +80,9 @@ def save_evaluator(directory: str | Path, net: EvaluatorNet, meta: dict) -> Path
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(directory / "evaluator.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(directory / "evaluator.safetensors")
+    )
     (directory / "evaluator.json").write_text(json.dumps({"config": net.config, **meta}, indent=2) + "\n")
     return directory
 
@@ -88,8 +93,10 @@ def load_evaluator(directory: str | Path) -> tuple[EvaluatorNet, dict]:
     directory = Path(directory)
     meta_path, weights = directory / "evaluator.json", directory / "evaluator.safetensors"
     if not meta_path.is_file() or not weights.is_file():
-        raise DataError(f"evaluator not found in {directory} (expected evaluator.json + evaluator.safetensors; "
-                        f"build it with `python bench/instrument.py --train`)")
+        raise DataError(
+            f"evaluator not found in {directory} (expected evaluator.json + evaluator.safetensors; "
+            f"build it with `python bench/instrument.py --train`)"
+        )
     meta = json.loads(meta_path.read_text())
     net = EvaluatorNet(**meta["config"])
     net.load_state_dict(load_file(str(weights)))
@@ -97,8 +104,18 @@ def load_evaluator(directory: str | Path) -> tuple[EvaluatorNet, dict]:
     return net, meta
 
 
-def train(net: EvaluatorNet, images, targets: np.ndarray, loss: str = "ce", epochs: int = 10,
-          batch: int = 128, lr: float = 2e-3, seed: int = 0, augment=None, progress: bool = True) -> EvaluatorNet:
+def train(
+    net: EvaluatorNet,
+    images,
+    targets: np.ndarray,
+    loss: str = "ce",
+    epochs: int = 10,
+    batch: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    augment=None,
+    progress: bool = True,
+) -> EvaluatorNet:
     """Plain AdamW training on uint8 images (or an already prepared float tensor (N,3,S,S) in [-1,1]).
     loss "ce": integer class targets; "bce": multi-label 0/1 float targets.
     `augment(x, generator) -> x` runs on each float batch (e.g. blur and noise, so the evaluator reads
@@ -116,12 +133,16 @@ def train(net: EvaluatorNet, images, targets: np.ndarray, loss: str = "ce", epoc
     for _ in range(epochs):
         perm = torch.randperm(len(x_all), generator=g)
         for i in range(0, len(perm), batch):
-            idx = perm[i:i + batch]
+            idx = perm[i : i + batch]
             x, y = x_all[idx], y_all[idx]
             if augment is not None:
                 x = augment(x, g)
             logits = net(x)
-            err = F.cross_entropy(logits, y.long()) if loss == "ce" else F.binary_cross_entropy_with_logits(logits, y.float())
+            err = (
+                F.cross_entropy(logits, y.long())
+                if loss == "ce"
+                else F.binary_cross_entropy_with_logits(logits, y.float())
+            )
             opt.zero_grad()
             err.backward()
             opt.step()
@@ -133,8 +154,9 @@ def train(net: EvaluatorNet, images, targets: np.ndarray, loss: str = "ce", epoc
     return net
 
 
-def blur_noise_augment(x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_sigma: float = 1.2,
-                       max_noise: float = 0.15) -> torch.Tensor:
+def blur_noise_augment(
+    x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_sigma: float = 1.2, max_noise: float = 0.15
+) -> torch.Tensor:
     """With probability p per image: Gaussian blur of random sigma and additive noise (in [-1,1] units)."""
     n = x.shape[0]
     pick = torch.rand(n, generator=g) < p
@@ -143,7 +165,7 @@ def blur_noise_augment(x: torch.Tensor, g: torch.Generator, p: float = 0.5, max_
     x = x.clone()
     sigma = float(torch.rand(1, generator=g)) * max_sigma + 0.3
     k = torch.arange(-2, 3, dtype=torch.float32)
-    ker = torch.exp(-(k ** 2) / (2 * sigma ** 2))
+    ker = torch.exp(-(k**2) / (2 * sigma**2))
     ker = ker / ker.sum()
     c = x.shape[1]
     sel = x[pick]
@@ -161,4 +183,4 @@ def shift_augment(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> to
     padded = F.pad(x, (p, p, p, p), mode="replicate")
     dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
     dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])

@@ -5,9 +5,10 @@ only); these functions only see arrays, so they serve the shapes and the digits 
 The mean collapse of a 1-step flow-matching model shows here even where a classifier still reads the
 blurry mean correctly: its samples sit close together (low diversity) and away from the data (high FD).
 """
+
 from __future__ import annotations
 
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 

@@ -8,11 +8,12 @@ threshold 0.1. The same functions score the official detector's output and the e
 A detection's `color` is what the colour classifier says of that object (official: CLIP zero-shot on the
 object crop); scoring only reads it for the objects a `color` clause looks at.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,13 +44,17 @@ class Detection:
     color: str | None = None
 
     def to_json(self) -> dict:
-        return {"class": self.cls, "box": [float(v) for v in self.box], "score": float(self.score),
-                "color": self.color}
+        return {"class": self.cls, "box": [float(v) for v in self.box], "score": float(self.score), "color": self.color}
 
 
-def select_objects(detections: Iterable[Detection], tag: str, *, threshold: float = THRESHOLD,
-                   counting_threshold: float = COUNTING_THRESHOLD,
-                   max_objects: int = MAX_OBJECTS) -> dict[str, list[Detection]]:
+def select_objects(
+    detections: Iterable[Detection],
+    tag: str,
+    *,
+    threshold: float = THRESHOLD,
+    counting_threshold: float = COUNTING_THRESHOLD,
+    max_objects: int = MAX_OBJECTS,
+) -> dict[str, list[Detection]]:
     """Keep, per class, detections with confidence strictly above the tag's threshold, most confident
     first, at most `max_objects`. Classes left with no detection are absent (as in the official dict)."""
     thr = counting_threshold if tag == "counting" else threshold
@@ -61,8 +66,9 @@ def select_objects(detections: Iterable[Detection], tag: str, *, threshold: floa
     return {cls: sorted(dets, key=lambda d: -d.score)[:max_objects] for cls, dets in by_class.items()}
 
 
-def relative_position(box_a: Sequence[float], box_b: Sequence[float],
-                      position_threshold: float = POSITION_THRESHOLD) -> set[str]:
+def relative_position(
+    box_a: Sequence[float], box_b: Sequence[float], position_threshold: float = POSITION_THRESHOLD
+) -> set[str]:
     """Relations of A relative to B. The centre offset is shrunk on each axis by
     threshold x (size_a + size_b) (so touching or overlapping objects need a clear offset), then divided by
     the *unshrunk* offset's length; a component beyond +-0.5 names the relation. Image y grows downwards."""
@@ -86,8 +92,9 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float],
     return rels
 
 
-def evaluate_objects(objects: Mapping[str, Sequence[Detection]], metadata: Mapping,
-                     position_threshold: float = POSITION_THRESHOLD) -> tuple[bool, str]:
+def evaluate_objects(
+    objects: Mapping[str, Sequence[Detection]], metadata: Mapping, position_threshold: float = POSITION_THRESHOLD
+) -> tuple[bool, str]:
     """Official verdict for one image. `objects` comes from `select_objects` (sorted, thresholded).
 
     include groups are ANDed: the top-`count` objects of the class must exist; if `color` is given at
@@ -113,15 +120,19 @@ def evaluate_objects(objects: Mapping[str, Sequence[Detection]], metadata: Mappi
                     correct = matched = False
                     seen = [c for c in OFFICIAL_COLORS if c in colors]
                     seen += sorted({c for c in colors if c is not None} - set(OFFICIAL_COLORS))
-                    reasons.append(f"expected {req['color']} {cls}>={count}, found {n_ok} {req['color']}; and "
-                                   + ", ".join(f"{colors.count(c)} {c}" for c in seen))
+                    reasons.append(
+                        f"expected {req['color']} {cls}>={count}, found {n_ok} {req['color']}; and "
+                        + ", ".join(f"{colors.count(c)} {c}" for c in seen)
+                    )
             if "position" in req and matched:
                 rel, k = req["position"]
                 # The official code indexes the groups already visited (a Python index, so -1 is the
                 # previous group); anything else crashes it: here a one-line metadata error.
                 if not -len(matched_groups) <= int(k) < len(matched_groups):
-                    raise DataError(f"GenEval metadata {metadata.get('prompt')!r}: position refers to "
-                                    f"include group {k}, which comes later")
+                    raise DataError(
+                        f"GenEval metadata {metadata.get('prompt')!r}: position refers to "
+                        f"include group {k}, which comes later"
+                    )
                 if matched_groups[k] is None:
                     correct = matched = False
                     reasons.append(f"no target for {cls} to be {rel}")
@@ -131,8 +142,9 @@ def evaluate_objects(objects: Mapping[str, Sequence[Detection]], metadata: Mappi
                             rels = relative_position(obj.box, target.box, position_threshold)
                             if rel not in rels:
                                 correct = matched = False
-                                reasons.append(f"expected {cls} {rel} target, found "
-                                               f"{' and '.join(sorted(rels))} target")
+                                reasons.append(
+                                    f"expected {cls} {rel} target, found {' and '.join(sorted(rels))} target"
+                                )
                                 break
                         if not matched:
                             break
@@ -155,12 +167,19 @@ def score_image(detections: Iterable[Detection], metadata: Mapping, **options) -
     return correct, reason, objects
 
 
-def result_row(filename: str, metadata: Mapping, correct: bool, reason: str,
-               objects: Mapping[str, Sequence[Detection]]) -> dict:
+def result_row(
+    filename: str, metadata: Mapping, correct: bool, reason: str, objects: Mapping[str, Sequence[Detection]]
+) -> dict:
     """One row of the official results.jsonl (metadata and details are JSON strings there)."""
-    return {"filename": filename, "tag": metadata["tag"], "prompt": metadata["prompt"],
-            "correct": bool(correct), "reason": reason, "metadata": json.dumps(dict(metadata)),
-            "details": json.dumps({c: [list(d.box) + [d.score] for d in ds] for c, ds in objects.items()})}
+    return {
+        "filename": filename,
+        "tag": metadata["tag"],
+        "prompt": metadata["prompt"],
+        "correct": bool(correct),
+        "reason": reason,
+        "metadata": json.dumps(dict(metadata)),
+        "details": json.dumps({c: [list(d.box) + [d.score] for d in ds] for c, ds in objects.items()}),
+    }
 
 
 def summarize(rows: Iterable[Mapping]) -> dict:
@@ -200,9 +219,11 @@ def summarize(rows: Iterable[Mapping]) -> dict:
 
 def summary_metrics(summary: Mapping, benchmark: str = "geneval", suffix: str = "") -> dict[str, float]:
     """Flatten a summary into project metric names: `<benchmark>/overall<suffix>`, `<benchmark>/<tag>...`."""
-    out = {f"{benchmark}/overall{suffix}": float(summary["overall"]),
-           f"{benchmark}/correct_images{suffix}": float(summary["correct_images"]),
-           f"{benchmark}/correct_prompts{suffix}": float(summary["correct_prompts"])}
+    out = {
+        f"{benchmark}/overall{suffix}": float(summary["overall"]),
+        f"{benchmark}/correct_images{suffix}": float(summary["correct_images"]),
+        f"{benchmark}/correct_prompts{suffix}": float(summary["correct_prompts"]),
+    }
     for tag, t in summary["tags"].items():
         out[f"{benchmark}/{tag}{suffix}"] = float(t["score"])
     return out

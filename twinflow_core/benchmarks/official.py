@@ -6,15 +6,16 @@ checkout, python and weights, after checking that a GPU is visible to that pytho
 parsed into project metric names (`geneval/overall`, `dpg/score`, ...) by the same pure scoring code
 the embedded twins use (`geneval_score`, `dpg_score`).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -24,8 +25,9 @@ from twinflow_core.errors import BenchmarkOutputError, ConfigError, DataError
 # ----------------------------------------------------------------------------------------------- layouts
 
 
-def write_geneval_layout(root: str | Path, metadata: Sequence[Mapping], images: Sequence[np.ndarray],
-                         grid: bool = False) -> Path:
+def write_geneval_layout(
+    root: str | Path, metadata: Sequence[Mapping], images: Sequence[np.ndarray], grid: bool = False
+) -> Path:
     """GenEval's input layout: `<root>/<00000>/metadata.jsonl` (the prompt's JSON object on one line) and
     `<root>/<00000>/samples/0000.png...` (images[i]: uint8 (K,H,W,3), K images of prompt i)."""
     from PIL import Image
@@ -52,7 +54,7 @@ def tile_grid(images: Sequence[np.ndarray], ncol: int = 2) -> np.ndarray:
     out = np.zeros((nrow * h, ncol * w, c), np.uint8)
     for k, img in enumerate(imgs):
         r, col = divmod(k, ncol)
-        out[r * h:(r + 1) * h, col * w:(col + 1) * w] = img
+        out[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
     return out
 
 
@@ -75,10 +77,20 @@ def write_dpg_layout(root: str | Path, item_ids: Sequence[str], images: Sequence
 def split_dpg_grid(grid: np.ndarray, resolution: int, pic_num: int = 4) -> list[np.ndarray]:
     """The official crops of a DPG grid: (0,0), (r,0), (0,r), (r,r), the first `pic_num`."""
     corners = [(0, 0), (resolution, 0), (0, resolution), (resolution, resolution)][:pic_num]
-    return [grid[y:y + resolution, x:x + resolution] for x, y in corners]
+    return [grid[y : y + resolution, x : x + resolution] for x, y in corners]
 
 
 # ----------------------------------------------------------------------------------------------- parsers
+
+
+def _lines(path: Path) -> list[str]:
+    """The lines of a benchmark output file; a byte that is not UTF-8 is named by line, not a traceback."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise BenchmarkOutputError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x})") from None
 
 
 def read_geneval_results(path: str | Path) -> list[dict]:
@@ -87,7 +99,7 @@ def read_geneval_results(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise BenchmarkOutputError(f"GenEval results not found: {path}")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         try:
@@ -124,7 +136,7 @@ def parse_dpg_results_txt(path: str | Path) -> dict:
     l1: dict[str, float] = {}
     l2: dict[str, float] = {}
     section, score = None, None
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_lines(path), start=1):
         if line.startswith("L1 category scores"):
             section = l1
         elif line.startswith("L2 category scores"):
@@ -143,8 +155,14 @@ def parse_dpg_results_txt(path: str | Path) -> dict:
         raise BenchmarkOutputError(f"{path}: no 'DPG-Bench score:' line (did the official run finish?)")
     recomputed = 100.0 * float(np.mean([v[-1] for v in images.values()])) if images else None
     metrics = dpg_score.summary_metrics({"score": score, "l1": l1, "l2": l2}, None, "dpg")
-    return {"score": score, "l1": l1, "l2": l2, "n_images": len(images),
-            "score_from_image_lines": recomputed, "metrics": metrics}
+    return {
+        "score": score,
+        "l1": l1,
+        "l2": l2,
+        "n_images": len(images),
+        "score_from_image_lines": recomputed,
+        "metrics": metrics,
+    }
 
 
 def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> dict[str, list[dict[int, str]]]:
@@ -157,7 +175,7 @@ def parse_dpg_detail(path: str | Path, rows: Sequence[dpg_score.Question]) -> di
     # question whose text repeats the skipped row's maps to its own id, not to the skipped one
     by_item = {item: list(qs.values()) for item, qs in dpg_score.group_questions(rows, "official").items()}
     tiles: dict[str, dict[str, list[tuple[str, str]]]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         m = _CROP.match(line)
@@ -191,12 +209,19 @@ def dpg_rescore(answers: Mapping[str, Sequence[Mapping[int, str]]], rows: Sequen
     grouped = dpg_score.group_questions(rows, "corrected")
     # corrected rules score only images with an answer for every question and every parent present; the others
     # are listed, never a reason to stop (the official script scores the rest and so must this)
-    complete = {k: v for k, v in answers.items()
-                if k in grouped and all(set(grouped[k]) <= set(t) for t in v)
-                and all(p == 0 or p in grouped[k] for q in grouped[k].values() for p in q.dependency)}
+    complete = {
+        k: v
+        for k, v in answers.items()
+        if k in grouped
+        and all(set(grouped[k]) <= set(t) for t in v)
+        and all(p == 0 or p in grouped[k] for q in grouped[k].values() for p in q.dependency)
+    }
     corrected = dpg_score.summarize(rows, complete, "corrected") if complete else None
-    out = {"official": official, "corrected": corrected,
-           "metrics": dpg_score.summary_metrics(official, corrected, "dpg")}
+    out = {
+        "official": official,
+        "corrected": corrected,
+        "metrics": dpg_score.summary_metrics(official, corrected, "dpg"),
+    }
     if corrected is not None:
         corrected["incomplete"] = sorted(set(answers) - set(complete))
     return out
@@ -206,12 +231,14 @@ def read_answers_jsonl(path: str | Path) -> dict[str, list[dict[int, str]]]:
     """The project's answer format: one JSON object per answer, {item_id, tile, proposition_id, answer}."""
     path = Path(path)
     out: dict[str, dict[int, dict[int, str]]] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
         try:
             r = json.loads(line)
-            out.setdefault(str(r["item_id"]), {}).setdefault(int(r["tile"]), {})[int(r["proposition_id"])] = str(r["answer"])
+            out.setdefault(str(r["item_id"]), {}).setdefault(int(r["tile"]), {})[int(r["proposition_id"])] = str(
+                r["answer"]
+            )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise BenchmarkOutputError(f"{path}:{n}: bad answer row ({err})") from None
     return {item: [tiles[t] for t in sorted(tiles)] for item, tiles in out.items()}
@@ -239,12 +266,13 @@ class OfficialScorer:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     require_gpu: bool = True
-    gpu_check: list[str] = field(default_factory=lambda: [
-        "{python}", "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"])
+    gpu_check: list[str] = field(
+        default_factory=lambda: ["{python}", "-c", "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"]
+    )
     timeout_s: float = 24 * 3600
 
     @classmethod
-    def from_dict(cls, d: Mapping, where: str) -> "OfficialScorer":
+    def from_dict(cls, d: Mapping, where: str) -> OfficialScorer:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
@@ -254,12 +282,35 @@ class OfficialScorer:
         return cls(**dict(d))
 
 
-GENEVAL_COMMAND = ["{python}", "{checkout}/evaluation/evaluate_images.py", "{imagedir}", "--outfile", "{outfile}",
-                   "--model-path", "{weights}"]
-DPG_COMMAND = ["{python}", "-m", "accelerate.commands.launch", "--num_processes", "1",
-               "{checkout}/dpg_bench/compute_dpg_bench.py", "--image-root-path", "{imagedir}",
-               "--resolution", "{resolution}", "--pic-num", "{pic_num}", "--vqa-model", "mplug",
-               "--csv", "{csv}", "--res-path", "{outfile}"]
+GENEVAL_COMMAND = [
+    "{python}",
+    "{checkout}/evaluation/evaluate_images.py",
+    "{imagedir}",
+    "--outfile",
+    "{outfile}",
+    "--model-path",
+    "{weights}",
+]
+DPG_COMMAND = [
+    "{python}",
+    "-m",
+    "accelerate.commands.launch",
+    "--num_processes",
+    "1",
+    "{checkout}/dpg_bench/compute_dpg_bench.py",
+    "--image-root-path",
+    "{imagedir}",
+    "--resolution",
+    "{resolution}",
+    "--pic-num",
+    "{pic_num}",
+    "--vqa-model",
+    "mplug",
+    "--csv",
+    "{csv}",
+    "--res-path",
+    "{outfile}",
+]
 
 
 def _run(scorer: OfficialScorer, name: str, default: list[str], values: Mapping[str, str]) -> None:
@@ -275,8 +326,10 @@ def _run(scorer: OfficialScorer, name: str, default: list[str], values: Mapping[
         except (OSError, subprocess.TimeoutExpired) as err:
             raise ConfigError(f"official {name}: cannot run its python {scorer.python!r} ({err})") from None
         if not ok:
-            raise ConfigError(f"official {name} needs a CUDA GPU, and {scorer.python} sees none "
-                              f"(the script asserts CUDA); run it on a GPU machine or use the embedded benchmark")
+            raise ConfigError(
+                f"official {name} needs a CUDA GPU, and {scorer.python} sees none "
+                f"(the script asserts CUDA); run it on a GPU machine or use the embedded benchmark"
+            )
     cmd = [a.format(**fill) for a in (scorer.command or default)]
     try:
         proc = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, timeout=scorer.timeout_s)
@@ -295,15 +348,30 @@ def run_geneval(scorer: OfficialScorer, imagedir: str | Path, outfile: str | Pat
     return geneval_summary(outfile)
 
 
-def run_dpg(scorer: OfficialScorer, imagedir: str | Path, outfile: str | Path, csv_path: str | Path,
-            resolution: int, pic_num: int = 4) -> dict:
+def run_dpg(
+    scorer: OfficialScorer,
+    imagedir: str | Path,
+    outfile: str | Path,
+    csv_path: str | Path,
+    resolution: int,
+    pic_num: int = 4,
+) -> dict:
     """Run the official DPG scorer on a written layout; parse its results (and, when its detail file
     exists, rescore the answers under both rule sets)."""
     outfile = Path(outfile).resolve()
     outfile.parent.mkdir(parents=True, exist_ok=True)
-    _run(scorer, "DPG-Bench", DPG_COMMAND, {"imagedir": str(Path(imagedir).resolve()), "outfile": str(outfile),
-                                            "resolution": str(resolution), "pic_num": str(pic_num),
-                                            "csv": str(Path(csv_path).resolve())})
+    _run(
+        scorer,
+        "DPG-Bench",
+        DPG_COMMAND,
+        {
+            "imagedir": str(Path(imagedir).resolve()),
+            "outfile": str(outfile),
+            "resolution": str(resolution),
+            "pic_num": str(pic_num),
+            "csv": str(Path(csv_path).resolve()),
+        },
+    )
     result = parse_dpg_results_txt(outfile)
     detail = outfile.with_name(outfile.name.replace(".txt", "_detail.txt"))
     if detail.is_file():

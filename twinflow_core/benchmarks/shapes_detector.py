@@ -16,12 +16,13 @@ How it looks at an image:
 The colour of a detection is its component's palette colour (a forced choice, like GenEval's CLIP colour
 classifier). Weights live in artifacts/evaluators/shapes-detector/ (see bench/instrument.py --train).
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -32,10 +33,10 @@ SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 JUNK = len(SHAPE_CLASSES)  # index of the not-an-object class
 CROP = 16
 ALPHA_ON = 0.5
-MAX_OFF_LINE = 0.3        # distance off the background->colour line, as a fraction of |colour - background|
-MIN_AREA_FRAC = 0.012     # smallest component kept, as a fraction of the image area
+MAX_OFF_LINE = 0.3  # distance off the background->colour line, as a fraction of |colour - background|
+MIN_AREA_FRAC = 0.012  # smallest component kept, as a fraction of the image area
 CRISP_LO, CRISP_HI = 0.6, 0.9
-DPG_THRESHOLD = 0.3       # detections above this confidence answer DPG questions (GenEval's default)
+DPG_THRESHOLD = 0.3  # detections above this confidence answer DPG questions (GenEval's default)
 
 
 def _palette() -> dict[str, np.ndarray]:
@@ -134,7 +135,7 @@ class ShapesDetector:
         self.classifier = classifier
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ShapesDetector":
+    def load(cls, directory: str | Path) -> ShapesDetector:
         from twinflow_core.benchmarks.evaluator_net import load_evaluator
 
         net, meta = load_evaluator(directory)

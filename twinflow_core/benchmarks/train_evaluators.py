@@ -11,6 +11,7 @@
 Nothing here sees a generated image. `bench/instrument.py --train` calls these and writes
 artifacts/evaluators/<name>/.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,8 +71,9 @@ def crop_dataset(n_images: int, size: int, seed: int = SHAPES_TRAIN_SEED) -> tup
     return np.stack(crops).astype(np.float32), np.asarray(labels)
 
 
-def train_shape_classifier(out: str | Path, n_images: int = 3000, size: int = 32, epochs: int = 8,
-                           seed: int = SHAPES_TRAIN_SEED) -> dict:
+def train_shape_classifier(
+    out: str | Path, n_images: int = 3000, size: int = 32, epochs: int = 8, seed: int = SHAPES_TRAIN_SEED
+) -> dict:
     torch.manual_seed(seed)
     crops, labels = crop_dataset(n_images, size, seed)
     n_val = len(crops) // 10
@@ -80,9 +82,16 @@ def train_shape_classifier(out: str | Path, n_images: int = 3000, size: int = 32
     train(net, x[n_val:], labels[n_val:], "ce", epochs=epochs, seed=seed)
     with torch.no_grad():
         acc = float((net(x[:n_val]).argmax(1).numpy() == labels[:n_val]).mean())
-    meta = {"kind": "shapes-crop-classifier", "classes": [*SHAPE_CLASSES, "junk"], "render_seed": seed,
-            "n_images": n_images, "image_size": size, "n_crops": int(len(crops)),
-            "label_counts": np.bincount(labels, minlength=JUNK + 1).tolist(), "val_accuracy": acc}
+    meta = {
+        "kind": "shapes-crop-classifier",
+        "classes": [*SHAPE_CLASSES, "junk"],
+        "render_seed": seed,
+        "n_images": n_images,
+        "image_size": size,
+        "n_crops": int(len(crops)),
+        "label_counts": np.bincount(labels, minlength=JUNK + 1).tolist(),
+        "val_accuracy": acc,
+    }
     save_evaluator(out, net, meta)
     return meta
 
@@ -104,8 +113,9 @@ def shapes_targets(scenes: list[dict]) -> np.ndarray:
     return y
 
 
-def train_shapes_features(out: str | Path, n_images: int = 3000, size: int = 32, epochs: int = 12,
-                          seed: int = SHAPES_TRAIN_SEED + 1) -> dict:
+def train_shapes_features(
+    out: str | Path, n_images: int = 3000, size: int = 32, epochs: int = 12, seed: int = SHAPES_TRAIN_SEED + 1
+) -> dict:
     from twinflow_core.data import shapes
 
     torch.manual_seed(seed)
@@ -116,10 +126,15 @@ def train_shapes_features(out: str | Path, n_images: int = 3000, size: int = 32,
     net = EvaluatorNet(size, y.shape[1], width=16, feat_dim=64, norm=True)
     train(net, images[n_val:], y[n_val:], "bce", epochs=epochs, lr=3e-3, seed=seed)
     pred = net.predict_logits(images[:n_val]) > 0
-    meta = {"kind": "shapes-features", "render_seed": seed, "n_images": n_images, "image_size": size,
-            "targets": "24 (colour, class) presence + 4 x 5 class counts",
-            "val_exact_match": float((pred == (y[:n_val] > 0.5)).all(1).mean()),
-            "val_bit_accuracy": float((pred == (y[:n_val] > 0.5)).mean())}
+    meta = {
+        "kind": "shapes-features",
+        "render_seed": seed,
+        "n_images": n_images,
+        "image_size": size,
+        "targets": "24 (colour, class) presence + 4 x 5 class counts",
+        "val_exact_match": float((pred == (y[:n_val] > 0.5)).all(1).mean()),
+        "val_bit_accuracy": float((pred == (y[:n_val] > 0.5)).mean()),
+    }
     save_evaluator(out, net, meta)
     return meta
 
@@ -131,8 +146,9 @@ def digits_arrays(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([s.image for s in samples]), np.asarray([s.label for s in samples])
 
 
-def train_digits_classifier(out: str | Path, size: int = 32, epochs: int = 20, seed: int = 0,
-                            net_size: int = 16) -> dict:
+def train_digits_classifier(
+    out: str | Path, size: int = 32, epochs: int = 20, seed: int = 0, net_size: int = 16
+) -> dict:
     """`size`: the prepared digits' image size; the net reads them resized to `net_size` (the scans are 8x8)."""
     from twinflow_core.benchmarks.evaluator_net import blur_noise_augment, shift_augment
 
@@ -142,10 +158,22 @@ def train_digits_classifier(out: str | Path, size: int = 32, epochs: int = 20, s
     net = EvaluatorNet(net_size, 10, width=32, feat_dim=64)
     # One-pixel shifts (the scans are few) and mild blur only: the classifier should read a slightly soft
     # digit, while its features still move away from the data for a blurry one (what the FD figure is for).
-    train(net, images[tr], labels[tr], "ce", epochs=epochs, seed=seed,
-          augment=lambda x, g: blur_noise_augment(shift_augment(x, g), g, p=0.3, max_sigma=0.6, max_noise=0.05))
+    train(
+        net,
+        images[tr],
+        labels[tr],
+        "ce",
+        epochs=epochs,
+        seed=seed,
+        augment=lambda x, g: blur_noise_augment(shift_augment(x, g), g, p=0.3, max_sigma=0.6, max_noise=0.05),
+    )
     acc = float((net.predict_logits(images[te]).argmax(1) == labels[te]).mean())
-    meta = {"kind": "digits-classifier", "image_size": size, "train": f"sklearn digits [0, {DIGITS_TRAIN})",
-            "test": f"sklearn digits [{DIGITS_TRAIN}, 1797)", "test_accuracy": acc}
+    meta = {
+        "kind": "digits-classifier",
+        "image_size": size,
+        "train": f"sklearn digits [0, {DIGITS_TRAIN})",
+        "test": f"sklearn digits [{DIGITS_TRAIN}, 1797)",
+        "test_accuracy": acc,
+    }
     save_evaluator(out, net, meta)
     return meta

@@ -10,10 +10,11 @@ A ratio A / B of two models scored on the same prompts is paired: its standard e
 Var(A/B) ~ (A/B)^2 (Var A / A^2 + Var B / B^2 - 2 Cov(A, B) / (A B)), with Cov from the per-prompt pairs
 (a prompt that is hard for one model tends to be hard for the other, which shrinks the ratio's error).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 PerPrompt = Mapping[str, tuple[str, float]]  # prompt id -> (stratum, that prompt's mean score)
 
@@ -66,5 +67,5 @@ def paired_ratio(a: PerPrompt, b: PerPrompt, scale: float = 1.0) -> tuple[float,
     r = ma / mb
     if ma <= 0:  # the delta method's relative terms need A > 0: the ratio's error is then B's alone
         return r, math.sqrt(va) / mb
-    rel = va / ma ** 2 + vb / mb ** 2 - 2 * cab / (ma * mb)
+    rel = va / ma**2 + vb / mb**2 - 2 * cab / (ma * mb)
     return r, abs(r) * math.sqrt(max(rel, 0.0))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twinflow_core.bounds import check_text, excerpt
 from twinflow_core.data.sample import Sample
 from twinflow_core.errors import DataError, StorageError
 
@@ -172,6 +173,7 @@ def parse_metadata(text: str, where: str) -> list[tuple[int, str, str]]:
             raise DataError(f"{where} line {n}: file_name {name!r} must be a path inside the folder")
         if not caption.strip():
             raise DataError(f"{where} line {n} ({name}): empty caption")
+        check_text(caption, f"{where} line {n} ({excerpt(name, 40)}): the caption")
         if norm in seen:
             raise DataError(f"{where} line {n}: {name!r} is already listed on line {seen[norm]}")
         seen[norm] = n
@@ -185,9 +187,17 @@ def to_rgb(data: bytes, where: str, size: int, strict: bool = False, min_size: i
     """Decode image bytes to a uint8 (size, size, 3) array: shorter side scaled to size, center-cropped."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    import warnings
+
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
+        with warnings.catch_warnings():  # PIL only warns below twice its pixel limit: refuse those too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        first_line = (str(err).splitlines() or [""])[0][:120]
+        raise DataError(f"{where}: refused, too many pixels for an image (a decompression bomb? {first_line})") \
+            from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         first_line = (str(err).splitlines() or [""])[0][:80]
         raise DataError(f"{where}: not a readable image ({type(err).__name__}: {first_line})") from None

@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twinflow_core.data.prepared import file_sha256, write_npz
+from twinflow_core.adapters.pipeline import encode_images, encode_prompts
+from twinflow_core.data.batches import MicroBatches, step_rows
+from twinflow_core.data.prepared import file_sha256, load_prepared, write_npz
 from twinflow_core.errors import DataError
-from twinflow_core.training.data import MicroBatches, mix_seed
+from twinflow_core.generator import to_data
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -42,9 +44,6 @@ class LatentEncoder:
 
     @torch.no_grad()
     def __call__(self, images_uint8: np.ndarray, captions: list[str]) -> dict[str, torch.Tensor]:
-        from twinflow_core.adapters.pipeline import encode_images, encode_prompts
-        from twinflow_core.checkpoint import to_data
-
         out = encode_prompts(self.pipe, self.family, captions, self.max_len)
         out["latents"] = encode_images(self.pipe.vae, to_data(images_uint8))
         return out
@@ -57,7 +56,6 @@ def _npz(path: Path, entries: dict[str, torch.Tensor]) -> None:
 def write_latents(dataset_dir, out, encoder: LatentEncoder, *, source: str, batch: int = 32,
                   shard_size: int = 1024) -> dict:
     """Encode the prepared dataset at `dataset_dir` into latent shards at `out`; returns the meta."""
-    from twinflow_core.data.prepared import load_prepared
 
     data = load_prepared(dataset_dir)
     out = Path(out)
@@ -164,8 +162,7 @@ class LatentMicroBatches(MicroBatches):
         cond = {k: v[idx].clone() for k, v in self.cond.items()}
         uncond = {k: v.expand(len(idx), *v.shape[1:]).clone() for k, v in self.null.items()}
         if self.cond_drop > 0:
-            g = torch.Generator().manual_seed(mix_seed(self.seed, 2, step, micro))
-            drop = torch.rand(len(idx), generator=g) < self.cond_drop
+            drop = step_rows(self.seed, step, self.micro, self.per_step, micro) < self.cond_drop  # as MicroBatches
             for k in cond:
                 cond[k][drop] = uncond[k][drop]
         return {"x": self.x[idx], "cond": cond, "uncond": uncond, "step": step, "micro": micro}

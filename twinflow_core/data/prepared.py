@@ -137,10 +137,64 @@ def _swap_lock(out: Path):
         os.close(fd)  # releases the lock
 
 
+class _ShardWriter:
+    """One shard written image by image: the .npz entry "images.npy" is deflated as the images arrive, so
+    memory holds one image, not the shard (a 4,096-image shard at 512 px is 3.2 GB of uint8). The bytes are the
+    same as write_npz of the stacked shard: the npy header is known up front (the shard's image count is), and
+    deflate's output does not depend on how its input is split."""
+
+    def __init__(self, path: Path, count: int, shape: tuple[int, ...]):
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                     "shape": (count, *shape)})
+        self.path, self.count, self.written = path, count, 0
+        self.zf = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        info = zipfile.ZipInfo("images.npy", date_time=_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o644 << 16
+        info._compresslevel = 6  # what ZipFile.writestr(..., compresslevel=6) sets
+        info.file_size = len(header.getvalue()) + count * int(np.prod(shape))  # as writestr: decides ZIP64
+        self.dest = self.zf.open(info, "w")
+        self.dest.write(header.getvalue())
+
+    def add(self, image: np.ndarray) -> None:
+        self.dest.write(np.ascontiguousarray(image).tobytes())
+        self.written += 1
+
+    def close(self) -> None:
+        self.dest.close()
+        self.zf.close()
+
+
+def image_stats(image: np.ndarray) -> dict:
+    """Pixel statistics of one image (over H, W and channels), as the manifest stores them."""
+    flat = image.reshape(-1)
+    return {"pixel_min": int(flat.min()), "pixel_max": int(flat.max()),
+            "pixel_mean": round(float(flat.mean()), 4), "pixel_std": round(float(flat.std()), 4)}
+
+
+def disk_preflight(out: Path, n: int, image_size: int) -> None:
+    """Refuse, before anything is written, a dataset that cannot fit on the output's file system: its shards
+    take at most the raw pixel bytes (deflate never grows them by more than a fraction of a percent), and the
+    new dataset is built beside the old one before it replaces it."""
+    need = n * image_size * image_size * 3
+    probe = out.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise DataError(f"{out}: {n} images at {image_size} px need up to {need / 1e9:.1f} GB of shards, "
+                        f"{free / 1e9:.1f} GB free on {probe}; free space or prepare fewer images")
+
+
 def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: str, source: str,
                    image_size: int, seed: int, shard_size: int, source_meta: dict,
                    progress: bool = True) -> dict:
-    """Write `n` samples as a prepared dataset at `out` (replacing one already there); returns its meta."""
+    """Write `n` samples as a prepared dataset at `out` (replacing one already there); returns its meta.
+
+    Streams: each image goes into its shard's compressed entry as it arrives (peak memory: one image and the
+    manifest rows, whatever the shard size); its statistics are computed on its own."""
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -148,49 +202,46 @@ def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: 
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    disk_preflight(out, n, image_size)
     for stale in _stale_siblings(out):  # left by a killed run; never a dataset
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.tmp-{_writer_tag()}"
     (tmp / SHARD_DIR).mkdir(parents=True)
+    writer: _ShardWriter | None = None
     try:
-        rows, shards, buffer = [], [], []
+        rows, shards = [], []
 
-        def flush():
-            file = f"{SHARD_DIR}/images-{len(shards):05d}.npz"
-            stack = np.stack(buffer)
-            # Pixel statistics for the whole shard at once (per image, over H, W and channels).
-            flat = stack.reshape(len(stack), -1)
-            lo, hi = flat.min(axis=1), flat.max(axis=1)
-            mean, std = flat.mean(axis=1), flat.std(axis=1)
-            for k, row in enumerate(rows[len(rows) - len(stack):]):
-                row.update(pixel_min=int(lo[k]), pixel_max=int(hi[k]),
-                           pixel_mean=round(float(mean[k]), 4), pixel_std=round(float(std[k]), 4))
-            write_npz(tmp / file, {"images": stack})
-            shards.append({"file": file, "n": len(buffer), "sha256": file_sha256(tmp / file)})
-            buffer.clear()
+        def finish(w: _ShardWriter) -> None:
+            w.close()
+            file = f"{SHARD_DIR}/{w.path.name}"
+            shards.append({"file": file, "n": w.written, "sha256": file_sha256(w.path)})
 
         expected = (image_size, image_size, 3)
         it = tqdm(samples, total=n, desc=f"prepare {name}", unit="img", disable=not progress, mininterval=1.0)
         for i, s in enumerate(it):
+            if i >= n:
+                raise DataError(f"{name}: the source gave more than the {n} samples it announced")
             img = s.image
             if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != expected:
                 shape = getattr(img, "shape", None)
                 raise DataError(f"{s.source}: image {shape} {getattr(img, 'dtype', '')}, expected uint8 {expected}")
             if not s.caption or not s.caption.strip():
                 raise DataError(f"{s.source}: empty caption")
+            if writer is None:
+                count = min(shard_size, n - i)
+                writer = _ShardWriter(tmp / SHARD_DIR / f"images-{len(shards):05d}.npz", count, expected)
             rows.append({
-                "id": f"{name}-{i:06d}", "shard": len(shards), "row": len(buffer),
+                "id": f"{name}-{i:06d}", "shard": len(shards), "row": writer.written,
                 "caption": s.caption, "kind": s.kind, "source": s.source, "label": int(s.label),
                 "scene": json.dumps(s.scene, sort_keys=True, separators=(",", ":")) if s.scene is not None else "",
                 "width": int(img.shape[1]), "height": int(img.shape[0]), "mode": MODE,
-                "pixel_min": 0, "pixel_max": 0, "pixel_mean": 0.0, "pixel_std": 0.0,  # filled per shard
+                **image_stats(img),
                 "content_hash": content_hash(img),
             })
-            buffer.append(img)
-            if len(buffer) == shard_size:
-                flush()
-        if buffer:
-            flush()
+            writer.add(img)
+            if writer.written == writer.count:
+                finish(writer)
+                writer = None
         if len(rows) != n:
             raise DataError(f"{name}: the source gave {len(rows)} samples, expected {n}")
         frame = pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
@@ -204,6 +255,9 @@ def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: 
         }
         (tmp / META).write_text(json.dumps(meta, sort_keys=True, indent=1) + "\n")
     except BaseException:
+        if writer is not None:  # closed before its folder goes, so nothing writes into a removed file later
+            with contextlib.suppress(Exception):
+                writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     old = out.parent / f".{out.name}.old-{_writer_tag()}"
@@ -263,11 +317,27 @@ def load_prepared(path: str | Path) -> PreparedDataset:
         manifest=manifest, meta=meta, path=path)
 
 
-def save_sample_grid(dataset: PreparedDataset, path: str | Path, n: int = 32, ncol: int = 8) -> Path:
-    """A captioned grid of n samples, taken round-robin over caption kinds so every kind shows."""
-    from twinflow_core.viz import save_image_grid
+def read_rows(path: Path, rows: list[int]) -> np.ndarray:
+    """Images `rows` of one shard, read by walking its compressed entry forward (memory: the images asked for,
+    not the shard)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("images.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            start, size = f.tell(), int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+            out = np.empty((len(rows), *shape[1:]), dtype)
+            for k, row in sorted(enumerate(rows), key=lambda kr: kr[1]):
+                f.seek(start + row * size)
+                out[k] = np.frombuffer(f.read(size), dtype).reshape(shape[1:])
+            return out
+    except Exception as err:  # a damaged zip raises several kinds of error; all mean the same here
+        raise DataError(f"{path}: unreadable shard ({type(err).__name__}: {str(err)[:80]})") from None
 
-    kinds = dataset.manifest["kind"].tolist()
+
+def _grid_picks(kinds: list[str], n: int) -> list[int]:
+    """n rows, taken round-robin over caption kinds so every kind shows."""
     by_kind: dict[str, list[int]] = {}
     for i, k in enumerate(kinds):
         by_kind.setdefault(k, []).append(i)
@@ -277,9 +347,30 @@ def save_sample_grid(dataset: PreparedDataset, path: str | Path, n: int = 32, nc
             if depth < len(idx) and len(picked) < n:
                 picked.append(idx[depth])
         depth += 1
-    meta = dataset.meta
+    return picked
+
+
+def save_sample_grid(dataset: PreparedDataset | str | Path, path: str | Path, n: int = 32, ncol: int = 8) -> Path:
+    """A captioned grid of n samples, taken round-robin over caption kinds so every kind shows. Given a folder,
+    reads only those n images (the prepare stage: a dataset need not fit in memory)."""
+    from twinflow_core.viz import save_image_grid
+
+    if isinstance(dataset, PreparedDataset):
+        meta, manifest = dataset.meta, dataset.manifest
+        picked = _grid_picks(manifest["kind"].tolist(), n)
+        images = dataset.images[picked]
+    else:
+        folder = Path(dataset)
+        meta, manifest = read_meta(folder), read_manifest(folder)
+        picked = _grid_picks(manifest["kind"].tolist(), n)
+        shard_of, row_of = manifest["shard"].to_numpy(), manifest["row"].to_numpy()
+        images = np.zeros((len(picked), meta["image_size"], meta["image_size"], 3), np.uint8)
+        for shard in sorted({int(shard_of[i]) for i in picked}):
+            ks = [k for k, i in enumerate(picked) if shard_of[i] == shard]
+            images[ks] = read_rows(folder / meta["shards"][shard]["file"], [int(row_of[picked[k]]) for k in ks])
+    captions = manifest["caption"].tolist()
     title = f"{meta['name']}: {meta['n']} images, {meta['image_size']}px ({meta['source']})"
-    return save_image_grid(dataset.images[picked], path, captions=[dataset.captions[i] for i in picked],
+    return save_image_grid(images, path, captions=[captions[i] for i in picked],
                            ncol=ncol, title=title, cell=128, caption_lines=5)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from twinflow_core.bounds import check_text
 from twinflow_core.data import shapes
 from twinflow_core.data.shapes import CLASSES, COLORS, EVAL_PREFIX, NUMBER_WORDS, PLURAL, RELATIONS
 from twinflow_core.errors import DataError
@@ -227,7 +228,19 @@ def load_geneval_metadata(prompts_dir: str | Path) -> list[dict]:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 raise DataError(f"{path} line {n}: not valid JSON ({err.msg})") from None
+            _check_prompt(rows[-1], path, n)
     return rows
+
+
+def _check_prompt(row, path: Path, n: int) -> None:
+    """A prompt-set row is an object whose prompt/text is a bounded string (a message quotes only its start)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{path} line {n}: expected a JSON object")
+    for key in ("prompt", "text"):
+        if key in row:
+            if not isinstance(row[key], str):
+                raise DataError(f"{path} line {n}: {key!r} must be a string")
+            check_text(row[key], f"{path} line {n}: the {key}")
 
 
 def load_dpg_items(prompts_dir: str | Path) -> list[dict]:
@@ -235,7 +248,15 @@ def load_dpg_items(prompts_dir: str | Path) -> list[dict]:
     path = Path(prompts_dir) / DPG_DIR / DPG_ITEMS
     if not path.is_file():
         raise DataError(f"{path}: not found (regenerate with python -m twinflow_core.data.prompt_sets)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {n}: not valid JSON ({err.msg})") from None
+            _check_prompt(items[-1], path, n)
+    return items
 
 
 def load_holdout(prompts_dir: str | Path) -> shapes.Holdout:

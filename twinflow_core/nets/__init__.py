@@ -3,10 +3,11 @@
 t > 0 is the real branch, t < 0 the twin (fake) branch, r the target time; see twinflow_core/objective.py.
 Register a constructor with `@register_net("name")`; build it with `build_net("name", **kwargs)`.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from twinflow_core.errors import ConfigError
 

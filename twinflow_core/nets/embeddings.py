@@ -14,6 +14,7 @@ gate closes and the net is a plain velocity model, exactly as in flow matching.
   one (dv = 0) and the gap grows only as the twin branch learns the generator's samples. The vector is
   created without drawing random numbers, so a net initialises the same with either setting.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,7 +69,7 @@ class TimePairEmbedding(nn.Module):
         return self.emb_t(t.abs()) + self.emb_r(r.abs()) * gate + sign * self.negative
 
 
-R_EMBED_INITS = ("keep", "normal", "copy_t")
+R_EMBED_INITS = ("keep", "normal", "copy", "copy_t")  # copy_t: the old name of copy
 
 
 def reinit_target_time_embedding(net: nn.Module, mode: str) -> int:
@@ -78,7 +79,7 @@ def reinit_target_time_embedding(net: nn.Module, mode: str) -> int:
     and enters TwinFlow fine-tuning as it was constructed. The official code re-initialises its second embedder
     when TwinFlow training starts:
     - "normal": weights N(0, 0.02), biases 0 (SD3.5 / SANA `init_time_embed_2_weights`);
-    - "copy_t": a copy of the t embedding (Qwen-Image);
+    - "copy" (formerly "copy_t"): a copy of the t embedding (Qwen-Image);
     - "keep": leave it as it is (here: PyTorch's default Linear init from the net's construction).
     Draws from torch's global generator for "normal": seed it first for a reproducible start.
     """
@@ -89,7 +90,7 @@ def reinit_target_time_embedding(net: nn.Module, mode: str) -> int:
         return len(found)
     with torch.no_grad():
         for pair in found:
-            if mode == "copy_t":
+            if mode in ("copy", "copy_t"):
                 pair.emb_r.load_state_dict(pair.emb_t.state_dict())
                 continue
             for layer in pair.emb_r.modules():

@@ -1,4 +1,5 @@
 """The 2-D MLP for the toy benchmark: F(x, t, r) on points of the plane, optionally class-conditional."""
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@
   x = z - F(z, 1, 0) = -net) the network no longer has to copy the noise z through its patch stem pixel by
   pixel, which is what leaves the 1-NFE samples of a short fine-tune speckled with residual noise.
 """
+
 from __future__ import annotations
 
 import torch
@@ -158,6 +159,9 @@ class TextUNet(nn.Module):
             raise ValueError(f"channels {channels} and text_dim {text_dim} must be divisible by heads {heads}")
         self.image_size, self.in_channels, self.patch, self.max_len = image_size, in_channels, patch, max_len
         self.out_skip, self.sigma_data = bool(out_skip), float(sigma_data)
+        # activations in channels-last layout (below); an objective that differentiates the net in forward mode
+        # (MeanFlow's JVP) turns it off: PyTorch's forward-mode rule of group_norm fails on that layout
+        self.channels_last = True
 
         self.time = TimePairEmbedding(time_dim, time_sign=time_sign)
         self.text = CaptionEncoder(vocab_size, max_len, text_dim, text_layers, heads)
@@ -179,8 +183,15 @@ class TextUNet(nn.Module):
             if downsample is not None:
                 skips.append(ch)
                 size //= 2
-            self.down.append(nn.ModuleDict({"blocks": blocks, **({"attn": attn} if attn else {}),
-                                            **({"down": downsample} if downsample else {})}))
+            self.down.append(
+                nn.ModuleDict(
+                    {
+                        "blocks": blocks,
+                        **({"attn": attn} if attn else {}),
+                        **({"down": downsample} if downsample else {}),
+                    }
+                )
+            )
         self.mid1 = ResBlock(ch, ch, time_dim)
         self.mid_attn = AttnBlock(ch, size, text_dim, heads)
         self.mid2 = ResBlock(ch, ch, time_dim)
@@ -195,8 +206,11 @@ class TextUNet(nn.Module):
             upsample = nn.Conv2d(ch, ch, 3, padding=1) if level > 0 else None
             if upsample is not None:
                 size *= 2
-            self.up.append(nn.ModuleDict({"blocks": blocks, **({"attn": attn} if attn else {}),
-                                          **({"up": upsample} if upsample else {})}))
+            self.up.append(
+                nn.ModuleDict(
+                    {"blocks": blocks, **({"attn": attn} if attn else {}), **({"up": upsample} if upsample else {})}
+                )
+            )
         self.out_norm = nn.GroupNorm(_groups(ch), ch)
         self.out = nn.Conv2d(ch, cin, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -218,7 +232,9 @@ class TextUNet(nn.Module):
         h = F.pixel_unshuffle(x, self.patch) if self.patch > 1 else x
         # channels-last activations: oneDNN's convolutions run 15-35% faster on this CPU in that layout
         # (measured, 1.3M-param net, batch 64); the values are the same up to float summation order
-        h = self.stem(h.contiguous(memory_format=torch.channels_last))
+        h = self.stem(
+            h.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        )
         hs = [h]
         for stage in self.down:
             for block in stage["blocks"]:
@@ -254,4 +270,3 @@ def skip_scale(t: torch.Tensor, sigma_data: float) -> torch.Tensor:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-

@@ -1,4 +1,5 @@
 """2-D toy distributions (in their own units) and user-supplied (n, 2) .npy samples."""
+
 from __future__ import annotations
 
 from pathlib import Path

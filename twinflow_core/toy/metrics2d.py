@@ -3,6 +3,7 @@
 sliced Wasserstein-2 (random projections, sorted quantiles), MMD^2 with a mixture of RBF bandwidths scaled to
 the reference's spread, energy distance, and mode coverage for 8 gaussians.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,7 +29,9 @@ def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2 * a @ b.T, 0.0)
 
 
-def mmd_rbf(x: np.ndarray, y: np.ndarray, scales=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0), n: int = 2000, seed: int = 0) -> float:
+def mmd_rbf(
+    x: np.ndarray, y: np.ndarray, scales=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0), n: int = 2000, seed: int = 0
+) -> float:
     """Biased MMD^2 with sum of RBF kernels; bandwidths are `scales` x the mean per-axis std of y."""
     x, y = _subsample(x, n, seed), _subsample(y, n, seed + 1)
     spread = float(y.std(axis=0).mean())

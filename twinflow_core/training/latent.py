@@ -6,6 +6,7 @@ the resumable state and the trainer are fit's own, unchanged.
 Teacher rules (official): full with 0 < ema_decay < 1: the EMA copy; ema_decay 0 (FSDP): the online model;
 LoRA: the "ema" adapter, the online adapter (0), or the frozen base with adapters disabled (1).
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,28 +17,31 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from twinflow_core.adapters.lora import EMA_ADAPTER, TRAIN, LoraTeacher, add_lora
+from twinflow_core.adapters.pipeline import META, generator_meta, load_pipeline, save_latent_generator
+from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer, load_velocity
 from twinflow_core.errors import DataError
+from twinflow_core.loader import is_latent
 
 
 @dataclass
 class LatentParts:
     net: torch.nn.Module
-    teacher: object          # None: fit's EMA rule (twinflow_core.ema.EMA); LoraTeacher for LoRA
-    pipe: object             # the base pipeline (text encoders, tokenizers, VAE, scheduler) for the export
+    teacher: object  # None: fit's EMA rule (twinflow_core.ema.EMA); LoraTeacher for LoRA
+    pipe: object  # the base pipeline (text encoders, tokenizers, VAE, scheduler) for the export
     base_meta: dict
 
 
-def build_net(init: str, model, seed: int, ema_decay: float) -> LatentParts:
+def build_net(init: str, model, seed: int, ema_decay: float, r_embed_init: str = "keep") -> LatentParts:
     """The trainable TransformerVelocity from the base generator folder `init` (pipeline.wrap_base's output, or a
-    generator this project trained) as `model` (PretrainedModelConfig) says."""
-    from twinflow_core.adapters.lora import LoraTeacher, add_lora
-    from twinflow_core.adapters.pipeline import META, is_latent_generator, load_pipeline
-    from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer, load_velocity
-
-    if not is_latent_generator(init):
-        raise DataError(f"train.init {init}: not a latent generator folder (no {META} of format "
-                        f"twinflow-latent-generator/1); wrap the pipeline first: python -m "
-                        f"twinflow_core.adapters.pipeline wrap {init} --family {model.family}")
+    generator this project trained) as `model` (PretrainedModelConfig) says; `r_embed_init` (the stage's: keep is
+    the family's official rule, else normal | copy) starts the r embedding of an untouched pipeline."""
+    if not is_latent(init):
+        raise DataError(
+            f"train.init {init}: not a latent generator folder (no {META} of format "
+            f"twinflow-latent-generator/1); wrap the pipeline first: python -m "
+            f"twinflow_core.adapters.pipeline wrap {init} --family {model.family}"
+        )
     meta = json.loads((Path(init) / META).read_text())
     if meta["family"] != model.family:
         raise DataError(f"train.init {init}: family {meta['family']!r}, but model.family is {model.family!r}")
@@ -48,13 +52,22 @@ def build_net(init: str, model, seed: int, ema_decay: float) -> LatentParts:
     torch.manual_seed(seed)  # the r embedding's N(0, 0.02) init, the LoRA's gaussian init
     if model.finetune == "lora":
         net = TransformerVelocity(load_transformer(init, model.family, "transformer", dtype), model.family, "half")
-        add_lora(net, rank=model.lora_rank, alpha=model.lora_alpha, targets=model.lora_targets or None,
-                 ema=0.0 < ema_decay < 1.0)
+        add_lora(
+            net,
+            rank=model.lora_rank,
+            alpha=model.lora_alpha,
+            targets=model.lora_targets or None,
+            ema=0.0 < ema_decay < 1.0,
+        )
         teacher = LoraTeacher(net, ema_decay)
     else:
         if meta.get("extra", {}).get("base"):  # an untouched pipeline: the r embedding starts by the family rule
-            net = TransformerVelocity(load_transformer(init, model.family, "transformer", dtype), model.family,
-                                      "gated", model.r_init or None)
+            net = TransformerVelocity(
+                load_transformer(init, model.family, "transformer", dtype),
+                model.family,
+                "gated",
+                None if r_embed_init == "keep" else r_embed_init,
+            )
         else:  # a TwinFlow generator: its trained r embedding is loaded
             net = load_velocity(init, model.family, "gated", subfolder="transformer", dtype=dtype)
         net.requires_grad_(True)
@@ -68,8 +81,10 @@ def check_latents(data_meta: dict, path: str, model) -> None:
     if data_meta.get("family") != model.family:
         raise DataError(f"{path}: latents of family {data_meta.get('family')!r}, model.family is {model.family!r}")
     if int(data_meta.get("image_size", 0)) != model.image_size:
-        raise DataError(f"{path}: latents encoded from {data_meta.get('image_size')} px images, model.image_size "
-                        f"is {model.image_size} (re-run encode, or set model.image_size)")
+        raise DataError(
+            f"{path}: latents encoded from {data_meta.get('image_size')} px images, model.image_size "
+            f"is {model.image_size} (re-run encode, or set model.image_size)"
+        )
 
 
 class ExportLatentGenerator(L.Callback):
@@ -81,8 +96,6 @@ class ExportLatentGenerator(L.Callback):
         self.done = False
 
     def on_train_end(self, trainer, pl_module):
-        from twinflow_core.adapters.lora import EMA_ADAPTER, TRAIN
-        from twinflow_core.adapters.pipeline import generator_meta, save_latent_generator
 
         self.done = True
         lora = self.model.finetune == "lora"
@@ -90,7 +103,7 @@ class ExportLatentGenerator(L.Callback):
         if online:
             # online weights; under FSDP this gathers the full state on rank 0 (every rank must call it)
             full = trainer.strategy.lightning_module_state_dict()
-            state = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
+            state = {k[len("net.") :]: v for k, v in full.items() if k.startswith("net.")}
         if not trainer.is_global_zero:
             return
         if lora:
@@ -100,9 +113,14 @@ class ExportLatentGenerator(L.Callback):
         else:
             net, adapter = copy.deepcopy(pl_module.net).cpu(), TRAIN
             net.load_state_dict(state)
-        meta = generator_meta(self.model.family, "half" if lora else "gated", self.parts.pipe,
-                              self.model.image_size, self.model.max_sequence_length,
-                              {**self.extra, "steps": trainer.global_step})
+        meta = generator_meta(
+            self.model.family,
+            "half" if lora else "gated",
+            self.parts.pipe,
+            self.model.image_size,
+            self.model.max_sequence_length,
+            {**self.extra, "steps": trainer.global_step},
+        )
         pipe = copy.copy(self.parts.pipe)  # the export sets its transformer; the base pipeline stays as loaded
         save_latent_generator(self.out, net, pipe, meta, adapter=adapter)
         (self.out / "train_log.json").write_text(json.dumps(pl_module.history, indent=1))

@@ -14,6 +14,7 @@ trainer section in params.yaml only says what to use when no external launcher i
 not change what is trained (data.py: the global batch and its order are fixed by batch_size and the seed), so
 the run key and the checkpoint are the same on one process or on many.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,19 +22,20 @@ import uuid
 from dataclasses import dataclass, replace
 
 from twinflow_core.errors import ConfigError
+from twinflow_core.training.config import micro_rows
 
 LAUNCH_ID_ENV = "TWINFLOW_LAUNCH_ID"  # set by the first process of a Lightning-launched run; its children inherit it
 
 
 @dataclass(frozen=True)
 class Launch:
-    launcher: str        # "lightning", "torchrun" or "slurm"
+    launcher: str  # "lightning", "torchrun" or "slurm"
     num_nodes: int
-    devices: int         # processes per node
+    devices: int  # processes per node
     node_rank: int
     local_rank: int
     global_rank: int
-    launch_id: str       # the same in every process of this launch on this node, new for the next launch
+    launch_id: str  # the same in every process of this launch on this node, new for the next launch
 
     @property
     def external(self) -> bool:
@@ -63,8 +65,7 @@ def _is_torchelastic(env) -> bool:
 
 def _is_slurm_task(env) -> bool:
     # as Lightning's SLURMEnvironment: an srun task of a batch job (job name bash/interactive = not managed)
-    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive") \
-        and "SLURM_PROCID" in env
+    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive") and "SLURM_PROCID" in env
 
 
 def detect(devices: int, num_nodes: int, env=None) -> Launch:
@@ -76,20 +77,38 @@ def detect(devices: int, num_nodes: int, env=None) -> Launch:
         local_world = _int(env, "LOCAL_WORLD_SIZE")
         world = _int(env, "WORLD_SIZE")
         if world % local_world:
-            raise ConfigError(f"torchrun: WORLD_SIZE {world} is not a multiple of LOCAL_WORLD_SIZE {local_world} "
-                              "(nodes with different --nproc-per-node are not supported)")
+            raise ConfigError(
+                f"torchrun: WORLD_SIZE {world} is not a multiple of LOCAL_WORLD_SIZE {local_world} "
+                "(nodes with different --nproc-per-node are not supported)"
+            )
         # the torchrun agent is the parent of every local rank: unique per node and per launch
-        lid = f"torchrun:{env.get('TORCHELASTIC_RUN_ID', 'none')}:{env.get('TORCHELASTIC_RESTART_COUNT', '0')}" \
-              f":{os.getppid()}"
-        return Launch("torchrun", world // local_world, local_world, _int(env, "GROUP_RANK"),
-                      _int(env, "LOCAL_RANK"), _int(env, "RANK"), lid)
+        lid = (
+            f"torchrun:{env.get('TORCHELASTIC_RUN_ID', 'none')}:{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+            f":{os.getppid()}"
+        )
+        return Launch(
+            "torchrun",
+            world // local_world,
+            local_world,
+            _int(env, "GROUP_RANK"),
+            _int(env, "LOCAL_RANK"),
+            _int(env, "RANK"),
+            lid,
+        )
     if _is_slurm_task(env):
         if "SLURM_NTASKS_PER_NODE" not in env and _int(env, "SLURM_NTASKS") > 1:
             raise ConfigError("SLURM: set --ntasks-per-node (= trainer devices per node), not only --ntasks")
         per_node = _int(env, "SLURM_NTASKS_PER_NODE", 1)
         lid = f"slurm:{env.get('SLURM_JOB_ID')}:{env.get('SLURM_STEP_ID', '0')}:{env.get('SLURM_RESTART_COUNT', '0')}"
-        return Launch("slurm", _int(env, "SLURM_NNODES", 1), per_node, _int(env, "SLURM_NODEID", 0),
-                      _int(env, "SLURM_LOCALID", 0), _int(env, "SLURM_PROCID"), lid)
+        return Launch(
+            "slurm",
+            _int(env, "SLURM_NNODES", 1),
+            per_node,
+            _int(env, "SLURM_NODEID", 0),
+            _int(env, "SLURM_LOCALID", 0),
+            _int(env, "SLURM_PROCID"),
+            lid,
+        )
     if LAUNCH_ID_ENV not in env:
         env[LAUNCH_ID_ENV] = f"lightning:{uuid.uuid4().hex}"
     local, node = _int(env, "LOCAL_RANK", 0), _int(env, "NODE_RANK", 0)
@@ -107,10 +126,12 @@ def placement(trainer_cfg, launch: Launch):
 
 
 def micro_batch_for(batch_size: int, micro_batch: int, world: int, where: str) -> int:
-    """Rows per forward on `world` processes (micro_batch 0 = batch_size / world), checked as the config is."""
-    micro = micro_batch or batch_size // world
-    if micro < 1 or batch_size % (world * micro) or micro % 4:
-        raise ConfigError(f"{where}: batch_size {batch_size} does not split over the launcher's {world} "
-                          f"processes in micro-batches of {micro} rows (a multiple of 4); set {where}.micro_batch "
-                          f"or batch_size to fit")
+    """Rows per forward on the launcher's `world` processes (config.micro_rows), checked as the config is."""
+    micro = micro_rows(batch_size, micro_batch, world)
+    if micro < 1 or batch_size % (world * micro):
+        raise ConfigError(
+            f"{where}: batch_size {batch_size} does not split over the launcher's {world} "
+            f"processes in micro-batches of {micro} rows; set {where}.micro_batch "
+            f"or batch_size to fit"
+        )
     return micro

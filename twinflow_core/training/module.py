@@ -1,17 +1,20 @@
 """The LightningModule: wires objective + net + EMA + optimiser; the method itself is twinflow_core.objective.
 
 Manual optimisation, one micro-batch per `training_step` (see data.py for what a micro-batch is):
-- the objective's noise is seeded by (seed, step, micro), so the result does not depend on how micro-batches
-  are spread over devices and accumulation;
+- the objective's noise is seeded by (seed, step) and drawn for the whole global batch, of which each micro-batch
+  takes its rows (with the batch's partition into buckets and bucket means over the batch's rows): the result
+  does not depend on the micro-batch size, nor on how micro-batches are spread over devices and accumulation;
 - the grad-carrying forward and all the objective's no-grad calls go to the plain `self.net` inside this
   module's forward (which is what DDP wraps): DDP's hooks run once per micro-batch, on one backward;
 - the EMA is updated once per optimiser step, on the step's first micro-batch, right after the grad forward
   (where the official step updates it), and then serves as the teacher;
 - after the last micro-batch: gradients nan_to_num'd, clipped to norm `grad_clip`, AdamW step, the learning-rate
-  schedule's step (lr_factor) and, when asked for, the export average's update (a second EMA, not the teacher).
+  schedule's step (lr_factor) and, when asked for, the export average's update (a second EMA, not the teacher);
+  then a non-finite loss or weight stops training (NonFiniteStep) before any state or export is written.
 The EMA copy is a plain attribute, not a submodule: DDP/FSDP neither sync nor shard it, and it is saved
 through on_save_checkpoint together with the RNG state.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,9 +25,19 @@ import lightning as L
 import numpy as np
 import torch
 
+from twinflow_core.data.batches import mix_seed
 from twinflow_core.ema import EMA
-from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective, sanitize_and_clip_grads_
-from twinflow_core.training.data import mix_seed
+from twinflow_core.errors import CheckpointError
+from twinflow_core.objective import ObjectiveConfig, sanitize_and_clip_grads_
+from twinflow_core.objectives import build_objective
+
+
+class NonFiniteStep(CheckpointError):
+    """Training reached a non-finite loss or weight at `step` (training/run.py names the state kept)."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step, self.reason = step, reason
 
 
 def canonical_state(obj):
@@ -79,14 +92,29 @@ class _StepEMA:
 
 
 class TwinFlowModule(L.LightningModule):
-    def __init__(self, net: torch.nn.Module, objective: ObjectiveConfig, *, lr: float, betas, weight_decay: float,
-                 ema_decay: float, grad_clip: float, seed: int, accumulate: int, null_ids: torch.Tensor,
-                 teacher=None, steps: int = 1, lr_schedule: str = "constant", lr_warmup: int = 0,
-                 export_ema_decay: float = 0.0):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        objective: ObjectiveConfig,
+        *,
+        lr: float,
+        betas,
+        weight_decay: float,
+        ema_decay: float,
+        grad_clip: float,
+        seed: int,
+        accumulate: int,
+        null_ids: torch.Tensor,
+        teacher=None,
+        steps: int = 1,
+        lr_schedule: str = "constant",
+        lr_warmup: int = 0,
+        export_ema_decay: float = 0.0,
+    ):
         super().__init__()
         self.automatic_optimization = False
         self.net = net
-        self.objective = TwinFlowObjective(objective)
+        self.objective = build_objective(objective)  # the registered method of this config
         # `teacher`: any object with EMA's interface (e.g. twinflow_core.adapters.lora.LoraTeacher, whose EMA is
         # a second adapter inside the net); default the EMA copy / online / frozen copy of twinflow_core.ema
         self.ema = teacher if teacher is not None else EMA(net, ema_decay)
@@ -100,6 +128,7 @@ class TwinFlowModule(L.LightningModule):
         self._stats: dict[str, float] = {}
         self._t_step = None
         self.step_seconds: list[float] = []  # wall time of each optimiser step of this run (not restored)
+        self.run_key = ""  # set by training.run.fit; saved in every state (callbacks.RUN_KEY_FIELD)
 
     # -- the weights a generator should use: the export average, else the EMA copy when there is one
     def generator_net(self) -> torch.nn.Module:
@@ -122,7 +151,8 @@ class TwinFlowModule(L.LightningModule):
         if self.lr_schedule == "constant" and not self.lr_warmup:
             return opt  # no scheduler: the step and its resume state as before schedules existed
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, self.steps, self.lr_schedule, self.lr_warmup))
+            opt, lambda step: lr_factor(step, self.steps, self.lr_schedule, self.lr_warmup)
+        )
         return [opt], [schedule]  # Lightning saves and restores its state; manual optimisation steps it
 
     def on_fit_start(self):
@@ -135,10 +165,20 @@ class TwinFlowModule(L.LightningModule):
         local = micro // self.trainer.world_size  # this micro-batch's place in the rank's accumulation
         if local == 0:
             self._stats, self._t_step = {}, time.perf_counter()
-        torch.manual_seed(mix_seed(self.seed, 3, step, micro))
+        # seeded per step, not per micro-batch: the objective draws the whole global batch's noise and takes this
+        # micro-batch's rows of it (rows=), so the step does not depend on the split over micro-batches and ranks
+        torch.manual_seed(mix_seed(self.seed, 3, step, 0))
         x, ids = batch["x"], batch.get("cond", batch.get("ids"))  # latent batches carry prompt-embedding dicts
         uncond = batch["uncond"] if "uncond" in batch else self.null_ids.expand(len(ids), -1)
-        loss, stats = self.objective(self.net, x, ids, uncond=uncond, ema=_StepEMA(self.ema, local == 0))
+        rows = len(x)
+        loss, stats = self.objective(
+            self.net,
+            x,
+            ids,
+            uncond=uncond,
+            ema=_StepEMA(self.ema, local == 0),
+            rows=(micro * rows, rows * self.accumulate * self.trainer.world_size),
+        )
         self.manual_backward(loss / self.accumulate)
         for k, v in stats.items():
             self._stats[k] = self._stats.get(k, 0.0) + v / self.accumulate
@@ -175,21 +215,62 @@ class TwinFlowModule(L.LightningModule):
         # the history (train_log.json, the resume state) holds what the same inputs reproduce bitwise; the
         # wall-clock figures go to the logger (MLflow) and step_seconds only
         self.history.append({"step": int(self.trainer.global_step), **stats})
+        self._stop_if_not_finite(float(stats["loss"]))
         perf = {"perf/sec_per_step": seconds, "perf/samples_per_sec": rows / max(seconds, 1e-9)}
         to_logger = bool(self.loggers)
-        self.log_dict({k: float(v) for k, v in {**stats, **perf}.items() if k != "loss"}, prog_bar=False,
-                      logger=to_logger, on_step=True, batch_size=rows or 1, rank_zero_only=True)
-        self.log("loss", float(stats["loss"]), prog_bar=True, logger=to_logger, on_step=True, batch_size=rows or 1,
-                 rank_zero_only=True)
+        self.log_dict(
+            {k: float(v) for k, v in {**stats, **perf}.items() if k != "loss"},
+            prog_bar=False,
+            logger=to_logger,
+            on_step=True,
+            batch_size=rows or 1,
+            rank_zero_only=True,
+        )
+        self.log(
+            "loss",
+            float(stats["loss"]),
+            prog_bar=True,
+            logger=to_logger,
+            on_step=True,
+            batch_size=rows or 1,
+            rank_zero_only=True,
+        )
+
+    def _stop_if_not_finite(self, loss: float) -> None:
+        """Stop at the first step whose loss or updated weights are not finite. The gradients' nan_to_num (the
+        official step) keeps a stray non-finite entry from poisoning a step; it must not hide a model that is NaN
+        all through. Raised before this step's callbacks, so no resume state and no export holds the bad weights.
+        Only reads: the weights and every RNG stay as they were."""
+        reason = f"the loss is {loss}" if not math.isfinite(loss) else None
+        if reason is None:
+            # the trained ones only: frozen weights do not change, and a NaN among them makes the loss NaN
+            params = [
+                (n, p.to_local() if hasattr(p, "to_local") else p)
+                for n, p in self.net.named_parameters()
+                if p.requires_grad
+            ]
+            ok = torch.stack([torch.isfinite(p.detach()).all() for _, p in params] or [torch.tensor(True)]).float()
+            if self.trainer.world_size > 1:  # FSDP shards differ; every rank takes part and agrees
+                ok = self.trainer.strategy.reduce(ok, reduce_op="mean")
+            if not bool((ok == 1).all()):
+                reason = f"weight {params[int((ok < 1).nonzero()[0])][0]} is not finite"
+        if reason is not None:
+            raise NonFiniteStep(int(self.trainer.global_step), reason)
 
     # -- state that Lightning does not know about: EMA, RNG, loss history
     def on_save_checkpoint(self, checkpoint):
         checkpoint["ema"] = self.ema.state_dict()
         if self.export_ema is not None:
             checkpoint["export_ema"] = self.export_ema.state_dict()
-        checkpoint["rng"] = {"torch": torch.get_rng_state(), "numpy": list(np.random.get_state()[1].tolist()),
-                             "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate()[1]}
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": list(np.random.get_state()[1].tolist()),
+            "numpy_pos": int(np.random.get_state()[2]),
+            "python": random.getstate()[1],
+        }
         checkpoint["history"] = self.history
+        if self.run_key:  # whose state this is: a resume (or SLURM requeue) of another key refuses it
+            checkpoint["twinflow_run_key"] = self.run_key
         # last of Lightning's hooks on the dict it is about to save: every part of it, canonical (see canonical_state)
         for key in list(checkpoint):
             checkpoint[key] = canonical_state(checkpoint[key])

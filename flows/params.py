@@ -1,11 +1,13 @@
-"""Config overrides for a pipeline run: `section.key=value` strings checked against params.yaml.
+"""params.yaml's reader and writer, and the one KEY=VALUE parser.
 
-An override may only change a key that params.yaml already has, with a value of a compatible type
-(an int may stand for a float, nothing else converts). Checking happens before any stage runs, so a typo
-fails in a second instead of after an hour of training. Applying an override edits the params.yaml of
-the run's own workspace (never the checkout's: flows.workspace), changing only the overridden values, as
-`dvc exp run --temp -S` does, so `dvc repro` and dvc.lock there see the same values the flow ran with.
+`load_params` reads the file (one-line errors: missing, not YAML, not a mapping, a NaN); `parse_overrides` checks
+`section.key=value` strings against it (a key params.yaml has, a value of a compatible type: an int may stand for
+a float, nothing else converts; `twinflow run`); `load_with_sets` applies a stage's `--set KEY=VALUE` (a stage
+also takes keys params.yaml leaves unset, e.g. data.source); `apply_overrides` / `edit_text` write values into the
+text in place, comments and layout kept, as `dvc exp run --temp -S` does. The types, ranges and defaults of the
+keys are declared in flows/schema.py; the checks across sections are flows/config_check.py's.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -15,7 +17,38 @@ from typing import Any
 
 import yaml
 
+from flows.dotted import flatten  # noqa: F401 (also imported from here)
+from twinflow_core.bounds import AliasRefused, check_numbers, load_yaml
 from twinflow_core.errors import ConfigError
+
+
+def split_item(item: str) -> tuple[str, str]:
+    """`KEY=VALUE` -> (key, raw value text); a ConfigError naming the item otherwise."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.steps=200")
+    return key.strip(), raw
+
+
+def load_with_sets(path: str | Path, sets: list[str] | None = None) -> dict:
+    """params.yaml as a dict, with a stage's dotted KEY=VALUE overrides applied (values parsed as YAML).
+
+    Unlike `twinflow run` (parse_overrides), a stage accepts keys params.yaml leaves unset (e.g. data.source)."""
+    params = load_params(path)
+    for item in sets or []:
+        key, value = split_item(item)
+        node = params
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        try:
+            node[parts[-1]] = load_yaml(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: not valid YAML ({str(err).splitlines()[0]})") from None
+        check_numbers(node[parts[-1]], f"override {item!r}", key)
+    return params
 
 
 def load_params(path: str | Path) -> dict:
@@ -23,24 +56,15 @@ def load_params(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    check_numbers(data, str(path))  # every reader of params.yaml, stages run by DVC included
     return data
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists and scalars are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _compatible(old: Any, new: Any) -> bool:
@@ -63,14 +87,15 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
     known = flatten(params)
     sections = {k for k, v in params.items() if isinstance(v, dict)}
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.steps=200")
-        key, raw = item.split("=", 1)
-        key = key.strip()
+        key, raw = split_item(item)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
+        except AliasRefused as err:
+            raise ConfigError(f"override {item!r}: {str(err).splitlines()[0]}") from None
         except yaml.YAMLError:
             value = raw  # an unparsable value is taken as the literal string, then type-checked
+        # a credential first: every later message quotes the override, and a bare secret cannot be masked
+        refuse_credentials({key: value if isinstance(value, (str, dict, list)) else raw}, "override ")
         if key in sections:
             raise ConfigError(f"override {item!r}: {key!r} is a whole section of {where}; set one of its keys")
         if key not in known:
@@ -80,9 +105,9 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
         old = known[key]
         if not _compatible(old, value):
             raise ConfigError(
-                f"override {item!r}: {key} is {type(old).__name__} in {where} "
-                f"(now {old!r}), got {type(value).__name__}"
+                f"override {item!r}: {key} is {type(old).__name__} in {where} (now {old!r}), got {type(value).__name__}"
             )
+        check_numbers(value, f"override {item!r}", key)  # before float(): a huge int would overflow it
         if isinstance(old, float) and isinstance(value, int):
             value = float(value)
         parsed[key] = value
@@ -105,15 +130,23 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
     wanted = with_overrides(before, parsed)
     if wanted == before:
         return False
-    new_text = _edit_lines(text, parsed)
-    if new_text is None or yaml.safe_load(new_text) != wanted:
-        new_text = _round_trip(text, parsed)
+    new_text = edit_text(text, parsed)
     if yaml.safe_load(new_text) != wanted:
         raise ConfigError(f"{path}: could not write overrides {sorted(parsed)} without changing other keys")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(new_text)
     os.replace(tmp, path)
     return True
+
+
+def edit_text(text: str, parsed: dict[str, Any]) -> str:
+    """YAML text with each dotted key of `parsed` set: in place on its own line where it sits on one (comments,
+    quoting and every other line byte for byte), else by a ruamel round trip (which keeps comments)."""
+    new_text = _edit_lines(text, parsed)
+    wanted = with_overrides(yaml.safe_load(text) or {}, parsed)
+    if new_text is None or yaml.safe_load(new_text) != wanted:
+        new_text = _round_trip(text, parsed)
+    return new_text
 
 
 def set_dotted(tree, parsed: dict[str, Any]) -> None:
@@ -172,8 +205,13 @@ def _edit_lines(text: str, parsed: dict[str, Any]) -> str | None:
             return None
         new = _yaml_scalar(value)
         tail = rest[end:]
-        if tail.strip():  # keep a trailing comment in its column where the new value leaves room
-            new = new.ljust(end)
+        if tail.strip():  # a trailing comment keeps its column: a shorter value is padded, a longer one takes
+            # spaces before the comment (at least one stays), so writing the old value back restores the line
+            if len(new) <= end:
+                new = new.ljust(end)
+            else:
+                spaces = len(tail) - len(tail.lstrip(" "))
+                tail = tail[min(len(new) - end, max(spaces - 1, 0)) :]
         lines[val_line] = line[:val_col] + new + tail
     return "\n".join(lines)
 
@@ -209,8 +247,7 @@ def _round_trip(text: str, parsed: dict[str, Any]) -> str:
 
     rt = YAML()
     rt.preserve_quotes = True
-    rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null",
-                                                                                     "null"))
+    rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(text)
     set_dotted(doc, parsed)
     buf = io.StringIO()
@@ -225,21 +262,63 @@ def section(params: dict, name: str, defaults: dict) -> dict:
     return merged
 
 
+def _strings(value, key: str):
+    """(dotted key, string) for every string inside a value (lists and mappings included)."""
+    if isinstance(value, str):
+        yield key, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{key}[{i}]")
+
+
+def _where_the_secret_goes(key: str, text: str) -> str:
+    if "tracking" in key or "mlflow" in key:
+        if text.lower().startswith(("http://", "https://")):
+            return (
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN, the URI "
+                "left without them; or the whole URI in MLFLOW_TRACKING_URI"
+            )
+        return "the whole URI in MLFLOW_TRACKING_URI"
+    return "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN for S3, or the tool's own variable"
+
+
+def refuse_credentials(values: dict[str, Any], how: str) -> None:
+    """A ConfigError for the first value that carries a credential. An override and params.yaml are written into
+    the run's params.yaml and its git ref (pushed when there is a git remote), and `twinflow run --tracking-uri` is
+    a Prefect flow-run parameter: none of them can hold a secret, so a secret is taken from the environment only.
+    The message names the key and the variable to use, never the value."""
+    from twinflow_core.redaction import MASK, credential_in, redact
+
+    for key, value in values.items():
+        for name, text in _strings(value, key):
+            what = credential_in(text, name)
+            if what:
+                masked = redact(text)
+                # the masked value comes last (a masked query token runs to the next space or '&'), and only where
+                # masking leaves something to show: a bare secret is never printed
+                shown = f"; the value, masked: {masked[:120]}" if masked not in (text, MASK) else ""
+                raise ConfigError(
+                    f"{how}{name} holds {what}, which a run would record (params.yaml, its git "
+                    f"ref, Prefect): put the secret in the environment instead "
+                    f"({_where_the_secret_goes(name, text)}){shown}"
+                )
+
+
 def repo_root(workdir: str | None = None) -> Path:
-    """The project checkout the stages run in: `workdir`, else the one this package lives in."""
-    root = Path(workdir) if workdir else Path(__file__).resolve().parents[1]
+    """The project checkout the stages run in: `workdir`, else the current folder's (it or the nearest parent with a
+    dvc.yaml), never the checkout this package happens to be installed from (an editable install of another clone
+    would otherwise run, write and push there)."""
+    if workdir:
+        root = Path(workdir)
+    else:
+        cwd = Path.cwd().resolve()
+        root = next((d for d in (cwd, *cwd.parents) if (d / "dvc.yaml").is_file()), cwd)
     if not (root / "dvc.yaml").is_file():
-        raise ConfigError(f"{root}: no dvc.yaml here; pass the project folder as workdir")
+        raise ConfigError(
+            f"{root}: no dvc.yaml here{'' if workdir else ' nor in a parent folder'}; run from the project "
+            "folder or pass it as workdir (--workdir)"
+        )
     return root.resolve()
-
-
-def check_overrides(overrides: list[str] | None, workdir: str | None = None) -> tuple[Path, dict]:
-    """Fail on a bad override (unknown key, wrong type, out of range) before anything runs; returns (root, parsed)."""
-    root = repo_root(workdir)
-    params = load_params(root / "params.yaml")
-    parsed = parse_overrides(overrides, params, where=str(root / "params.yaml"))
-    from flows.config_check import check_resolved
-
-    # every section, ranges and cross-field rules included, by the stages' own validators; nothing written yet
-    check_resolved(params, parsed, where=str(root / "params.yaml"))
-    return root, parsed
