@@ -258,7 +258,7 @@ def main(argv=None) -> int:
         "stressed, or replaced by their class's mean image, against 50 per class from the test split. The "
         "real-vs-real FD is high here (different writers in the two splits, 500 samples in 64 dimensions): "
         "read generated FDs against it. The class mean is read correctly by the classifier (accuracy 1.0) "
-        "while FD and diversity expose it: the mean collapse the acceptance asks the figures to show.",
+        "while FD and diversity expose it: the mean collapse the figures must show.",
         "",
         "## Evaluator artifacts (artifacts/evaluators/, safetensors + json, committed)",
         "",

@@ -4,7 +4,7 @@
 # 0.1), each fine-tuned to 500 steps and scored at 250 and 500 on the same prompts (all 132 geneval-shapes + 64
 # dpg-shapes prompts x 4 images, bootstrap standard errors, ratios to the base at 50 Euler steps with guidance 0.5),
 # then the best learning rate to 1500 steps (3x the former default budget). Two variants run side by side, one
-# thread each (session 5: ~0.7-0.9 s/step each on an otherwise quiet 2-core CPU; ~55 min in all).
+# thread each (measured 2026-12-01: ~0.7-0.9 s/step each on an otherwise quiet 2-core CPU; ~55 min in all).
 #   bench/recipe_study.sh [OUT]        then: python bench/finetune_curve.py --out OUT --summarize
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The third TwinFlow recipe study against the committed base (bench/results/recipe_study_rectify_buckets.md),
-# aimed at the two targets of issue 13 that no earlier lever moved: the Fréchet distance at 1 NFE (<= 3x the
+# aimed at the two targets that no earlier lever moved: the Fréchet distance at 1 NFE (<= 3x the
 # base's) and 2 NFE (>= 0.9x). On top of the current default (cosine decay from lr 1e-3, 750 steps, EMA 0.98,
 # lambda 0.5, buckets 1:1:1:1, enhanced ratio 0.5):
 #   lam1      the rectify (distribution-matching) weight lambda 1.0: the term that pulls the 1-step samples onto

@@ -7,7 +7,7 @@
 # fine-tuned from the base with the train stage's own code, exported at 500 and 750 steps, and scored on the
 # same prompts as the first study (all 132 geneval-shapes + 64 dpg-shapes prompts x 4 images, bootstrap SEs,
 # ratios to the base at 50 Euler steps with guidance 0.5). Three variants run side by side, one thread each
-# (session 9: ~1.2-1.6 s/step each on a 2-core CPU, ~18 min a batch, ~1 h in all).
+# (measured 2026-12-02: ~1.2-1.6 s/step each on a 2-core CPU, ~18 min a batch, ~1 h in all).
 #   bench/recipe_study_schedules.sh [OUT]      then: python bench/finetune_curve.py --out OUT --summarize
 set -euo pipefail
 cd "$(dirname "$0")/.."

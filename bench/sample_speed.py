@@ -133,8 +133,8 @@ def main(argv=None) -> int:
         f"thread(s), {args.rounds} alternating rounds of >= {args.min_seconds:g} s per setting, {wall:.0f} s). "
         "Do not edit by hand.",
         "",
-        f"Measured on the shared development VM (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-        f"on {os.cpu_count()} cores at the end of the run): absolute images/s are lowered by other people's jobs; "
+        f"Measured on a shared machine (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
+        f"on {os.cpu_count()} cores at the end of the run): absolute images/s are lowered by other jobs; "
         "the ratios compare both sides inside the same round, and CPU time (one thread) is what the sampler "
         "itself cost.",
         "",

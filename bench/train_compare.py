@@ -1,4 +1,4 @@
-"""The paper's claim in miniature, measured on the default CPU recipe (issue 5's acceptance bench).
+"""The paper's claim in miniature, measured on the default CPU recipe (the acceptance bench).
 
     python bench/train_compare.py [--domain shapes|digits] [--out outputs/bench/train_compare] [--runs ...]
                                   [--eval-prompts N] [--set KEY=VALUE ...] [--threads 1] [--skip-eval] [--cost-only]
@@ -15,7 +15,7 @@ Guidance: the TwinFlow target bakes in w_e = 0.5 (F_c + 0.5 (F_c - F_u), i.e. cl
 "matching guidance" reference is the base at 50 Euler steps with cfg_scale 0.5.
 
 Writes <out>/<domain>/results.json, results.md and grid_*.png. Timings are wall clock on this shared 2-core
-machine (other agents were running; see results.json "load") plus process CPU time, which load inflates less.
+machine (other jobs may be running; see results.json "load") plus process CPU time, which load inflates less.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ print(json.dumps({"preset": preset, "sec_per_step": walls[len(walls) // 2], "cpu
 def step_cost(steps: int, threads: int, rounds: int = 3) -> dict:
     """Time per step and peak memory of one optimiser step, fm vs twinflow, each in a fresh process.
 
-    This VM's speed drifts by tens of percent within minutes, so fm and twinflow alternate for `rounds` rounds
+    This 2-core CPU's speed drifts by tens of percent within minutes, so fm and twinflow alternate for `rounds` rounds
     and each figure is the median over rounds (the per-round values are kept)."""
     runs: dict = {"fm": [], "twinflow": []}
     for _ in range(rounds):
@@ -209,7 +209,7 @@ def step_cost(steps: int, threads: int, rounds: int = 3) -> dict:
     fm, tf = out["fm"], out["twinflow"]
     paired = sorted(t["sec_per_step"] / f["sec_per_step"] for f, t in zip(runs["fm"], runs["twinflow"]))
     out["ratios"] = {
-        # each round's twinflow over the fm run just before it (the same few minutes of this VM), median
+        # each round's twinflow over the fm run just before it (the same few minutes of this CPU), median
         "time": paired[len(paired) // 2],
         "cpu_time": tf["cpu_sec_per_step"] / fm["cpu_sec_per_step"],
         "peak_rss": tf["peak_rss_mb"] / fm["peak_rss_mb"],

@@ -424,7 +424,7 @@ def test_compose_file_matches_the_compose_spec_and_a_misspelled_key_fails(tmp_pa
     ok = _compose_errors(source)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     compose = yaml.safe_load(source.read_text())
-    # what the services need (issue 14): auth with the admin password from the environment, allowed hosts,
+    # what the services need: auth with the admin password from the environment, allowed hosts,
     # PostgreSQL for MLflow, its auth store and Prefect, health checks everywhere
     mlflow = compose["services"]["mlflow"]["environment"]
     assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")

@@ -1,4 +1,4 @@
-"""Runs that cannot clash or poison the checkout, and lineage that checks out again (issues 14.5, 14.6, 15.1).
+"""Runs that cannot clash or poison the checkout, and lineage that checks out again.
 
 Fast: override edits change only their values (a copy of the real params.yaml); the checkout lock refuses a
 second holder with a one-line message and is free again after its holder is SIGKILLed; a run ref is made

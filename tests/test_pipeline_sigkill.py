@@ -1,4 +1,4 @@
-"""SIGKILL of the whole pipeline during `train` (issue 15, faults): `twinflow run` on a copy of the project with a
+"""SIGKILL of the whole pipeline during `train` (a fault test): `twinflow run` on a copy of the project with a
 tiny config (the real stages, a real Prefect server on 127.0.0.1) is killed, its whole process group at once, as
 soon as train has written a resume state and before it has finished. Then:
 
