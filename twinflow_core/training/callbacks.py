@@ -105,14 +105,17 @@ class ProgressLines(L.Callback):
     def __init__(self, label: str, total: int, every: int):
         self.label, self.total, self.every = label, total, max(int(every), 1)
         self.start = None
+        self.last = None  # with micro-batches a step ends several batches: one line per step
+
 
     def on_train_start(self, trainer, pl_module):
         self.start = (trainer.global_step, time.perf_counter())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step % self.every and step != self.total:
+        if (step % self.every and step != self.total) or step == self.last:
             return
+        self.last = step
         done = step - self.start[0]
         per_step = (time.perf_counter() - self.start[1]) / max(done, 1)
         print(
