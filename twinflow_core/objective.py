@@ -53,6 +53,18 @@ from twinflow_core.errors import ConfigError
 BUCKETS = ("e2e", "mul", "any", "adv")
 
 
+def config_from_dict(cls, values: dict, where: str):
+    """A registered method's config dataclass `cls` from `values` over its defaults, validated; an unknown key
+    is a ConfigError naming `where` and the known keys."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    cfg = replace(cls(), **values)
+    cfg.validate()
+    return cfg
+
+
 @dataclass
 class ObjectiveConfig:
     # batch partition weights, official `probs`
@@ -91,13 +103,7 @@ class ObjectiveConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ObjectiveConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"objective: unknown key(s) {unknown}; known: {sorted(known)}")
-        cfg = replace(cls(), **values)
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, values, "objective")
 
     def to_dict(self) -> dict:
         return asdict(self)

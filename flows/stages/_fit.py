@@ -22,16 +22,10 @@ from twinflow_core.redaction import redact
 
 
 def parse_args(stage: str, argv) -> argparse.Namespace:
+    from flows.params import add_params_options
+
     parser = argparse.ArgumentParser(prog=f"python -m flows.stages.{stage}", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)",
-    )
+    add_params_options(parser, f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)")
     parser.add_argument(
         "--mlflow-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI"),

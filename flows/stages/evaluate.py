@@ -221,16 +221,10 @@ def run(params: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from flows.params import add_params_options
+
     parser = argparse.ArgumentParser(prog="python -m flows.stages.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)",
-    )
+    add_params_options(parser, "override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)")
     args = parser.parse_args(argv)
     from flows.quiet import quiet_third_party
 

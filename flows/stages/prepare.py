@@ -12,21 +12,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.params import add_params_options
 from flows.params import load_with_sets as load_params  # noqa: F401 (the stages' loader, also imported from here)
 from twinflow_core.errors import TwinflowError, exit_code
 
 
 def parse_args(argv, description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a params key, e.g. data.name=digits (repeatable)",
-    )
+    add_params_options(parser, "override a params key, e.g. data.name=digits (repeatable)")
     parser.add_argument("--root", default=".", help="repository root: inputs and outputs are under it")
     return parser.parse_args(argv)
 

@@ -23,32 +23,24 @@ import torch
 from twinflow_core.errors import ConfigError
 from twinflow_core.files import sort_safetensors_metadata
 
-# official SD3.5 `lora_target_modules`; Qwen-Image uses the same names; SANA's attention has no add_* parts
+# official SD3.5 `lora_target_modules`; Qwen-Image's joint attention has the same names (read only: add_lora
+# copies the list it uses)
+JOINT_ATTENTION_TARGETS = [
+    "timestep_embedder.linear_1",
+    "timestep_embedder.linear_2",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.add_q_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+]
+# SANA's attention has no add_* parts
 TARGETS = {
-    "sd3": [
-        "timestep_embedder.linear_1",
-        "timestep_embedder.linear_2",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.add_q_proj",
-        "attn.to_add_out",
-        "attn.to_k",
-        "attn.to_out.0",
-        "attn.to_q",
-        "attn.to_v",
-    ],
-    "qwen_image": [
-        "timestep_embedder.linear_1",
-        "timestep_embedder.linear_2",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.add_q_proj",
-        "attn.to_add_out",
-        "attn.to_k",
-        "attn.to_out.0",
-        "attn.to_q",
-        "attn.to_v",
-    ],
+    "sd3": JOINT_ATTENTION_TARGETS,
+    "qwen_image": JOINT_ATTENTION_TARGETS,
     "sana": ["timestep_embedder.linear_1", "timestep_embedder.linear_2", "to_k", "to_out.0", "to_q", "to_v"],
 }
 TRAIN, EMA_ADAPTER = "default", "ema"

@@ -217,10 +217,16 @@ def write_prompt_sets(out: str | Path, seed: int = DEFAULT_SEED) -> Path:
 # ---------------------------------------------------------------- readers
 
 
-def load_geneval_metadata(prompts_dir: str | Path) -> list[dict]:
-    path = Path(prompts_dir) / GENEVAL_DIR / GENEVAL_FILE
+def _require(path: Path) -> Path:
+    """`path`, a file the prompt sets' writer makes; a DataError saying how to make it when it is missing."""
     if not path.is_file():
         raise DataError(f"{path}: not found (regenerate with python -m twinflow_core.data.prompt_sets)")
+    return path
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The checked prompt-set rows of a JSON-lines file (blank lines skipped)."""
+    _require(path)
     rows = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -230,6 +236,10 @@ def load_geneval_metadata(prompts_dir: str | Path) -> list[dict]:
                 raise DataError(f"{path} line {n}: not valid JSON ({err.msg})") from None
             _check_prompt(rows[-1], path, n)
     return rows
+
+
+def load_geneval_metadata(prompts_dir: str | Path) -> list[dict]:
+    return _read_rows(Path(prompts_dir) / GENEVAL_DIR / GENEVAL_FILE)
 
 
 def _check_prompt(row, path: Path, n: int) -> None:
@@ -245,27 +255,14 @@ def _check_prompt(row, path: Path, n: int) -> None:
 
 def load_dpg_items(prompts_dir: str | Path) -> list[dict]:
     """dpg-shapes items with their scene specs (groups, relations), as `shapes.render_dpg` takes them."""
-    path = Path(prompts_dir) / DPG_DIR / DPG_ITEMS
-    if not path.is_file():
-        raise DataError(f"{path}: not found (regenerate with python -m twinflow_core.data.prompt_sets)")
-    items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                items.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-            _check_prompt(items[-1], path, n)
-    return items
+    return _read_rows(Path(prompts_dir) / DPG_DIR / DPG_ITEMS)
 
 
 def load_holdout(prompts_dir: str | Path) -> shapes.Holdout:
     """What training must not show, read from the prompt files: every GenEval prompt and DPG text, and the
     (colour, class) pairs combined by color_attr prompts."""
     rows = load_geneval_metadata(prompts_dir)
-    csv_path = Path(prompts_dir) / DPG_DIR / DPG_CSV
-    if not csv_path.is_file():
-        raise DataError(f"{csv_path}: not found (regenerate with python -m twinflow_core.data.prompt_sets)")
+    csv_path = _require(Path(prompts_dir) / DPG_DIR / DPG_CSV)
     with csv_path.open(newline="") as f:
         texts = {r["text"] for r in csv.DictReader(f)}
     prompts = {shapes.normalise_prompt(r["prompt"]) for r in rows} | {shapes.normalise_prompt(t) for t in texts}

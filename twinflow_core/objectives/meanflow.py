@@ -34,13 +34,13 @@ the online network without gradient; v~ also is the JVP's tangent. w = 0: the un
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from twinflow_core.errors import ConfigError
-from twinflow_core.objective import unwrap
+from twinflow_core.objective import config_from_dict, unwrap
 from twinflow_core.objectives import Method, register
 
 
@@ -58,13 +58,7 @@ class MeanFlowConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> MeanFlowConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"objective (meanflow): unknown key(s) {unknown}; known: {sorted(known)}")
-        cfg = replace(cls(), **values)
-        cfg.validate()
-        return cfg
+        return config_from_dict(cls, values, "objective (meanflow)")
 
     def to_dict(self) -> dict:
         return asdict(self)

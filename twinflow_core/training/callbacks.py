@@ -107,7 +107,6 @@ class ProgressLines(L.Callback):
         self.start = None
         self.last = None  # with micro-batches a step ends several batches: one line per step
 
-
     def on_train_start(self, trainer, pl_module):
         self.start = (trainer.global_step, time.perf_counter())
 

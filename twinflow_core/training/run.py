@@ -91,6 +91,22 @@ def grid_captions(captions: list[str], n: int = N_GRID) -> list[str]:
     return picked
 
 
+def _optimisation(st: StageConfig, accumulate: int) -> dict:
+    """The Lightning module's keywords that the stage config sets alike for in-house and latent models."""
+    return dict(
+        lr=st.lr,
+        betas=st.betas,
+        weight_decay=st.weight_decay,
+        ema_decay=st.ema_decay,
+        grad_clip=st.grad_clip,
+        seed=st.seed,
+        accumulate=accumulate,
+        steps=st.steps,
+        lr_schedule=st.lr_schedule,
+        lr_warmup=st.lr_warmup,
+    )
+
+
 def fit(
     stage: str,
     sections: TrainingSections,
@@ -177,16 +193,7 @@ def fit(
         module = module_cls(
             net,
             objective,
-            lr=st.lr,
-            betas=st.betas,
-            weight_decay=st.weight_decay,
-            ema_decay=st.ema_decay,
-            grad_clip=st.grad_clip,
-            seed=st.seed,
-            accumulate=accumulate,
-            steps=st.steps,
-            lr_schedule=st.lr_schedule,
-            lr_warmup=st.lr_warmup,
+            **_optimisation(st, accumulate),
             null_ids=torch.zeros(1, 1, dtype=torch.long),
             teacher=parts.teacher,
         )
@@ -204,16 +211,7 @@ def fit(
         module = TwinFlowModule(
             net,
             objective,
-            lr=st.lr,
-            betas=st.betas,
-            weight_decay=st.weight_decay,
-            ema_decay=st.ema_decay,
-            grad_clip=st.grad_clip,
-            seed=st.seed,
-            accumulate=accumulate,
-            steps=st.steps,
-            lr_schedule=st.lr_schedule,
-            lr_warmup=st.lr_warmup,
+            **_optimisation(st, accumulate),
             null_ids=tokenizer.null(1),
             export_ema_decay=st.export_ema_decay,
         )
