@@ -282,6 +282,20 @@ def velocity_gap(net: nn.Module, x_fake: torch.Tensor, cond, clip: float, draws=
     return (fake - real).float().clamp(-clip, clip)
 
 
+def randn_rows(rows: int, like: torch.Tensor) -> torch.Tensor:
+    """N(0,1) for `rows` rows shaped and laid out in memory as torch.randn_like lays out `like` (randn_like
+    fills its tensor in memory order, and a strided tensor through another kernel than a contiguous one), so
+    that rows [lo, hi) of it are what randn_like of a batch of `rows` rows holds there (the data comes
+    channels-last)."""
+    probe = torch.empty_like(like)  # the layout randn_like(like) would use
+    order = sorted(range(probe.dim()), key=lambda d: -probe.stride(d))  # outermost dimension first
+    shape = [rows, *like.shape[1:]]
+    strides, step = [0] * len(shape), 1
+    for d in reversed(order):
+        strides[d], step = step, step * shape[d]
+    return torch.empty_strided(shape, strides, dtype=like.dtype, device=like.device).normal_()
+
+
 class _Slice:
     """Rows [lo, hi) of a global batch of `total` rows: the global batch's partition and random draws, cut to
     these rows, so that a micro-batch's share of the step does not depend on how the batch is split over micro-
@@ -306,18 +320,7 @@ class _Slice:
         n = int(mask.sum())
         return slice(min(max(self.lo - start, 0), n), min(max(self.hi - start, 0), n))
 
-    @staticmethod
-    def randn(rows: int, like: torch.Tensor) -> torch.Tensor:
-        """N(0,1) for `rows` rows shaped and laid out in memory as torch.randn_like lays out `like` (randn_like
-        fills its tensor in memory order, and a strided tensor through another kernel than a contiguous one), so
-        that rows [lo, hi) of it are what randn_like of the whole batch holds there (the data comes channels-last)."""
-        probe = torch.empty_like(like)  # the layout randn_like(like) would use
-        order = sorted(range(probe.dim()), key=lambda d: -probe.stride(d))  # outermost dimension first
-        shape = [rows, *like.shape[1:]]
-        strides, step = [0] * len(shape), 1
-        for d in reversed(order):
-            strides[d], step = step, step * shape[d]
-        return torch.empty_strided(shape, strides, dtype=like.dtype, device=like.device).normal_()
+    randn = staticmethod(randn_rows)
 
     def share(self, values: torch.Tensor, key_count: int) -> torch.Tensor:
         """This slice's part of a mean over `key_count` global rows (summed over the slices: the mean)."""

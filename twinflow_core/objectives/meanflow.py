@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from twinflow_core.errors import ConfigError
-from twinflow_core.objective import config_from_dict, unwrap
+from twinflow_core.objective import config_from_dict, randn_rows, unwrap
 from twinflow_core.objectives import Method, register
 
 
@@ -132,19 +132,18 @@ class MeanFlowObjective:
         self.cfg.validate()
 
     def __call__(self, net: nn.Module, x: torch.Tensor, cond=None, uncond=None, ema=None, rows=None):
-        # rows = (first row, global batch): the training module's micro-batch slice of a global batch. One slice
-        # that is the whole batch (one process, no accumulation) is the plain call; drawing a global batch's
-        # (t, r) and noise and cutting this slice out of it is not implemented for MeanFlow.
-        if rows is not None and int(rows[1]) != x.shape[0]:
-            raise ConfigError(
-                f"objective meanflow: micro-batch {rows[0]}+{x.shape[0]} of a global batch of {rows[1]} (gradient "
-                "accumulation or several processes) is not supported; train it on one process without accumulation"
-            )
+        # rows = (first row, global batch): the training module's micro-batch slice of a global batch. Every draw
+        # is made at the global batch's size, in the order the whole batch in one piece draws them, and this
+        # slice's rows are cut out of it, so the step does not depend on how the batch is split over micro-
+        # batches and processes (the slices' mean losses average to the batch's: equal slices).
         cfg = self.cfg
         inner = unwrap(net)
+        n = x.shape[0]
+        lo, total = (0, n) if rows is None else (int(rows[0]), int(rows[1]))
         with torch.no_grad():
-            t, r = sample_t_r(x.shape[0], cfg, x.device)
-            e = torch.randn_like(x)
+            t, r = sample_t_r(total, cfg, x.device)
+            e = torch.randn_like(x) if total == n else randn_rows(total, x)
+            t, r, e = t[lo : lo + n], r[lo : lo + n], e[lo : lo + n]
             x_t = _bcast(t, x) * e + (1 - _bcast(t, x)) * x
             v = e - x
             if cfg.enhanced_ratio > 0 and uncond is not None:
@@ -163,13 +162,14 @@ class MeanFlowObjective:
         target = (v - _bcast(t - r, v) * dudt).detach()  # stop-gradient on the whole target
         per_sample = adaptive_loss(u, target, cfg.adaptive_p, cfg.adaptive_c)
         loss = per_sample.mean()
-        keep = int(round(cfg.ratio_r_neq_t * x.shape[0]))
+        # the r != t rows are the global batch's first round(ratio * total): this slice's share of them
+        keep = min(max(int(round(cfg.ratio_r_neq_t * total)) - lo, 0), n)
         stats = {
             "loss": loss.item(),
             "loss/base": loss.item(),
             "mse": (u.detach().float() - target.float()).pow(2).mean().item(),
         }
-        if 0 < keep < x.shape[0]:
+        if 0 < keep < n:
             stats["loss/r_neq_t"] = per_sample[:keep].mean().item()
             stats["loss/r_eq_t"] = per_sample[keep:].mean().item()
         return loss, stats

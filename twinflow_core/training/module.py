@@ -217,24 +217,14 @@ class TwinFlowModule(L.LightningModule):
         self.history.append({"step": int(self.trainer.global_step), **stats})
         self._stop_if_not_finite(float(stats["loss"]))
         perf = {"perf/sec_per_step": seconds, "perf/samples_per_sec": rows / max(seconds, 1e-9)}
-        to_logger = bool(self.loggers)
-        self.log_dict(
-            {k: float(v) for k, v in {**stats, **perf}.items() if k != "loss"},
-            prog_bar=False,
-            logger=to_logger,
-            on_step=True,
-            batch_size=rows or 1,
-            rank_zero_only=True,
-        )
-        self.log(
-            "loss",
-            float(stats["loss"]),
-            prog_bar=True,
-            logger=to_logger,
-            on_step=True,
-            batch_size=rows or 1,
-            rank_zero_only=True,
-        )
+        self.log("loss", float(stats["loss"]), prog_bar=True, logger=False, on_step=True, batch_size=rows or 1)
+        # to the logger (MLflow) once per optimiser step, at that step: Lightning's own flush runs at every batch
+        # end, and with manual optimisation over several micro-batches it would log a step's values again at
+        # the next micro-batch, on a micro-batch counter
+        step, every = int(self.trainer.global_step), max(int(self.trainer.log_every_n_steps), 1)
+        if self.loggers and self.global_rank == 0 and (step % every == 0 or step == self.trainer.max_steps):
+            for logger in self.loggers:
+                logger.log_metrics({k: float(v) for k, v in {**stats, **perf}.items()}, step=step)
 
     def _stop_if_not_finite(self, loss: float) -> None:
         """Stop at the first step whose loss or updated weights are not finite. The gradients' nan_to_num (the
