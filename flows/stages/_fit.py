@@ -4,7 +4,8 @@
 
 MLflow logging (Lightning's MLFlowLogger) is on when --mlflow-uri or MLFLOW_TRACKING_URI is set: the resolved
 config, every loss term, lr, throughput, the sample grids, the exported model.json and the run summary.
-Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
+Prints one JSON summary line;
+a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ encode.data (data/prepared/<data.name>), writes encode.out (twinflow_core/data/l
 prompt's embeddings, meta.json with every shard's sha256; built beside the target and renamed into place).
 Only a pretrained model (model.name diffusers) has latents: with the UNet this is a one-line error, and the
 pipeline (flows/pipeline.py) does not run the stage unless train.data is encode.out.
-Prints one summary line; a user-fixable problem is one line on stderr, exit 2.
+Prints one summary line;
+a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
 from __future__ import annotations

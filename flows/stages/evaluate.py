@@ -21,7 +21,8 @@ The base's part (the many-step guided reference is most of the evaluation's cost
 checkpoint, the prompts, the evaluators, the evaluation code and the `evaluate` settings; it is kept in
 `evaluate.base_cache` (default outputs/eval-base/<hash of all those>.json + .npz) and read back when a run
 only changed the TwinFlow model. The same inputs give the same numbers, so a cached base is the base.
-Prints one JSON summary line; a user-fixable problem is one line on stderr, exit 2.
+Prints one JSON summary line;
+a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ reports/data/<data.name>/samples.png.
 
     python -m flows.stages.prepare [--params params.yaml] [--set data.name=digits ...] [--root .]
 
-Prints one summary line (images, seconds, images/s); a user-fixable problem is one line on stderr, exit 2.
+Prints one summary line (images, seconds, images/s);
+a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage `validate`: a Great Expectations suite on data/prepared/<data.name>/ (its manifest, its shards and its
 vocabulary). Writes reports/data/<name>/validation.json (summary metrics) and validation.md (every expectation;
-failed ones with example rows). A failed expectation fails the stage: one line on stderr, exit 2.
+failed ones with example rows). A failed expectation fails the stage: one line on stderr, exit 11 (input data).
 
     python -m flows.stages.validate [--params params.yaml] [--set validate.max_duplicate_fraction=0.05 ...]
 
