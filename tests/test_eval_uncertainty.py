@@ -1,6 +1,7 @@
 """Standard errors of stratified benchmark scores and of paired ratios, against direct computation."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -67,3 +68,25 @@ def test_paired_ratios_names_and_a_zero_reference_gives_no_keys():
         out["ratio/geneval-shapes/overall@1nfe"] == pytest.approx(0.5)
         and out["ratio/base/geneval-shapes/overall@1nfe"] == 0
     )
+
+
+def test_a_paired_ratio_is_bitwise_the_same_in_every_process():
+    """metrics/eval.json reproduces bitwise only if its ratios do not depend on the process's string-hash seed
+    (Python draws one per process): the same scores in two processes with different seeds give the same bits."""
+    import subprocess
+    import sys
+
+    code = (
+        "import random; from twinflow_core.benchmarks.uncertainty import paired_ratio as f; "
+        "rng = random.Random(0); ids = [f'prompt-{i}' for i in range(200)]; "
+        "a = {p: ('t' + str(i % 3), rng.random()) for i, p in enumerate(ids)}; "
+        "b = {p: ('t' + str(i % 3), rng.random() + 0.5) for i, p in enumerate(ids)}; "
+        "print(repr(f(a, b)))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout
+        for seed in ("1", "2", "3", "4")
+    }
+    assert len(outs) == 1 and next(iter(outs)).startswith("("), outs

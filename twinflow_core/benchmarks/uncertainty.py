@@ -54,7 +54,9 @@ def score_se(values: PerPrompt, scale: float = 1.0) -> tuple[float, float]:
 
 def paired_ratio(a: PerPrompt, b: PerPrompt, scale: float = 1.0) -> tuple[float, float]:
     """(A / B, its delta-method standard error) over the prompts both were scored on; nan when B is 0."""
-    common = {p for p in a if p in b}
+    # in a's order, not a set's: a set of strings iterates in an order that changes with each process's hash
+    # seed, and float sums in another order differ in the last bits (metrics/eval.json must reproduce bitwise)
+    common = [p for p in a if p in b]
     if not common:
         raise ValueError("no prompt scored by both models")
     a = {p: a[p] for p in common}
