@@ -12,16 +12,15 @@ the same `dvc repro` keeps what it made and a stage's new output that did not ex
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from support import prefect_db
 from support.pipeline import copy_project, make_toy_project, toy_env
+from support.user_files import image_folder_with_a_bad_image
 
 from flows import dvc_ops, stage_backup
 from flows.faults import StageFailed
@@ -71,29 +70,11 @@ def test_a_failed_stage_gets_its_outputs_back_and_a_completed_upstream_stage_kee
     assert not (root / "reports/data/toy/validation.json").exists()
 
 
-def _bad_image_folder(folder: Path) -> Path:
-    from PIL import Image
-
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "c.png"):
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / name)
-    (folder / "b.png").write_bytes(b"this is not a png\n")
-    rows = [{"file_name": n, "text": t} for n, t in (("a.png", "a cat"), ("b.png", "a dog"), ("c.png", "a fox"))]
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
-
-
 @pytest.mark.slow
 def test_a_failed_run_in_the_checkout_leaves_git_status_and_every_output_as_they_were(tmp_path):
-    from flows.dvc_ops import tool_env
-
     project = copy_project(tmp_path / "proj")
     home = tmp_path / "prefect"
-    prefect_db.seed(home)
-    env = {**tool_env(), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
+    env = prefect_db.standalone_env(home)
     dvc = [sys.executable, "-m", "dvc"]
     # the user's own small dataset, prepared and committed (a cached output and a committed one exist)
     params = (project / "params.yaml").read_text()
@@ -103,7 +84,7 @@ def test_a_failed_run_in_the_checkout_leaves_git_status_and_every_output_as_they
     _sh(project, "git", "add", "-A")
     _sh(project, "git", "commit", "-qm", "prepared")
     # then their image folder under the same data.name, as params.yaml's comment says: uncomment `source`
-    folder = _bad_image_folder(tmp_path / "pets")
+    folder = image_folder_with_a_bad_image(tmp_path / "pets")
     params = (project / "params.yaml").read_text().replace("  # source: imagefolder", "  source: imagefolder", 1)
     (project / "params.yaml").write_text(params.replace('    path: ""', f"    path: {folder}", 1))
     status = _sh(project, "git", "status", "--porcelain")

@@ -8,41 +8,22 @@ the run works in a workspace of its own).
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from support import prefect_db
 from support.pipeline import copy_project
-
-
-def image_folder(folder: Path) -> Path:
-    from PIL import Image
-
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in ("a.png", "c.png"):
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / name)
-    (folder / "b.png").write_bytes(b"this is not a png\n")
-    rows = [{"file_name": n, "text": t} for n, t in (("a.png", "a cat"), ("b.png", "a dog"), ("c.png", "a fox"))]
-    (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+from support.user_files import image_folder_with_a_bad_image
 
 
 @pytest.mark.slow
 def test_a_bad_image_found_by_prepare_is_one_line_and_the_traceback_is_in_the_log(tmp_path):
-    from flows.dvc_ops import tool_env
-
     project = copy_project(tmp_path / "proj")
-    folder = image_folder(tmp_path / "pets")
+    folder = image_folder_with_a_bad_image(tmp_path / "pets")
     home = tmp_path / "prefect"
-    prefect_db.seed(home)
-    env = {**tool_env(), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)
+    env = prefect_db.standalone_env(home)
     # the image folder as a user configures it (params.yaml's own comment: uncomment `source`), committed
     params = (project / "params.yaml").read_text()
     assert "  # source: imagefolder" in params and '    path: ""' in params

@@ -71,7 +71,6 @@ def stages_done(project: Path) -> dict:
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory):
     """Starts `twinflow run` on one project (module-wide: each case resumes what the one before left)."""
-    from flows.dvc_ops import tool_env
 
     tmp = tmp_path_factory.mktemp("signals")
     project = copy_project(tmp / "proj")
@@ -83,10 +82,7 @@ def runner(tmp_path_factory):
     apply_overrides(project / "params.yaml", parse_overrides(sets, load_params(project / "params.yaml")))
     subprocess.run(["git", "commit", "-qam", "tiny config"], cwd=project, check=True)
     home = tmp / "prefect"
-    prefect_db.seed(home)
-    env = {**tool_env(), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
-    for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
-        env.pop(key, None)  # no Prefect API configured: `twinflow run` starts its temporary server
+    env = prefect_db.standalone_env(home)  # no Prefect API configured: `twinflow run` starts its temporary server
 
     def start(name: str):
         mark = uuid.uuid4().hex

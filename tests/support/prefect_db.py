@@ -45,3 +45,16 @@ def seed(home: Path) -> None:
     if not (home / DB_NAME).exists():
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(template(), home / DB_NAME)
+
+
+def standalone_env(home: Path) -> dict[str, str]:
+    """The environment of a `twinflow run` as a user's plain shell gives it: the project's tools on PATH, no
+    Prefect API and no tracking server configured (the run starts its own temporary Prefect server), with the
+    Prefect home `home` seeded from the template."""
+    from flows.dvc_ops import tool_env
+
+    seed(home)
+    env = {**tool_env(), "PREFECT_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "PREFECT_PROFILES_PATH", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    return env
