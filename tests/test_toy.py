@@ -111,3 +111,10 @@ def test_unknown_data_name_is_a_clear_error(tmp_path):
     from flows.cli import main
 
     assert main(["toy", "--data", "spirals", "--steps", "2", "--out", str(tmp_path)]) == 11
+
+
+@pytest.mark.parametrize("n", [1, 2, 333, 4000])
+def test_quantiles_are_numpys_bitwise(n):
+    v = np.random.default_rng(n).standard_normal((n, 64)) * 3
+    qs = np.linspace(0.0005, 0.9995, 2000)
+    assert np.array_equal(metrics2d.quantiles(v, qs), np.quantile(v, qs, axis=0))

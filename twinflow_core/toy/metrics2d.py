@@ -14,9 +14,25 @@ def sliced_wasserstein(x: np.ndarray, y: np.ndarray, n_proj: int = 512, seed: in
     dirs = rng.standard_normal((n_proj, x.shape[1]))
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     qs = np.linspace(0.0005, 0.9995, 2000)
-    px = np.quantile(x @ dirs.T, qs, axis=0)
-    py = np.quantile(y @ dirs.T, qs, axis=0)
+    px = quantiles(x @ dirs.T, qs)
+    py = quantiles(y @ dirs.T, qs)
     return float(np.sqrt(np.mean((px - py) ** 2)))
+
+
+def quantiles(v: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """np.quantile(v, qs, axis=0) with its default linear rule, bitwise, from one sort of each column: numpy
+    partitions once per quantile, 35x slower for 2000 quantiles of 4000 x 512 projections."""
+    s = np.sort(v, axis=0)
+    n = s.shape[0]
+    virtual = qs * (n - 1)
+    below = np.floor(virtual)
+    gamma = (virtual - below)[:, None]
+    lo = np.clip(below.astype(np.intp), 0, n - 1)
+    a, b = s[lo], s[np.clip(lo + 1, 0, n - 1)]
+    step = b - a
+    out = np.add(a, step * gamma)
+    np.subtract(b, step * (1 - gamma), out=out, where=gamma >= 0.5)  # numpy's lerp, from the nearer end
+    return out
 
 
 def _subsample(a: np.ndarray, n: int, seed: int) -> np.ndarray:
