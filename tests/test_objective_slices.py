@@ -9,44 +9,15 @@ import copy
 
 import pytest
 import torch
+from support.training import SPLIT_PRESETS, perturbed_tiny_unet
 
 from twinflow_core.ema import EMA
-from twinflow_core.nets import build_net
 from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective
 
 
-def _net():
-    torch.manual_seed(0)
-    kw = dict(
-        image_size=8,
-        channels=[8, 8],
-        res_blocks=1,
-        attn_levels=[1],
-        vocab_size=20,
-        max_len=8,
-        text_dim=8,
-        text_layers=1,
-        heads=2,
-        time_dim=16,
-    )
-    net = build_net("unet", **kw)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net
-
-
-@pytest.mark.parametrize(
-    "preset,overrides",
-    [
-        ("twinflow", {"enhanced_ratio": 0.5, "probs": {"e2e": 1, "mul": 1, "any": 2, "adv": 1}}),
-        ("twinflow", {}),
-        ("rcgm", {}),
-        ("fm", {}),
-    ],
-)
+@pytest.mark.parametrize("preset,overrides", SPLIT_PRESETS)
 def test_any_split_of_the_batch_gives_the_whole_batchs_step(preset, overrides):
-    net = _net()
+    net = perturbed_tiny_unet()
     obj = TwinFlowObjective(ObjectiveConfig.preset(preset, **overrides))
     x = torch.randn(16, 8, 8, 3).permute(0, 3, 1, 2)  # channels-last, as the prepared data
     ids, uncond = torch.randint(1, 20, (16, 8)), torch.zeros(16, 8, dtype=torch.long)

@@ -10,35 +10,20 @@ import json
 
 import pytest
 import torch
+from support.training import (
+    SPLIT_PRESETS,
+    load_weights,
+    make_dataset,
+    perturbed_tiny_unet,
+    run_stage,
+    smoke_params,
+)
 
-from tests.support.training import load_weights, make_dataset, run_stage, smoke_params
 from twinflow_core.ema import EMA
 from twinflow_core.errors import ConfigError
-from twinflow_core.nets import build_net
 from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective
 from twinflow_core.training.config import micro_rows
 from twinflow_core.training.launch import micro_batch_for
-
-
-def _net():
-    torch.manual_seed(0)
-    net = build_net(
-        "unet",
-        image_size=8,
-        channels=[8, 8],
-        res_blocks=1,
-        attn_levels=[1],
-        vocab_size=20,
-        max_len=8,
-        text_dim=8,
-        text_layers=1,
-        heads=2,
-        time_dim=16,
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return net
 
 
 def _step(obj, net, x, ids, uncond, micro):
@@ -57,17 +42,9 @@ def _step(obj, net, x, ids, uncond, micro):
     return stats, torch.cat([p.grad.flatten() for p in online.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize(
-    "preset,overrides",
-    [
-        ("twinflow", {"enhanced_ratio": 0.5, "probs": {"e2e": 1, "mul": 1, "any": 2, "adv": 1}}),
-        ("twinflow", {}),
-        ("rcgm", {}),
-        ("fm", {}),
-    ],
-)
+@pytest.mark.parametrize("preset,overrides", SPLIT_PRESETS)
 def test_micro_batches_of_one_and_two_rows_give_the_whole_batchs_step(preset, overrides):
-    net = _net()
+    net = perturbed_tiny_unet()
     obj = TwinFlowObjective(ObjectiveConfig.preset(preset, **overrides))
     x = torch.randn(16, 8, 8, 3).permute(0, 3, 1, 2)  # channels-last, as the prepared data
     ids, uncond = torch.randint(1, 20, (16, 8)), torch.zeros(16, 8, dtype=torch.long)

@@ -99,3 +99,39 @@ def state_difference(a: Path, b: Path) -> list[str]:
 
     load = lambda p: torch.load(p, map_location="cpu", weights_only=False)  # noqa: E731 - states the test wrote
     return walk(load(a), load(b), "")
+
+
+# The objective presets whose step must not depend on how the batch is split (tests/test_objective_slices.py,
+# tests/test_train_micro_batch.py): the default recipe's buckets and guidance, and each preset as published.
+SPLIT_PRESETS = [
+    ("twinflow", {"enhanced_ratio": 0.5, "probs": {"e2e": 1, "mul": 1, "any": 2, "adv": 1}}),
+    ("twinflow", {}),
+    ("rcgm", {}),
+    ("fm", {}),
+]
+
+
+def perturbed_tiny_unet():
+    """An 8 px UNet with every weight nudged off its initial value (zero-initialised layers would hide terms)."""
+    import torch
+
+    from twinflow_core.nets import build_net
+
+    torch.manual_seed(0)
+    net = build_net(
+        "unet",
+        image_size=8,
+        channels=[8, 8],
+        res_blocks=1,
+        attn_levels=[1],
+        vocab_size=20,
+        max_len=8,
+        text_dim=8,
+        text_layers=1,
+        heads=2,
+        time_dim=16,
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
