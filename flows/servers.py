@@ -91,7 +91,9 @@ def start_mlflow_server(store: Path, port: int | None = None) -> tuple[str, subp
             (store / "artifacts").as_uri(),
         ],
         store / f"mlflow-server-{port}.log",
-        os.environ.copy(),
+        # MLflow's job runner (GenAI jobs, which this project never submits) starts a pool of consumer processes
+        # that cost seconds of CPU to start and keep polling: off unless the environment turns it on
+        {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ},
         uri + "/health",
         120,
     )

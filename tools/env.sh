@@ -4,6 +4,9 @@ export DO_NOT_TRACK=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_HOME="${PREFECT_HOME:-$_root/.prefect}"
 export MLFLOW_DISABLE_TELEMETRY=true
+# an `mlflow server` started here (the tests', a user's local one) without MLflow's job runner: a pool of consumer
+# processes for GenAI jobs this project never submits, which costs CPU even while idle
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 export DVC_NO_ANALYTICS=1
 export ITERATIVE_DO_NOT_TRACK=1
 export GX_ANALYTICS_ENABLED=false

@@ -13,6 +13,8 @@
 #   MLFLOW_AUTH_CACHE_TTL_SECONDS seconds a checked password is cached per worker (default 60; 0 = off, MLflow's
 #                                 default, makes every request pay a PBKDF2 check: a registration then takes
 #                                 minutes; a changed or revoked password still works on a worker for up to the TTL)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  false unless set: MLflow's job runner (GenAI jobs, which this project
+#                                 never submits) is a pool of consumer processes that cost CPU even when idle
 # No secret is on the server's command line (`ps` shows it to every local account): the database URIs stay in the
 # environment, which `mlflow server` reads itself (MLFLOW_BACKEND_STORE_URI), and in the auth config file (0600).
 set -euo pipefail
@@ -23,6 +25,7 @@ for var in MLFLOW_BACKEND_STORE_URI MLFLOW_AUTH_DATABASE_URI MLFLOW_ARTIFACTS_DE
         exit 2
     fi
 done
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 export MLFLOW_BACKEND_STORE_URI   # read by `mlflow server` itself: never on its command line
 config="${MLFLOW_AUTH_CONFIG_PATH:-$(mktemp -d)/basic_auth.ini}"
 umask 077   # the file holds the auth database's password
