@@ -83,7 +83,8 @@ def run_width(args, width: int) -> None:
     import torch
     from finetune_curve import Resampler, base_units, score_variant, train_variant, with_errors
 
-    from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation
+    from twinflow_core.benchmarks.evaluate import Evaluation
+    from twinflow_core.benchmarks.protocol import EvalConfig
 
     if args.threads > 0:  # also for the scores of an existing base (no fit sets it): OpenMP threads that spin on
         torch.set_num_threads(args.threads)  # a loaded 2-core machine cost several times the CPU time

@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from twinflow_core.benchmarks import evaluate as ev  # noqa: E402
+from twinflow_core.benchmarks import protocol  # noqa: E402
 from twinflow_core.benchmarks.train_evaluators import degrade  # noqa: E402
+from twinflow_core.benchmarks.uncertainty import paired_ratios  # noqa: E402
 
 SEED = 9_000_000  # render seeds unused by training, the evaluate stage and the instrument
 
@@ -39,14 +41,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     kmax = max(args.sizes)
-    cfg = ev.EvalConfig(
+    cfg = protocol.EvalConfig(
         prompts_dir=str(ROOT / "data/prompts"),
         evaluators_dir=str(ROOT / "artifacts/evaluators"),
         images_per_prompt=kmax,
         base_cfg=[0.0, 0.5],
     )
     evaluation = ev.Evaluation(cfg, "shapes", args.size, progress=lambda s: None)
-    real = ev.real_shapes_images(evaluation.ps, evaluation.items, SEED, args.size)
+    real = protocol.real_shapes_images(evaluation.ps, evaluation.items, SEED, args.size)
     rng = np.random.default_rng(0)
     ref = np.stack([degrade(im, rng, args.ref_sigma, 10.0) for im in real])
     cand = np.stack([degrade(im, rng, args.cand_sigma, 10.0) for im in real])
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
         m = {}
         m.update(evaluation.score(cand[idx], ps, "", "1nfe", idx, per_prompt=per)[0])
         m.update(evaluation.score(ref[idx], ps, "base/", "ref", idx, per_prompt=per)[0])
-        m.update(ev.paired_ratios(per, "ref"))
+        m.update(paired_ratios(per, "ref"))
         row = {"images_per_prompt": k, "images": len(idx)}
         for bench, metric in (("geneval-shapes", "overall"), ("dpg-shapes", "score")):
             row[bench] = {

@@ -138,7 +138,7 @@ def generate(ev, gen, setting) -> np.ndarray:
 
 
 def base_units(ev, base_dir: str, cache: Path, names=BASE_SETTINGS) -> dict[str, dict]:
-    from twinflow_core.benchmarks.evaluate import Setting
+    from twinflow_core.benchmarks.protocol import Setting
     from twinflow_core.loader import load_generator
 
     key = f"{Path(base_dir).resolve()}|{len(ev.ps.captions)}|{ev.cfg.images_per_prompt}|{ev.cfg.seed}|{','.join(names)}"
@@ -192,7 +192,7 @@ def train_variant(base_dir: str, out: Path, milestones: list[int], overrides: li
 
 
 def score_variant(ev, rs: Resampler, base: dict, out: Path, milestones: list[int], overrides: list[str]) -> dict:
-    from twinflow_core.benchmarks.evaluate import Setting
+    from twinflow_core.benchmarks.protocol import Setting
     from twinflow_core.loader import load_generator
 
     # the matching guidance of the reference: what the fine-tuning target bakes in (enhanced_ratio)
@@ -296,7 +296,8 @@ def main(argv=None) -> int:
     milestones = sorted(int(m) for m in args.milestones.split(","))
     out.mkdir(parents=True, exist_ok=True)
 
-    from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation
+    from twinflow_core.benchmarks.evaluate import Evaluation
+    from twinflow_core.benchmarks.protocol import EvalConfig
 
     cfg = EvalConfig(
         domain="shapes",

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from twinflow_core.benchmarks import evaluate as ev  # noqa: E402
+from twinflow_core.benchmarks import protocol  # noqa: E402
 from twinflow_core.benchmarks.features import diversity, frechet_distance  # noqa: E402
 from twinflow_core.benchmarks.train_evaluators import degrade  # noqa: E402
 
@@ -41,10 +42,10 @@ def derangement(n: int, seed: int) -> np.ndarray:
             return p
 
 
-def conditional_mean(ps: ev.PromptSet, items, size: int, k_mean: int, seed: int) -> np.ndarray:
+def conditional_mean(ps: protocol.PromptSet, items, size: int, k_mean: int, seed: int) -> np.ndarray:
     """A mean collapse: every sample of a prompt is the pixel mean of the same k_mean renders of that prompt
     (the conditional mean a flow-matching model's 1-step sample tends to), plus faint per-sample noise."""
-    stacks = [ev.real_shapes_images(ps, items, seed + 1_000_000 * j, size) for j in range(k_mean)]
+    stacks = [protocol.real_shapes_images(ps, items, seed + 1_000_000 * j, size) for j in range(k_mean)]
     mean = np.mean(stacks, axis=0)
     first: dict[str, int] = {}
     for i, g in enumerate(ps.groups):
@@ -53,10 +54,10 @@ def conditional_mean(ps: ev.PromptSet, items, size: int, k_mean: int, seed: int)
     return np.clip(np.rint(mean + noise), 0, 255).astype(np.uint8)
 
 
-def shapes_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list[dict], dict]:
-    ps, meta, items, questions = ev.shapes_prompt_set(cfg)
-    real = ev.real_shapes_images(ps, items, SEED, size)
-    ref = ev.real_shapes_images(ps, items, SEED + 333_333, size)
+def shapes_rows(cfg: protocol.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list[dict], dict]:
+    ps, meta, items, questions = protocol.shapes_prompt_set(cfg)
+    real = protocol.real_shapes_images(ps, items, SEED, size)
+    ref = protocol.real_shapes_images(ps, items, SEED + 333_333, size)
     g = ps.n_geneval
     rng = np.random.default_rng(0)
     stressed = np.stack([degrade(im, rng, max_sigma=1.0, max_noise=8.0) for im in real])
@@ -113,7 +114,7 @@ def shapes_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list
     return out, details
 
 
-def digits_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list[dict], dict]:
+def digits_rows(cfg: protocol.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list[dict], dict]:
     from twinflow_core.benchmarks.train_evaluators import DIGITS_TRAIN, digits_arrays
 
     images, labels = digits_arrays(size)
@@ -127,10 +128,10 @@ def digits_rows(cfg: ev.EvalConfig, size: int, evs: ev.Evaluators) -> tuple[list
     wrong = (test_y + rng.integers(1, 10, len(test_y))) % 10
     # Feature figures: set a = 50 scans per class from the test split, set b = 50 per class from the training
     # split; b, and b stressed or replaced by its class means, are compared with a.
-    ps = ev.EvalConfig(digits_per_class=50)
-    ps = ev.digits_prompt_set(ps)
-    a = ev.real_digits_images(ps.labels, size, 0)
-    b = ev.real_digits_images(ps.labels, size, 1)
+    ps = protocol.EvalConfig(digits_per_class=50)
+    ps = protocol.digits_prompt_set(ps)
+    a = protocol.real_digits_images(ps.labels, size, 0)
+    b = protocol.real_digits_images(ps.labels, size, 1)
     b_y = np.asarray(ps.labels)
     stressed = np.stack([degrade(im, rng, max_sigma=1.0, max_noise=8.0) for im in b])
     means = {y: np.rint(images[:DIGITS_TRAIN][labels[:DIGITS_TRAIN] == y].mean(0)).astype(np.uint8) for y in range(10)}
@@ -208,7 +209,9 @@ def main(argv=None) -> int:
         print(te.train_shapes_features(Path(args.evaluators) / "shapes-features", size=args.size))
         print(te.train_digits_classifier(Path(args.evaluators) / "digits-classifier", size=args.size))
 
-    cfg = ev.EvalConfig(prompts_dir=str(ROOT / "data/prompts"), evaluators_dir=args.evaluators, digits_per_class=20)
+    cfg = protocol.EvalConfig(
+        prompts_dir=str(ROOT / "data/prompts"), evaluators_dir=args.evaluators, digits_per_class=20
+    )
     t0 = time.perf_counter()
     s_rows, s_details = shapes_rows(cfg, args.size, ev.Evaluators.load("shapes", args.evaluators))
     d_rows, d_details = digits_rows(cfg, args.size, ev.Evaluators.load("digits", args.evaluators))

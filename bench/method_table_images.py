@@ -203,7 +203,8 @@ def sampler_gaps(gaps):
 
 
 def images_for(ev, gen, nfe: int, style: str, cfg: float = 0.0, gaps=None) -> np.ndarray:
-    from twinflow_core.benchmarks.evaluate import Setting, generate_set
+    from twinflow_core.benchmarks.evaluate import generate_set
+    from twinflow_core.benchmarks.protocol import Setting
 
     with sampler_gaps(gaps):
         return generate_set(gen, ev.ps.captions, Setting(f"{nfe}", nfe, style, cfg), ev.cfg.seed, ev.cfg.batch)[0]
@@ -241,7 +242,8 @@ def run(args) -> dict:
     import torch
 
     from twinflow_core import objectives
-    from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation
+    from twinflow_core.benchmarks.evaluate import Evaluation
+    from twinflow_core.benchmarks.protocol import EvalConfig
     from twinflow_core.checkpoint import load_generator
 
     torch.set_num_threads(1)
@@ -437,7 +439,7 @@ def sample_grid(dirs: list[Path], path: Path, n: int = 8) -> None:
         if res["domain"] == "digits":
             captions = [__import__("twinflow_core.data.digits", fromlist=["caption"]).caption(i % 10) for i in range(n)]
         else:
-            from twinflow_core.benchmarks.evaluate import EvalConfig, shapes_prompt_set
+            from twinflow_core.benchmarks.protocol import EvalConfig, shapes_prompt_set
 
             ps = shapes_prompt_set(EvalConfig(domain="shapes", images_per_prompt=1, geneval_max_prompts=0))[0]
             captions = list(dict.fromkeys(ps.captions))[:: max(len(set(ps.captions)) // n, 1)][:n]

@@ -107,7 +107,8 @@ def train_runs(domain: str, out: Path, runs: list[str], threads: int, overrides:
 
 
 def evaluate_runs(domain: str, out: Path, runs: list[str], prompts: int) -> dict:
-    from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation, Setting
+    from twinflow_core.benchmarks.evaluate import Evaluation
+    from twinflow_core.benchmarks.protocol import EvalConfig, Setting
     from twinflow_core.loader import load_generator
     from twinflow_core.viz import save_image_grid
 

@@ -2,7 +2,7 @@
 
 Every key's type, range and default is declared once (twinflow_core/schema.py, flows/schema.py); each section's
 typed config takes them from there (data: twinflow_core/data/config.py, validate: flows/schema.py ValidateConfig,
-model/objective/pretrain/train: twinflow_core/training/config.py, evaluate: twinflow_core/benchmarks/evaluate.py
+model/objective/pretrain/train: twinflow_core/training/config.py, evaluate: twinflow_core/benchmarks/protocol.py
 EvalConfig, gate: flows/gating.py). This module calls each of them on the resolved configuration and adds the
 rules that span sections. So `twinflow run train.steps=-5` fails in seconds (`check_overrides`) with the same
 one-line message the `pretrain` stage would print an hour later, and nothing is written.
@@ -68,7 +68,7 @@ def _cross_section(params: dict, data_cfg, sections, where: str) -> None:
 def check_params(params: dict, where: str = "params.yaml") -> None:
     """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid."""
     from flows.gating import GateConfig, check_settings
-    from twinflow_core.benchmarks.evaluate import EvalConfig, settings_for
+    from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
     from twinflow_core.training.config import load_sections
 

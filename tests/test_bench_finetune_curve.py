@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from twinflow_core.benchmarks import geneval_score
-from twinflow_core.benchmarks.evaluate import PromptSet
+from twinflow_core.benchmarks.protocol import PromptSet
 
 ROOT = Path(__file__).resolve().parents[1]
 

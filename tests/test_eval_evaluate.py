@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from twinflow_core.benchmarks import evaluate as ev
+from twinflow_core.benchmarks import protocol
 from twinflow_core.data import digits, prompt_sets, shapes
 from twinflow_core.errors import ConfigError
 from twinflow_core.text import Tokenizer
@@ -60,11 +61,11 @@ CFG = dict(
 
 @pytest.fixture(scope="module")
 def evaluation():
-    return ev.Evaluation(ev.EvalConfig.from_dict(CFG), "shapes", 32, progress=lambda s: None)
+    return ev.Evaluation(protocol.EvalConfig.from_dict(CFG), "shapes", 32, progress=lambda s: None)
 
 
 def test_real_renders_reach_the_ceiling_and_the_mean_collapses(evaluation):
-    setting = [ev.Setting("1nfe", 1, "few")]
+    setting = [protocol.Setting("1nfe", 1, "few")]
     real = evaluation.run(RenderGenerator(), setting).metrics
     mean = evaluation.run(RenderGenerator(mean=12), setting).metrics
     floor = evaluation.real_metrics()
@@ -82,15 +83,15 @@ def test_real_renders_reach_the_ceiling_and_the_mean_collapses(evaluation):
 
 
 def test_settings_and_names():
-    cfg = ev.EvalConfig.from_dict({"nfe": [1, 2, 4], "base_nfe": [1], "base_steps": 50, "base_cfg": [0.0, 3.0]})
-    assert [s.label for s in ev.settings_for(cfg, base=False)] == ["1nfe", "2nfe", "4nfe"]
-    base = ev.settings_for(cfg, base=True)
+    cfg = protocol.EvalConfig.from_dict({"nfe": [1, 2, 4], "base_nfe": [1], "base_steps": 50, "base_cfg": [0.0, 3.0]})
+    assert [s.label for s in protocol.settings_for(cfg, base=False)] == ["1nfe", "2nfe", "4nfe"]
+    base = protocol.settings_for(cfg, base=True)
     assert [s.label for s in base] == ["1nfe", "euler50", "euler50-cfg3"]
     assert [s.evaluations for s in base] == [1, 50, 100]
     with pytest.raises(ConfigError, match="unknown key"):
-        ev.EvalConfig.from_dict({"nfes": [1]})
+        protocol.EvalConfig.from_dict({"nfes": [1]})
     with pytest.raises(ConfigError, match="nfe"):
-        ev.EvalConfig.from_dict({"nfe": [0]})
+        protocol.EvalConfig.from_dict({"nfe": [0]})
 
 
 def _tiny_checkpoint(path, vocabulary, seed):
@@ -248,9 +249,9 @@ def test_digits_domain_with_a_tiny_random_net(tmp_path):
     from twinflow_core.checkpoint import load_generator
 
     gen = load_generator(_tiny_checkpoint(tmp_path / "d", digits.vocabulary(), 0))
-    cfg = ev.EvalConfig.from_dict({**CFG, "digits_per_class": 3})
-    assert ev.domain_of(gen, cfg) == "digits"
+    cfg = protocol.EvalConfig.from_dict({**CFG, "digits_per_class": 3})
+    assert protocol.domain_of(gen, cfg) == "digits"
     evaluation = ev.Evaluation(cfg, "digits", 32, progress=lambda s: None)
-    m = evaluation.run(gen, [ev.Setting("1nfe", 1, "few")]).metrics
+    m = evaluation.run(gen, [protocol.Setting("1nfe", 1, "few")]).metrics
     assert 0.0 <= m["digits/accuracy@1nfe"] <= 0.35
     assert m["features-digits/fd@1nfe"] > evaluation.real_metrics()["features-digits/fd@real"]

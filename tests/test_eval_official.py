@@ -285,7 +285,7 @@ class BrightGenerator:
 
 
 def test_run_official_from_the_evaluate_section(tmp_path):
-    from twinflow_core.benchmarks.evaluate import run_official
+    from twinflow_core.benchmarks.official import run_official
 
     geneval = _scorer(tmp_path, STAND_IN_GENEVAL, "evaluate_images.py")
     prompts = tmp_path / "meta.jsonl"

@@ -48,7 +48,7 @@ def test_ratio_edge_cases():
 
 
 def test_paired_ratios_names_and_a_zero_reference_gives_no_keys():
-    from twinflow_core.benchmarks.evaluate import paired_ratios
+    from twinflow_core.benchmarks.uncertainty import paired_ratios
 
     per = {
         "geneval-shapes/overall@1nfe": {"p": ("t", 0.5), "q": ("t", 0.25)},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from twinflow_core.benchmarks.evaluate import EvalConfig, domain_of
+from twinflow_core.benchmarks.protocol import EvalConfig, domain_of
 from twinflow_core.data import shapes
 from twinflow_core.generator import Generator
 from twinflow_core.loader import FORMATS, LATENT_FORMAT, NET_FORMAT, generator_format, load_generator

@@ -345,7 +345,7 @@ EVALUATE = [
     K("evaluate.official.enabled", "bool", False, "score with the official GenEval / DPG-Bench scorers"),
     K("evaluate.official.geneval", "mapping", {}, "{checkout, python, weights, env, prompts?, ...}"),
     K("evaluate.official.dpg", "mapping", {}, "{checkout, python, env, csv?, prompts_dir?, ...}"),
-    # EvalConfig (twinflow_core/benchmarks/evaluate.py)
+    # EvalConfig (twinflow_core/benchmarks/protocol.py)
     K(
         "evaluate.domain",
         "str",

@@ -15,7 +15,7 @@ Writes (paths from the `evaluate` section):
   captioned with the prompt and the benchmark's verdict.
 Each benchmark score comes with its standard error over prompts (`..._se@...`), and with
 `evaluate.ratio_reference` set, `ratio/...` = a setting's score / the base's at that reference, paired over
-the same prompts, with its standard error (twinflow_core/benchmarks/evaluate.py `paired_ratios`).
+the same prompts, with its standard error (twinflow_core/benchmarks/uncertainty.py `paired_ratios`).
 
 The base's part (the many-step guided reference is most of the evaluation's cost) depends only on the base
 checkpoint, the prompts, the evaluators, the evaluation code and the `evaluate` settings; it is kept in
@@ -161,7 +161,8 @@ def _load_base(path: Path):
 
 
 def run(params: dict) -> dict:
-    from twinflow_core.benchmarks.evaluate import EvalConfig, Evaluation, domain_of, settings_for
+    from twinflow_core.benchmarks.evaluate import Evaluation
+    from twinflow_core.benchmarks.protocol import EvalConfig, domain_of, settings_for
     from twinflow_core.loader import is_latent, load_generator
 
     stage, fields = split_section(params.get("evaluate"))
@@ -202,7 +203,7 @@ def run(params: dict) -> dict:
         curves += rb.curves
         grids.update(rb.grids)
     if cfg.ratio_reference:
-        from twinflow_core.benchmarks.evaluate import paired_ratios
+        from twinflow_core.benchmarks.uncertainty import paired_ratios
 
         ratios = paired_ratios(per_prompt, cfg.ratio_reference)
         if stage.get("base") and not any(k.endswith(f"@{cfg.ratio_reference}") for k in per_prompt):
@@ -213,7 +214,7 @@ def run(params: dict) -> dict:
         metrics.update(ratios)
     official = stage.get("official") or {}
     if official.get("enabled"):
-        from twinflow_core.benchmarks.evaluate import run_official
+        from twinflow_core.benchmarks.official import run_official
 
         metrics.update(run_official(model, official, cfg.nfe, Path(stage.get("reports_dir", "reports")) / "official"))
     metrics["evaluate/seconds"] = time.perf_counter() - t0

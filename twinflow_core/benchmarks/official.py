@@ -1,4 +1,5 @@
-"""Official GenEval / DPG-Bench backends: file layouts, the scorer runner, and parsers of their outputs.
+"""Official GenEval / DPG-Bench backends: file layouts, the scorer runner, parsers of their outputs, and
+`run_official`, which samples a generator on the official prompt sets and scores it through all of these.
 
 The official scorers (Mask2Former + CLIP; mPLUG VQA) need a CUDA GPU and an old, separate environment, so
 they are never imported here: `run_geneval` / `run_dpg` call them as subprocesses with the configured
@@ -20,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from twinflow_core.benchmarks import dpg_score, geneval_score
+from twinflow_core.benchmarks.evaluate import generate_set
+from twinflow_core.benchmarks.protocol import Setting
 from twinflow_core.errors import BenchmarkOutputError, ConfigError, DataError
 
 # ----------------------------------------------------------------------------------------------- layouts
@@ -378,3 +381,65 @@ def run_dpg(
         rows = dpg_score.read_csv(csv_path)
         result["rescored"] = dpg_rescore(parse_dpg_detail(detail, rows), rows)
     return result
+
+
+# ----------------------------------------------------------------------------------------- generate and score
+
+
+def run_official(generator, official: dict, nfe: Sequence[int], workdir: str | Path, seed: int = 0) -> dict[str, float]:
+    """Generate the official prompt sets, write their layouts, run the configured official scorers and return
+    `geneval/...@<n>nfe` and `dpg/...@<n>nfe` metrics. `official` is the `evaluate.official` section:
+    {enabled, geneval: {checkout, python, weights, ..., prompts?, images_per_prompt?, max_prompts?},
+     dpg: {checkout, python, ..., csv?, prompts_dir?, resolution?, max_items?}}; either part may be absent."""
+    workdir = Path(workdir)
+    metrics: dict[str, float] = {}
+    known = {"enabled", "geneval", "dpg"}
+    if set(official) - known:
+        raise ConfigError(f"evaluate.official: unknown keys {sorted(set(official) - known)}")
+    own = ("prompts", "images_per_prompt", "max_prompts", "csv", "prompts_dir", "resolution", "max_items")
+    if official.get("geneval"):
+        g = dict(official["geneval"])
+        opts = {k: g.pop(k) for k in own if k in g}
+        scorer = OfficialScorer.from_dict(g, "evaluate.official.geneval")
+        path = Path(opts.get("prompts") or Path(scorer.checkout) / "prompts" / "evaluation_metadata.jsonl")
+        if not path.is_file():
+            raise ConfigError(f"evaluate.official.geneval.prompts: {path} not found")
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = rows[: opts["max_prompts"]] if opts.get("max_prompts") else rows
+        k = int(opts.get("images_per_prompt", 4))
+        for n in nfe:
+            s = Setting(f"{n}nfe", n, "few")
+            imgs, _ = generate_set(
+                generator, [r["prompt"] for r in rows for _ in range(k)], s, seed, 64, f"geneval@{s.label}"
+            )
+            layout = write_geneval_layout(
+                workdir / f"geneval-{s.label}", rows, imgs.reshape(len(rows), k, *imgs.shape[1:])
+            )
+            summary = run_geneval(scorer, layout, workdir / f"geneval-{s.label}-results.jsonl")
+            metrics.update(geneval_score.summary_metrics(summary, "geneval", f"@{s.label}"))
+    if official.get("dpg"):
+        d = dict(official["dpg"])
+        opts = {k: d.pop(k) for k in own if k in d}
+        scorer = OfficialScorer.from_dict(d, "evaluate.official.dpg")
+        csv_path = Path(opts.get("csv") or Path(scorer.checkout) / "dpg_bench" / "dpg_bench.csv")
+        prompts_dir = Path(opts.get("prompts_dir") or Path(scorer.checkout) / "dpg_bench" / "prompts")
+        if not csv_path.is_file() or not prompts_dir.is_dir():
+            raise ConfigError(f"evaluate.official.dpg: need {csv_path} and {prompts_dir}")
+        items = sorted(p.stem for p in prompts_dir.glob("*.txt"))
+        items = items[: opts["max_items"]] if opts.get("max_items") else items
+        texts = [(prompts_dir / f"{i}.txt").read_text().strip() for i in items]
+        for n in nfe:
+            s = Setting(f"{n}nfe", n, "few")
+            imgs, _ = generate_set(generator, [t for t in texts for _ in range(4)], s, seed, 64, f"dpg@{s.label}")
+            layout = write_dpg_layout(workdir / f"dpg-{s.label}", items, imgs.reshape(len(items), 4, *imgs.shape[1:]))
+            res = run_dpg(
+                scorer,
+                layout,
+                workdir / f"dpg-{s.label}_results.txt",
+                csv_path,
+                resolution=int(opts.get("resolution", imgs.shape[1])),
+            )
+            metrics.update({f"{k}@{s.label}": v for k, v in res["metrics"].items()})
+            if "rescored" in res and res["rescored"]["corrected"] is not None:
+                metrics[f"dpg/score_corrected@{s.label}"] = float(res["rescored"]["corrected"]["score"])
+    return metrics

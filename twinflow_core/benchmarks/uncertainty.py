@@ -9,6 +9,11 @@ of prompts, and the score's variance is the weighted sum over strata.
 A ratio A / B of two models scored on the same prompts is paired: its standard error by the delta method,
 Var(A/B) ~ (A/B)^2 (Var A / A^2 + Var B / B^2 - 2 Cov(A, B) / (A B)), with Cov from the per-prompt pairs
 (a prompt that is hard for one model tends to be hard for the other, which shrinks the ratio's error).
+
+`paired_ratios` puts the paper's claim as numbers on an evaluation's per-prompt scores:
+`ratio/<bench>/<metric>@<setting>` = the model at <setting> / the base at the reference setting (`ratio_reference`,
+e.g. euler50-cfg0.5) on the same prompts, with `ratio/<bench>/<metric>_se@<setting>` (delta method, paired over
+prompts); `ratio/base/...@1nfe` is the base's own 1-step collapse on that scale.
 """
 
 from __future__ import annotations
@@ -71,3 +76,25 @@ def paired_ratio(a: PerPrompt, b: PerPrompt, scale: float = 1.0) -> tuple[float,
         return r, math.sqrt(va) / mb
     rel = va / ma**2 + vb / mb**2 - 2 * cab / (ma * mb)
     return r, abs(r) * math.sqrt(max(rel, 0.0))
+
+
+def paired_ratios(per_prompt: dict, reference: str) -> dict[str, float]:
+    """`ratio/<M>@<s>` and `ratio/<M>_se@<s>` for every per-prompt score `<M>@<s>` (TwinFlow's and the base's
+    few-step ones) against `base/<M>@<reference>`; when the reference ran on a prompt subset (-refset names),
+    the subset's scores are the ones paired. A reference that scored 0 gives no ratio (the keys are absent)."""
+    out: dict[str, float] = {}
+    for key, values in per_prompt.items():
+        name, _, label = key.rpartition("@")
+        if label == reference:
+            continue
+        bench, _, metric = name.removeprefix("base/").partition("/")
+        model = "base/" if name.startswith("base/") else ""
+        ref = per_prompt.get(f"base/{bench}/{metric}@{reference}")
+        if ref is None:
+            continue
+        r, se = paired_ratio(values, ref)  # a ratio is scale-free: DPG's x100 cancels
+        if r != r:  # the reference scored 0: no ratio (eval.json stays plain JSON, without NaN)
+            continue
+        out[f"ratio/{model}{bench}/{metric}@{label}"] = r
+        out[f"ratio/{model}{bench}/{metric}_se@{label}"] = se
+    return out
