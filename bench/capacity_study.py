@@ -56,7 +56,7 @@ def count_params(base_dir: Path) -> int:
 def train_base(out: Path, width, steps: int, threads: int, extra: list[str]) -> dict:
     from train_compare import ensure_dataset
 
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
     from twinflow_core.training.run import fit
 
     done = out / "base" / "model.json"

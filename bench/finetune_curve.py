@@ -166,7 +166,7 @@ def base_units(ev, base_dir: str, cache: Path, names=BASE_SETTINGS) -> dict[str,
 def train_variant(base_dir: str, out: Path, milestones: list[int], overrides: list[str], threads: int) -> dict:
     from train_compare import ensure_dataset  # the sibling bench's: prepares the recipe's dataset if missing
 
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
     from twinflow_core.training.run import fit
 
     s, data = compose([f"experiment={EXPERIMENT}", *overrides])

@@ -117,7 +117,7 @@ torch.set_num_threads(1)
 from twinflow_core import objectives
 from twinflow_core.ema import EMA
 from twinflow_core.nets import build_net
-from twinflow_core.training.config import compose
+from twinflow_core.training.compose import compose
 method, steps = sys.argv[1], int(sys.argv[2])
 s, _ = compose([f"objective={method}"])
 torch.manual_seed(0)

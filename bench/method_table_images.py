@@ -84,7 +84,7 @@ torch.set_num_threads(1)
 from twinflow_core import objectives
 from twinflow_core.checkpoint import load_generator
 from twinflow_core.ema import EMA
-from twinflow_core.training.config import compose
+from twinflow_core.training.compose import compose
 overrides, base, steps = json.loads(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 s, _ = compose(overrides)
 torch.manual_seed(0)
@@ -216,7 +216,7 @@ def images_for(ev, gen, nfe: int, style: str, cfg: float = 0.0, gaps=None) -> np
 def train_base(args, out: Path) -> tuple[Path, dict]:
     from train_compare import ensure_dataset
 
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
     from twinflow_core.training.run import fit
 
     base_dir = out / "base"

@@ -58,7 +58,7 @@ def ensure_dataset(data: dict) -> Path:
 
 
 def sections_for(domain: str, out: Path, threads: int, extra: list[str]):
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     exp = "shapes_cpu" if domain == "shapes" else "digits_cpu"
     sections, data = compose([f"experiment={exp}", *extra])
@@ -150,7 +150,7 @@ torch.set_num_threads(int(sys.argv[4]))
 from twinflow_core.ema import EMA
 from twinflow_core.nets import build_net
 from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective
-from twinflow_core.training.config import compose
+from twinflow_core.training.compose import compose
 preset, steps = sys.argv[1], int(sys.argv[2])
 s, _ = compose([])
 torch.manual_seed(0)
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     res["load_before"] = loadavg()
     if not args.cost_only:
         if not args.skip_train:
-            from twinflow_core.training.config import compose
+            from twinflow_core.training.compose import compose
 
             exp = "shapes_cpu" if args.domain == "shapes" else "digits_cpu"
             ensure_dataset(compose([f"experiment={exp}", *args.overrides])[1]["data"])

@@ -2,10 +2,11 @@
 
 Every key's type, range and default is declared once (twinflow_core/schema.py, flows/schema.py); each section's
 typed config takes them from there (data: twinflow_core/data/config.py, validate: flows/schema.py ValidateConfig,
-model/objective/pretrain/train: twinflow_core/training/config.py, evaluate: twinflow_core/benchmarks/protocol.py
-EvalConfig, gate: flows/gating.py). This module calls each of them on the resolved configuration and adds the
-rules that span sections. So `twinflow run train.steps=-5` fails in seconds (`check_overrides`) with the same
-one-line message the `pretrain` stage would print an hour later, and nothing is written.
+model/objective/pretrain/train: twinflow_core/training/config.py, checked by twinflow_core/training/config_checks.py,
+evaluate: twinflow_core/benchmarks/protocol.py EvalConfig, gate: flows/gating.py). This module calls each of them on
+the resolved configuration and adds the rules that span sections. So `twinflow run train.steps=-5` fails in seconds
+(`check_overrides`) with the same one-line message the `pretrain` stage would print an hour later, and nothing is
+written.
 
 The `register` and `pipeline` sections are read by the flow with defaults filled in (flows/params.section); their
 keys and types are checked here against their rows in flows/schema.py.
@@ -70,7 +71,7 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
     from flows.gating import GateConfig, check_settings
     from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
-    from twinflow_core.training.config import load_sections
+    from twinflow_core.training.config_checks import load_sections
 
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")

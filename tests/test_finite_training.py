@@ -80,7 +80,7 @@ def test_a_crafted_resume_state_is_a_checkpoint_error(tmp_path):
 
     import yaml
 
-    from twinflow_core.training.config import load_sections
+    from twinflow_core.training.config_checks import load_sections
     from twinflow_core.training.run import run_key
 
     data = make_dataset(tmp_path / "data")

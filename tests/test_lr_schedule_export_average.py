@@ -29,7 +29,7 @@ def test_lr_factor_golden_values():
 
 
 def _sections(tmp_path, data, out: str, resume: str, extra=()):
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     s, _ = compose(
         [

@@ -12,7 +12,7 @@ import torch
 
 from twinflow_core import objectives
 from twinflow_core.nets import build_net
-from twinflow_core.training.config import compose
+from twinflow_core.training.compose import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "conf" / "objective").glob("*.yaml"))

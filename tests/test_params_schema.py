@@ -101,7 +101,7 @@ def _get(tree: dict, path: str):
 def test_every_default_is_conf_s_value():
     """params.yaml is conf/'s default composition (tests/test_train_config.py) plus the sections conf/ leaves to
     it; the diffusers rows against each conf/model file of that kind (a value they disagree on has no default)."""
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     _, extra = compose([])
@@ -218,7 +218,7 @@ def _load_in_a_process(tmp_path, params: dict):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     code = (
-        "import json, sys, yaml; from twinflow_core.training.config import load_sections, to_dict; "
+        "import json, sys, yaml; from twinflow_core.training.config_checks import load_sections; "
         f"s = load_sections(yaml.safe_load(open({str(path)!r})), where={str(path)!r}); "
         "print(json.dumps([s.pretrain.r_embed_init, s.train.r_embed_init]))"
     )
@@ -248,7 +248,7 @@ def test_the_r_embedding_s_old_names_load_with_one_line_each(tmp_path):
 
 def test_the_old_and_new_r_embedding_names_must_agree():
     from twinflow_core.errors import ConfigError
-    from twinflow_core.training.config import load_sections
+    from twinflow_core.training.config_checks import load_sections
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["model"] = {**yaml.safe_load((REPO / "conf/model/sd3.yaml").read_text()), "image_size": 32}

@@ -11,7 +11,9 @@ import pytest
 import yaml
 
 from twinflow_core.errors import ConfigError
-from twinflow_core.training.config import PretrainedModelConfig, compose, load_sections, to_dict
+from twinflow_core.training.compose import compose
+from twinflow_core.training.config import PretrainedModelConfig, to_dict
+from twinflow_core.training.config_checks import load_sections
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = {

@@ -20,7 +20,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _sections(tmp_path: Path, data: Path, out: str, resume: str):
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     s, _ = compose(
         [

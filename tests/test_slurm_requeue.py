@@ -38,7 +38,7 @@ class _SignalThenEnd(L.Callback):
 
 
 def _sections(tmp_path: Path, data: Path, out: str, seed: int = 1):
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     s, _ = compose(
         [

@@ -86,7 +86,7 @@ def test_out_skip_makes_the_one_step_generator_the_network_output():
 
 
 def test_default_net_is_a_few_million_parameters_at_most():
-    from twinflow_core.training.config import compose
+    from twinflow_core.training.compose import compose
 
     sections, _ = compose([])
     net = build_net("unet", **sections.model.net_kwargs(), vocab_size=40, max_len=40)

@@ -10,7 +10,9 @@ import yaml
 
 from tests.support.training import ROOT, stage_env
 from twinflow_core.errors import ConfigError
-from twinflow_core.training.config import STAGES, compose, load_sections, tracked_keys
+from twinflow_core.training.compose import compose
+from twinflow_core.training.config import STAGES, tracked_keys
+from twinflow_core.training.config_checks import load_sections
 
 
 @pytest.mark.parametrize(

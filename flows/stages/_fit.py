@@ -42,7 +42,7 @@ def parse_args(stage: str, argv) -> argparse.Namespace:
 
 def load(params_path: str | Path, overrides: list[str]):
     from flows.params import load_with_sets
-    from twinflow_core.training.config import load_sections
+    from twinflow_core.training.config_checks import load_sections
 
     path = Path(params_path)
     where = f"{path} with --set {' '.join(overrides)}" if overrides else str(path)

@@ -37,7 +37,8 @@ def composed_params(overrides: list[str]) -> tuple[dict, dict]:
 
 def composed(overrides: list[str]) -> tuple[dict, dict, dict]:
     """(our sections, the data choice, {dotted key: value} of evaluate/gate keys the experiment sets)."""
-    from twinflow_core.training.config import compose, to_dict
+    from twinflow_core.training.compose import compose
+    from twinflow_core.training.config import to_dict
 
     sections, extra = compose(overrides)
     owned = flatten({k: extra[k] for k in ("evaluate", "gate") if extra.get(k)})

@@ -26,7 +26,8 @@ def run(params: dict, where: str = "params.yaml") -> dict:
     from twinflow_core.adapters.pipeline import load_pipeline
     from twinflow_core.data.latents import LatentEncoder, write_latents
     from twinflow_core.data.prepared import read_meta
-    from twinflow_core.training.config import PretrainedModelConfig, load_sections
+    from twinflow_core.training.config import PretrainedModelConfig
+    from twinflow_core.training.config_checks import load_sections
 
     sections = load_sections(params, where=where)
     model, enc = sections.model, sections.encode

@@ -26,7 +26,8 @@ def make_dataset(directory: Path, n: int = 64, size: int = 16, name: str = "shap
 
 def smoke_params(tmp: Path, data: Path, overrides: list[str] | None = None) -> Path:
     """params.yaml for tmp: conf/ composed with experiment=smoke (+ overrides), paths inside tmp."""
-    from twinflow_core.training.config import compose, to_dict
+    from twinflow_core.training.compose import compose
+    from twinflow_core.training.config import to_dict
 
     sections, _ = compose(
         [
