@@ -71,7 +71,7 @@ def test_pretrain_and_train_run_with_micro_batches_of_one_and_two_rows(tmp_path)
     data = make_dataset(tmp_path / "data")
     params = smoke_params(tmp_path, data, ["objective.pretrain.preset=twinflow", "pretrain.steps=2", "train.steps=2"])
     # pretrain at the default split makes train's init; train (the stage a user fine-tunes with) at micro-batches of
-    # 0 (two halves), 1 and 2 rows: pretrain runs the same fit, so a second split of it would add a stage run and no path
+    # 0 (two halves), 1 and 2 rows: pretrain runs the same fit, a second split of it would add a run and no path
     runs = {("pretrain", 0): (), ("train", 0): (), ("train", 1): (), ("train", 2): ()}
     weights = {}
     for stage, micro in runs:
