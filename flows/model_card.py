@@ -5,7 +5,8 @@ pretrained diffusers model, the whole pipeline folder; all of it stays in the ru
 version holds only what draws images: for the UNet, model.json + model.safetensors; for a latent model, the
 trained transformer (full fine-tuning, optionally cast to bf16/fp16 by register.weights_dtype) or the LoRA
 adapter, and a reference to the base pipeline it was trained from (source, path, the sha256 of the base's
-model.json), which `twinflow generate` and the pyfunc resolve (twinflow_core.adapters.pipeline.resolve_base).
+model.json), which `twinflow generate` and the pyfunc resolve
+(twinflow_core.adapters.generator_files.resolve_base).
 Each gets MODEL_CARD.md: recipe, data hash, scores, base, and how to sample it in stock diffusers.
 """
 
@@ -15,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from twinflow_core.adapters.pipeline import base_reference, export_lean
+from twinflow_core.adapters.generator_files import base_reference, export_lean
 from twinflow_core.loader import LATENT_FORMAT, META, WEIGHTS
 
 

@@ -89,7 +89,7 @@ def check_sources(root: Path, params: dict, where: str) -> dict[str, str]:
 def localise_hub(resolved: dict[str, str], params: dict, log=print) -> dict[str, str]:
     """Make each resolved snapshot folder a base generator (once: model.json in the snapshot, the weights'
     link beside it; the cache's own files are not changed) and return the overrides naming it."""
-    from twinflow_core.adapters.pipeline import wrap_base
+    from twinflow_core.adapters.generator_files import wrap_base
 
     model = params.get("model") or {}
     for key, snapshot in resolved.items():

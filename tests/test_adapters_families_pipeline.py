@@ -16,13 +16,8 @@ pytest.importorskip("diffusers")
 
 from support.threads import one_thread  # noqa: E402,F401  (autouse)
 
+from twinflow_core.adapters.codec import decode_latents, encode_images, encode_prompts, load_pipeline  # noqa: E402
 from twinflow_core.adapters.families import get_family  # noqa: E402
-from twinflow_core.adapters.pipeline import (  # noqa: E402
-    decode_latents,
-    encode_images,
-    encode_prompts,
-    load_pipeline,
-)
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ["qwen_image", "sana"]
@@ -36,7 +31,7 @@ CAPTIONS = ["a photo of a red circle", "two blue squares", "a green triangle to 
 def world(request, tmp_path_factory):
     """The shapes world (16 images, 32 px), a tiny pipeline of the family whose tokenizer knows its words, saved
     as a pipeline folder, wrapped as a base generator, and reloaded from the folder by diffusers."""
-    from twinflow_core.adapters.pipeline import wrap_base
+    from twinflow_core.adapters.generator_files import wrap_base
     from twinflow_core.adapters.tiny import TINY_PIPELINES
     from twinflow_core.data.config import DataConfig
     from twinflow_core.data.prepared import prepare
@@ -193,7 +188,8 @@ def test_twinflow_steps_on_the_shards_lower_the_loss_and_export_a_generator(worl
     import lightning as L
     from test_adapters_train import eval_losses
 
-    from twinflow_core.adapters.pipeline import generator_meta, load_latent_generator, save_latent_generator
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator
+    from twinflow_core.adapters.pipeline import load_latent_generator
     from twinflow_core.data.latents import load_latents
     from twinflow_core.objective import ObjectiveConfig
     from twinflow_core.training.config import PretrainedModelConfig
@@ -268,7 +264,8 @@ def test_the_wrapped_base_generates_at_its_image_size(world):
     stages) for the latent geometry; the base generator draws from it."""
     import json
 
-    from twinflow_core.adapters.pipeline import load_latent_generator, wrap_base
+    from twinflow_core.adapters.generator_files import wrap_base
+    from twinflow_core.adapters.pipeline import load_latent_generator
     from twinflow_core.errors import ConfigError
 
     family, _, folder, _ = world
@@ -335,8 +332,9 @@ def test_a_lora_generator_reloads_and_its_weights_load_into_the_plain_pipeline(w
     velocities, draws at 1 NFE, and its diffusers-format weights change a plain pipeline's output."""
     import diffusers
 
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator
     from twinflow_core.adapters.lora import add_lora
-    from twinflow_core.adapters.pipeline import generator_meta, load_latent_generator, save_latent_generator
+    from twinflow_core.adapters.pipeline import load_latent_generator
     from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer
 
     family, _, folder, pipe = world

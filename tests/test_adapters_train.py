@@ -8,13 +8,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
+from twinflow_core.adapters.codec import encode_prompts  # noqa: E402
+from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator  # noqa: E402
 from twinflow_core.adapters.lora import LoraTeacher, add_lora  # noqa: E402
-from twinflow_core.adapters.pipeline import (  # noqa: E402
-    encode_prompts,
-    generator_meta,
-    load_latent_generator,
-    save_latent_generator,
-)
+from twinflow_core.adapters.pipeline import load_latent_generator  # noqa: E402
 from twinflow_core.adapters.tiny import tiny_sd3_pipeline  # noqa: E402
 from twinflow_core.adapters.velocity import TransformerVelocity  # noqa: E402
 from twinflow_core.objective import ObjectiveConfig, TwinFlowObjective  # noqa: E402
@@ -29,7 +26,7 @@ from support.threads import one_thread  # noqa: E402,F401  (autouse)
 @pytest.fixture(scope="module")
 def batch():
     """Fixed latents (VAE-encoded blobs) and their prompt embeddings from a tiny SD3 pipeline."""
-    from twinflow_core.adapters.pipeline import encode_images
+    from twinflow_core.adapters.codec import encode_images
 
     pipe = tiny_sd3_pipeline(WORDS, seed=0)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")

@@ -37,7 +37,7 @@ def _net_folder(path):
 
 def _latent_folder(path):
     pytest.importorskip("diffusers")
-    from twinflow_core.adapters.pipeline import wrap_base
+    from twinflow_core.adapters.generator_files import wrap_base
     from twinflow_core.adapters.tiny import save_tiny_sd3_pipeline
 
     return wrap_base(save_tiny_sd3_pipeline(path, shapes.vocabulary()), "sd3", 32, 48)

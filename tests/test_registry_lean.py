@@ -30,8 +30,9 @@ def test_a_lean_version_draws_what_its_training_output_draws_and_weighs_little_m
     finetune, tmp_path, monkeypatch
 ):
     from flows.model_card import lean_version
+    from twinflow_core.adapters.codec import load_pipeline
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator, wrap_base
     from twinflow_core.adapters.lora import add_lora
-    from twinflow_core.adapters.pipeline import generator_meta, load_pipeline, save_latent_generator, wrap_base
     from twinflow_core.adapters.tiny import save_tiny_pipeline
     from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer, load_velocity
     from twinflow_core.checkpoint import fetch_generator, load_generator
@@ -100,7 +101,8 @@ def test_a_lean_version_draws_what_its_training_output_draws_and_weighs_little_m
 
 def test_a_full_version_in_bf16_is_half_the_bytes_and_draws_close(tmp_path, monkeypatch):
     from flows.model_card import lean_version
-    from twinflow_core.adapters.pipeline import generator_meta, load_pipeline, save_latent_generator, wrap_base
+    from twinflow_core.adapters.codec import load_pipeline
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator, wrap_base
     from twinflow_core.adapters.tiny import save_tiny_pipeline
     from twinflow_core.adapters.velocity import load_velocity
     from twinflow_core.checkpoint import load_generator

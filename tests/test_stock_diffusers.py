@@ -44,7 +44,7 @@ def _perturb(net, mode: str) -> None:
 
 
 def _export(pipe, family: str, mode: str, out: Path) -> Path:
-    from twinflow_core.adapters.pipeline import generator_meta, save_latent_generator
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator
     from twinflow_core.adapters.velocity import TransformerVelocity
 
     net = TransformerVelocity(pipe.transformer, family, "gated" if mode == "full" else "half")
@@ -306,7 +306,7 @@ def _plain_sd3_pipeline():
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_a_pipeline_built_outside_the_project(tmp_path, mode):
     """The same, on an SD3.5-style pipeline saved by plain diffusers and loaded back the project's way."""
-    from twinflow_core.adapters.pipeline import load_pipeline
+    from twinflow_core.adapters.codec import load_pipeline
 
     torch.set_num_threads(1)
     _plain_sd3_pipeline().save_pretrained(str(tmp_path / "base"), safe_serialization=True)
@@ -355,13 +355,10 @@ def test_lora_export_keeps_alpha_and_converts_for_comfyui(tmp_path, capsys):
     LoRA map reads: "transformer.<diffusers module>.lora_A/lora_B.weight" plus "<module>.alpha"."""
     from safetensors.torch import load_file
 
+    from twinflow_core.adapters.codec import encode_prompts
+    from twinflow_core.adapters.generator_files import generator_meta, save_latent_generator
     from twinflow_core.adapters.lora import add_lora
-    from twinflow_core.adapters.pipeline import (
-        encode_prompts,
-        generator_meta,
-        load_latent_generator,
-        save_latent_generator,
-    )
+    from twinflow_core.adapters.pipeline import load_latent_generator
     from twinflow_core.adapters.tiny import tiny_sd3_pipeline
     from twinflow_core.adapters.velocity import TransformerVelocity
 

@@ -129,7 +129,7 @@ def test_a_latent_generator_is_fetched_whole_and_checked_file_by_file(tmp_path, 
     it (an S3 init, `twinflow generate --model models:/...`) copies every file, checks each against the sha256
     model.json lists, and a damaged one is a one-line error naming it, with the earlier fetch left as it was."""
     pytest.importorskip("diffusers")
-    from twinflow_core.adapters.pipeline import wrap_base
+    from twinflow_core.adapters.generator_files import wrap_base
     from twinflow_core.adapters.tiny import save_tiny_sd3_pipeline
     from twinflow_core.checkpoint import load_generator
     from twinflow_core.data import shapes

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import torch
 
-from twinflow_core.adapters import pipeline
+from twinflow_core.adapters import generator_files, pipeline
 from twinflow_core.data.imagefolder import Folder
 from twinflow_core.errors import CheckpointError
 from twinflow_core.files import no_symlinks, safe_join
 from twinflow_core.generator import Generator
 from twinflow_core.nets import generator as nets
 
-META, WEIGHTS = nets.META, nets.WEIGHTS  # the names every format shares (pipeline.py uses the same two)
-NET_FORMAT, LATENT_FORMAT = nets.FORMAT, pipeline.FORMAT
+META, WEIGHTS = nets.META, nets.WEIGHTS  # the names every format shares (generator_files.py uses the same two)
+NET_FORMAT, LATENT_FORMAT = nets.FORMAT, generator_files.FORMAT
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ FORMATS: dict[str, Format] = {
     NET_FORMAT: Format(nets.load_net_generator, (META, WEIGHTS), False, lambda folder, where: nets.read_meta(folder)),
     # a diffusers pipeline folder, or a registered version's transformer or adapter and its base's reference
     # (without model.safetensors): all of it, checked against model.json's hashes
-    LATENT_FORMAT: Format(pipeline.load_latent_generator, (META,), True, pipeline.check_generator_files),
+    LATENT_FORMAT: Format(pipeline.load_latent_generator, (META,), True, generator_files.check_generator_files),
 }
 
 

@@ -23,7 +23,7 @@ from twinflow_core.errors import ConfigError, DataError, TwinflowError, exit_cod
 def run(params: dict, where: str = "params.yaml") -> dict:
     import torch
 
-    from twinflow_core.adapters.pipeline import load_pipeline
+    from twinflow_core.adapters.codec import load_pipeline
     from twinflow_core.data.latents import LatentEncoder, write_latents
     from twinflow_core.data.prepared import read_meta
     from twinflow_core.training.config import PretrainedModelConfig

@@ -328,7 +328,7 @@ def main(argv=None) -> None:
     """python -m twinflow_core.adapters.tiny OUT [--family sd3|qwen_image|sana] [--words-from PREPARED_DATASET]
     [--sd35] [--wrap]: write a tiny random pipeline folder of the family (safetensors) whose tokenizers know the
     dataset's caption words; --wrap also makes it a base generator (model.json + model.safetensors,
-    twinflow_core/adapters/pipeline.py wrap_base)."""
+    twinflow_core/adapters/generator_files.py wrap_base)."""
     import argparse
 
     from twinflow_core.data.prepared import read_meta
@@ -356,7 +356,7 @@ def main(argv=None) -> None:
     kw = {"sd35": True} if args.sd35 else {}
     folder = save_tiny_pipeline(args.out, args.family, words, seed=args.seed, image_size=args.image_size, **kw)
     if args.wrap:
-        from twinflow_core.adapters.pipeline import wrap_base
+        from twinflow_core.adapters.generator_files import wrap_base
 
         wrap_base(folder, args.family, args.image_size, args.max_len)
     print(f"tiny {args.family} pipeline ({len(words)} words) -> {folder}")

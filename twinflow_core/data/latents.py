@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from twinflow_core.adapters.pipeline import encode_images, encode_prompts
+from twinflow_core.adapters.codec import encode_images, encode_prompts
 from twinflow_core.data.batches import MicroBatches, step_rows
 from twinflow_core.data.prepared import file_sha256, load_prepared, write_npz
 from twinflow_core.errors import DataError

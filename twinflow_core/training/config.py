@@ -58,7 +58,7 @@ PRETRAINED = "diffusers"  # model.name of a pretrained diffusers model
 class PretrainedModelConfig:
     """A pretrained diffusers text-to-image model fine-tuned in its latent space (twinflow_core/adapters;
     conf/model/<family>.yaml). Training reads latent shards (the `encode` stage) and starts from train.init, the
-    pipeline folder made a base generator (twinflow_core/adapters/pipeline.py wrap_base)."""
+    pipeline folder made a base generator (twinflow_core/adapters/generator_files.py wrap_base)."""
 
     # defaults and ranges: twinflow_core/schema.py MODEL_DIFFUSERS. family, source, image_size and
     # max_sequence_length have no code default (conf/model/<family>.yaml gives them); the placeholders here

@@ -17,8 +17,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from twinflow_core.adapters.codec import load_pipeline
+from twinflow_core.adapters.generator_files import META, generator_meta, save_latent_generator
 from twinflow_core.adapters.lora import EMA_ADAPTER, TRAIN, LoraTeacher, add_lora
-from twinflow_core.adapters.pipeline import META, generator_meta, load_pipeline, save_latent_generator
 from twinflow_core.adapters.velocity import TransformerVelocity, load_transformer, load_velocity
 from twinflow_core.errors import DataError
 from twinflow_core.loader import is_latent
@@ -33,9 +34,10 @@ class LatentParts:
 
 
 def build_net(init: str, model, seed: int, ema_decay: float, r_embed_init: str = "keep") -> LatentParts:
-    """The trainable TransformerVelocity from the base generator folder `init` (pipeline.wrap_base's output, or a
-    generator this project trained) as `model` (PretrainedModelConfig) says; `r_embed_init` (the stage's: keep is
-    the family's official rule, else normal | copy) starts the r embedding of an untouched pipeline."""
+    """The trainable TransformerVelocity from the base generator folder `init` (generator_files.wrap_base's
+    output, or a generator this project trained) as `model` (PretrainedModelConfig) says; `r_embed_init` (the
+    stage's: keep is the family's official rule, else normal | copy) starts the r embedding of an untouched
+    pipeline."""
     if not is_latent(init):
         raise DataError(
             f"train.init {init}: not a latent generator folder (no {META} of format "
@@ -88,8 +90,9 @@ def check_latents(data_meta: dict, path: str, model) -> None:
 
 
 class ExportLatentGenerator(L.Callback):
-    """At the end: the generator as a diffusers pipeline folder (pipeline.save_latent_generator) in `out`, the
-    teacher's weights (EMA copy or EMA adapter) where there is one, and the loss history as train_log.json."""
+    """At the end: the generator as a diffusers pipeline folder (generator_files.save_latent_generator) in
+    `out`, the teacher's weights (EMA copy or EMA adapter) where there is one, and the loss history as
+    train_log.json."""
 
     def __init__(self, out, parts: LatentParts, model, extra: dict):
         self.out, self.parts, self.model, self.extra = Path(out), parts, model, extra
