@@ -1,7 +1,6 @@
 """The TwinFlow objective (one code path; flow matching and RCGM are settings of it).
 
-Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflow/twinflow.py`), paraphrased in
-../shared/design/twinflow_method.md §1.4-1.5 and §2.1:
+Follows the official production step (inclusionAI/TwinFlow `src/methodes/twinflow/twinflow.py`), in short:
 
 - path x_t = t*z + (1-t)*x (t=1 noise, t=0 data); the net predicts the velocity F(x_t, t, r) ~ z - x,
   an average velocity towards target time r: x_r ~ x_t - (t-r)*F. Predicted data: x_hat = x_t - |t|*F.
