@@ -6,8 +6,9 @@ state. Each case checks:
 - the exit status is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), within seconds (printed);
 - stderr ends with one line saying so and naming the run's log, holds no traceback, no Prefect crash report, no
   "Error logging to API";
-- within 10 s no process of the run is left: none whose environment carries the run's marker (every process the run
-  started inherits it: the temporary Prefect server, `dvc repro`, its shell, the stage), whatever its parent now is;
+- within 10 s of the signal no process of the run is left: none whose environment carries the run's marker (every
+  process the run started inherits it: the temporary Prefect server, `dvc repro`, its shell, the stage), whatever
+  its parent now is;
 - what finished stages made is kept (dvc.lock and the outputs of prepare, validate, pretrain) and so are train's
   resume states, and the next run resumes from them: the cases run one after another on the same project, and each
   later run's log shows Lightning restoring the newest state the run before it left, with the earlier stages cached.
@@ -135,11 +136,15 @@ def test_a_stop_signal_ends_every_process_of_the_run_keeps_outputs_and_says_so(r
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     left = run_processes(mark)
-    gone_by = time.monotonic() + 10
+    gone_by = sent + 10  # every process of the run ended within 10 s of the signal
     while left and time.monotonic() < gone_by:
         time.sleep(0.2)
         left = run_processes(mark)
-    print(f"\n{case}: exit {code} {took:.1f} s after the signal; processes of the run left 10 s later: {len(left)}")
+    gone = time.monotonic() - sent
+    print(
+        f"\n{case}: exit {code} {took:.1f} s after the signal; processes of the run left 10 s after the signal: "
+        f"{len(left)} (none left {gone:.1f} s after it)"
+    )
     for pid_cmd in left:  # a failed case must leave nothing running after it
         os.kill(int(pid_cmd.split()[0]), signal.SIGKILL)
 
@@ -151,7 +156,7 @@ def test_a_stop_signal_ends_every_process_of_the_run_keeps_outputs_and_says_so(r
     assert sum(line.startswith("twinflow run:") for line in lines) == 1, err[-3000:]
     for noise in ("Traceback", "Crash detected", "Error logging to API", "Encountered exception", "Crashed("):
         assert noise not in err, err[-3000:]
-    assert took < 60, f"exit took {took:.1f} s"  # seconds (3.5 to 11 here); a minute on a machine loaded 10x over
+    assert took < 10, f"exit took {took:.1f} s"  # 3 to 4 s here
 
     log = Path(lines[-1].rsplit("(log: ", 1)[1].rstrip(")"))
     assert log.is_file() and log.parent == project / ".dvc/tmp/twinflow-logs"
