@@ -4,7 +4,7 @@ stores, one server worker), per password-cache TTL and per metric ordering.
     python bench/registration_auth.py [--ttl 0 --ttl 60] [--order after before] [--out bench/results/registration_auth.json]
 
 A tiny real generator (tests/support/pipeline.make_outputs) with the evaluate stage's real metrics file
-(metrics/eval.json: ~200 metrics) is registered by `flows.registry.register_outputs` as the pipeline's account.
+(metrics/eval.json: ~200 metrics) is registered by `flows.register_step.register_outputs` as the pipeline's account.
 `--order before` logs the metrics before the model, as the code did (MLflow's log_model then fetches the history
 of every metric of the run to link it to the model: one authenticated request each); `after` is the code's order.
 """
@@ -26,7 +26,7 @@ def one(ttl: int, order: str, folder: Path) -> float:
     from support import auth_mlflow
     from support.pipeline import make_outputs, scores
 
-    from flows import registry, tracking
+    from flows import register_step, tracking
     from flows.servers import stop
 
     url, proc = auth_mlflow.start(folder / "server", ttl_s=ttl)
@@ -56,7 +56,7 @@ def one(ttl: int, order: str, folder: Path) -> float:
         try:
             with auth_mlflow.account_env(auth_mlflow.as_account("pipeline")):
                 start = time.monotonic()
-                registry.register_outputs(proj, tracking_uri=url, log=lambda _: None)
+                register_step.register_outputs(proj, tracking_uri=url, log=lambda _: None)
                 return time.monotonic() - start
         finally:
             tracking.log_pipeline_run = original

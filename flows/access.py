@@ -1,7 +1,8 @@
 """Who may write which registered model on a shared MLflow server: the production model's name, the account
 this client acts as, and MLflow's refusals as one line naming the account and what it may not do. The
-permissions model itself is flows/release.py's docstring; flows/registry.py, flows/release_lock.py and
-flows/release.py all read these. MLflow is imported where a server is asked (it takes seconds to import)."""
+permissions model itself is flows/release.py's docstring; flows/registry.py, flows/register_step.py,
+flows/release_lock.py and flows/release.py all read these. MLflow is imported where a server is asked (it takes
+seconds to import)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import CheckpointError, ConfigError
 
 # The flow's sections: key -> (types, rule or None), from their rows in flows/schema.py (which also gives the
-# defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/registry.py REGISTER_DEFAULTS).
+# defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/register_step.py REGISTER_DEFAULTS).
 PIPELINE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("pipeline")
 REGISTER_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("register")
 

@@ -31,7 +31,7 @@ from flows.config_check import check_overrides
 from flows.faults import StageFailed, TransientFault, backoff_delays, gave_up, retry_on_transient
 from flows.git import remote_url
 from flows.params import apply_overrides, flatten, load_params, section, with_overrides
-from flows.registry import REGISTER_DEFAULTS
+from flows.register_step import REGISTER_DEFAULTS, register_outputs
 from flows.stage_use import base_unused, encode_unused  # noqa: F401 (also used by tests)
 from twinflow_core.redaction import redact
 
@@ -93,8 +93,6 @@ def register_run(
     git_ref: dict | None = None,
 ) -> dict:
     """Track this pipeline run in MLflow and register its generator (once per weights+scores)."""
-    from flows.registry import register_outputs
-
     logger = get_run_logger()
     return register_outputs(
         Path(root),

@@ -271,11 +271,11 @@ def mlflow_symlink_setup(tmp, env):
 
     from support.pipeline import make_outputs, scores
 
-    from flows import registry
+    from flows import register_step
 
     root = make_outputs(tmp / "reg", scores(0.8, 80.0))
     with contextlib.redirect_stderr(io.StringIO()):  # MLflow's "Successfully registered ..." is not the case's line
-        registry.register_outputs(root, tracking_uri=mlflow_db.sqlite_uri(tmp / "reg.db"), log=lambda line: None)
+        register_step.register_outputs(root, tracking_uri=mlflow_db.sqlite_uri(tmp / "reg.db"), log=lambda line: None)
     weights = next((root / "mlartifacts").rglob("model.safetensors"))
     weights.unlink()
     weights.symlink_to(write(tmp, "private.key", "PRIVATE KEY"))

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
     from flows import schema
-    from flows.registry import REGISTER_DEFAULTS
+    from flows.register_step import REGISTER_DEFAULTS
 
     check_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     assert set(REGISTER_SCHEMA) == set(REGISTER_DEFAULTS) == set(schema.defaults("register"))

@@ -151,14 +151,14 @@ def test_an_mlflow_version_holding_a_symbolic_link_is_refused(tmp_path):
     """A version in a store on this disk whose weights are a symbolic link to a file outside the store (a crafted
     store, or one a second user can write): `train.init=models:/...` refuses it instead of copying what the link
     points at into checkpoints/train-init (which the pipeline then `dvc add`s and pushes)."""
-    from flows import registry
+    from flows import register_step
     from flows.pipeline import localise_inits
     from tests.support.pipeline import make_outputs, scores
     from twinflow_core.errors import CheckpointError
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=5)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    registry.register_outputs(root, tracking_uri=uri)
+    register_step.register_outputs(root, tracking_uri=uri)
     weights = next((root / "mlartifacts").rglob("model.safetensors"))
     private = tmp_path / "private.key"
     private.write_bytes(b"PRIVATE KEY " * 8)

@@ -59,7 +59,7 @@ def test_a_nan_step_stops_training_and_keeps_the_last_finite_state(tmp_path):
 
 
 def test_registration_refuses_a_nan_generator(tmp_path, monkeypatch):
-    from flows.registry import register_outputs
+    from flows.register_step import register_outputs
     from twinflow_core.errors import CheckpointError
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -97,11 +97,11 @@ def test_a_missing_model_folder_or_registry_entry_is_named(tmp_path, capsys):
 def test_grid_from_the_registered_champion(tmp_path):
     from support.pipeline import make_outputs, scores
 
-    from flows import registry
+    from flows import register_step
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    assert registry.register_outputs(root, tracking_uri=uri)["promoted"]
+    assert register_step.register_outputs(root, tracking_uri=uri)["promoted"]
     local, remote = tmp_path / "local.png", tmp_path / "remote.png"
     common = [CAPTIONS[0], "--seeds", "0", "1", "--tracking-uri", uri]
     assert main(["generate", *common, "--model", "models:/tiny-gen@champion", "--out", str(remote)]) == 0

@@ -145,7 +145,7 @@ def _rows(prefix: str, variant: str = "") -> dict:
 
 def test_the_code_defaults_are_the_table_s():
     """The typed configs' defaults equal the declared ones (a row without a default is not compared)."""
-    from flows.registry import REGISTER_DEFAULTS
+    from flows.register_step import REGISTER_DEFAULTS
     from flows.stages.validate import ValidateConfig
     from twinflow_core.benchmarks.protocol import EvalConfig
     from twinflow_core.data.config import DataConfig, ImageFolderConfig, ShapesConfig

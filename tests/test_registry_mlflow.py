@@ -12,7 +12,7 @@ pytest.importorskip("twinflow_core.checkpoint", reason="needs the training helpe
 from support import mlflow_db  # noqa: E402
 from support.pipeline import CAPTIONS, make_outputs, scores, start_mlflow_server, stop  # noqa: E402
 
-from flows import registry  # noqa: E402
+from flows import register_step  # noqa: E402
 from flows.cli import main  # noqa: E402
 
 NAME = "tiny-gen"
@@ -34,7 +34,7 @@ def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
     client = _client(uri)
 
     # v1 passes the gate, no champion yet -> champion and challenger
-    r1 = registry.register_outputs(root, flow_run_id="flow-1", tracking_uri=uri)
+    r1 = register_step.register_outputs(root, flow_run_id="flow-1", tracking_uri=uri)
     assert (r1["version"], r1["created"], r1["verdict"], r1["promoted"]) == ("1", True, "passed", True)
     assert _aliases(client, 1) == ["challenger", "champion"]
     mv = client.get_model_version(NAME, "1")
@@ -48,14 +48,14 @@ def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
     assert {"reports/samples_1nfe.png", "reports/data"} <= logged
 
     # the same weights and scores again: a new MLflow run, no second version
-    r1b = registry.register_outputs(root, flow_run_id="flow-2", tracking_uri=uri)
+    r1b = register_step.register_outputs(root, flow_run_id="flow-2", tracking_uri=uri)
     assert (r1b["version"], r1b["created"]) == ("1", False)
     assert len(client.search_model_versions(f"name='{NAME}'")) == 1
     assert client.get_run(r1b["mlflow_run_id"]).data.tags["registered_version"] == "1"
 
     # v2 fails the gate: challenger with its verdict and reasons, champion unchanged
     make_outputs(root, scores(0.3, 80.0), seed=1)
-    r2 = registry.register_outputs(root, tracking_uri=uri)
+    r2 = register_step.register_outputs(root, tracking_uri=uri)
     assert (r2["version"], r2["verdict"], r2["promoted"], r2["champion"]) == ("2", "failed", False, "1")
     mv2 = client.get_model_version(NAME, "2")
     assert mv2.tags["gate.verdict"] == "failed"
@@ -64,13 +64,13 @@ def test_register_gate_aliases_idempotency_and_cli(tmp_path, capsys):
 
     # v3 passes the gate but is worse than the champion by more than the 5% margin: not promoted
     make_outputs(root, scores(0.7, 80.0), seed=2)
-    r3 = registry.register_outputs(root, tracking_uri=uri)
+    r3 = register_step.register_outputs(root, tracking_uri=uri)
     assert (r3["verdict"], r3["promoted"], r3["champion"]) == ("passed", False, "1")
     assert "worse than champion v1" in r3["decision"]
 
     # v4 within the margin: promoted
     make_outputs(root, scores(0.78, 81.0), seed=3)
-    r4 = registry.register_outputs(root, tracking_uri=uri)
+    r4 = register_step.register_outputs(root, tracking_uri=uri)
     assert (r4["version"], r4["promoted"], r4["champion"]) == ("4", True, "4")
 
     # release manager: list, promote a failing version (refused, then forced with a reason), rollback
@@ -110,7 +110,7 @@ def test_champion_generates_from_safetensors(tmp_path):
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=5)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    registry.register_outputs(root, tracking_uri=uri)
+    register_step.register_outputs(root, tracking_uri=uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
@@ -137,9 +137,9 @@ def test_models_command_against_tracking_server(tmp_path, capsys):
     uri, proc = start_mlflow_server(tmp_path / "server")
     try:
         root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0)
-        r1 = registry.register_outputs(root, tracking_uri=uri)
+        r1 = register_step.register_outputs(root, tracking_uri=uri)
         make_outputs(root, scores(0.9, 90.0), seed=1)
-        r2 = registry.register_outputs(root, tracking_uri=uri)
+        r2 = register_step.register_outputs(root, tracking_uri=uri)
         assert (r1["version"], r2["version"], r2["champion"]) == ("1", "2", "2")
         args = ["models", "--tracking-uri", uri, "--params", str(root / "params.yaml")]
         assert main(args + ["list"]) == 0
@@ -164,7 +164,7 @@ def test_a_ratio_gate_shows_in_the_verdict_and_the_version_tags(tmp_path):
     }
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0, gate=gate)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    r = registry.register_outputs(root, tracking_uri=uri)
+    r = register_step.register_outputs(root, tracking_uri=uri)
     assert r["verdict"] == "failed"  # 0.8 / 0.9 = 0.889 < 0.9, though the minimum holds
     mv = _client(uri).get_model_version(NAME, r["version"])
     assert (

@@ -7,7 +7,7 @@ import pytest
 from support import mlflow_db
 from support.pipeline import make_outputs, scores
 
-from flows import registry
+from flows import register_step
 from flows.cli import main
 
 NAME = "tiny-gen"
@@ -20,9 +20,9 @@ def test_rollback_to_a_deleted_version_is_one_line(tmp_path, capsys, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=0)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    assert registry.register_outputs(root, tracking_uri=uri)["promoted"]
+    assert register_step.register_outputs(root, tracking_uri=uri)["promoted"]
     make_outputs(root, scores(0.9, 90.0), seed=1)
-    assert registry.register_outputs(root, tracking_uri=uri)["champion"] == "2"
+    assert register_step.register_outputs(root, tracking_uri=uri)["champion"] == "2"
     client = MlflowClient(uri, registry_uri=uri)
     client.delete_model_version(NAME, "1")
     capsys.readouterr()

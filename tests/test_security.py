@@ -134,14 +134,14 @@ def test_a_password_the_user_put_in_params_yaml_reaches_mlflow_masked(tmp_path):
     from support.pipeline import make_outputs, scores
     from support.planted_secrets import PASSWORD, leaks_in_files
 
-    from flows import registry
+    from flows import register_step
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0))
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["register"]["tracking_uri"] = f"http://team:{PASSWORD}@mlflow.example:5000"
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")  # --tracking-uri wins over the file's server
-    result = registry.register_outputs(root, tracking_uri=uri)
+    result = register_step.register_outputs(root, tracking_uri=uri)
     client = MlflowClient(uri, uri)
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.params["register.tracking_uri"] == "http://team:***@mlflow.example:5000"

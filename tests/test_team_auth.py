@@ -69,7 +69,7 @@ def _one_line(err: str) -> str:
 
 
 def _register(url: str, root: Path) -> dict:
-    from flows.registry import register_outputs
+    from flows.register_step import register_outputs
 
     with account_env(as_account("pipeline")):
         return register_outputs(root, tracking_uri=url)

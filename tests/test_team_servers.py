@@ -144,7 +144,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows import registry, release
+    from flows import register_step, release
     from tests.support.pipeline import make_outputs, scores
     from twinflow_core.errors import TwinflowError, exit_code
 
@@ -178,7 +178,7 @@ def test_team_mlflow_and_prefect_on_postgres(servers, tmp_path, monkeypatch):
     # the pipeline's account registers a real version; its artifacts are proxied into S3; it holds challenger
     _as(monkeypatch, "pipeline", USERS["pipeline"])
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=2)
-    result = registry.register_outputs(root, tracking_uri=url)
+    result = register_step.register_outputs(root, tracking_uri=url)
     client = MlflowClient(url, url)
     version = client.get_model_version_by_alias("tiny-gen", "challenger").version
     assert str(result["version"]) == str(version)

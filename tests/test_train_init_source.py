@@ -52,12 +52,12 @@ def test_s3_init_is_fetched_byte_for_byte_and_names_its_source(tmp_path, s3_env,
 
 def test_pipeline_fetches_a_registered_model_into_the_stage_folder(tmp_path):
     """models:/<name>@champion -> checkpoints/train-init, and the override DVC sees is that local folder."""
-    from flows import registry
+    from flows import register_step
     from flows.pipeline import localise_inits
 
     root = make_outputs(tmp_path / "proj", scores(0.8, 80.0), seed=5)
     uri = mlflow_db.sqlite_uri(tmp_path / "mlflow.db")
-    registry.register_outputs(root, tracking_uri=uri)
+    register_step.register_outputs(root, tracking_uri=uri)
     logged = []
     parsed = localise_inits(root, {"train.init": f"models:/{NAME}@champion", "train.steps": 3}, uri, logged.append)
     assert parsed == {"train.init": "checkpoints/train-init", "train.steps": 3}

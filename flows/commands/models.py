@@ -138,8 +138,10 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "setup":
         from flows import release
+        from flows.params import section
+        from flows.register_step import REGISTER_DEFAULTS
 
-        experiment = args.experiment or registry.section(params, "register", registry.REGISTER_DEFAULTS)["experiment"]
+        experiment = args.experiment or section(params, "register", REGISTER_DEFAULTS)["experiment"]
         release.setup(uri, args.name, pipeline=args.pipeline, release=args.release, experiment=experiment)
         return 0
     if args.action == "reproduce":
