@@ -121,7 +121,7 @@ def _decide_champion_locked(client, name, version, scores, verdict, gate) -> Reg
             else f"not promoted: worse than champion v{current.version} ({against.text()})"
         )
     if promoted:
-        registry._set_champion(client, name, version, "register", reason=decision, verdict=verdict.label, forced=False)
+        registry.set_champion(client, name, version, "register", reason=decision, verdict=verdict.label, forced=False)
     client.set_model_version_tag(name, version, "champion.decision", decision)
     champ = registry.champion_version(client, name)
     aliases = client.get_model_version(name, version).aliases
@@ -196,7 +196,7 @@ def register_outputs(
         if flow_run_id:
             tags["lineage.prefect_flow_run_id"] = flow_run_id
         key = tracking.registration_key(tags, checkpoint, root / reg["metrics"])
-        client = registry._client(uri)
+        client = registry.client_for(uri)
         existing = registry.find_registered(client, reg["model_name"], key)
         artifacts = []
         for pattern in reg["artifacts"]:

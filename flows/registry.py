@@ -24,7 +24,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "champion_history"
 
 
-def _client(uri: str | None = None):
+def client_for(uri: str | None = None):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -63,7 +63,7 @@ def _history(client, name: str) -> list[str]:
     return [v for v in tags.get(HISTORY_TAG, "").split(",") if v]
 
 
-def _set_champion(client, name: str, version, action: str, **why) -> dict:
+def set_champion(client, name: str, version, action: str, **why) -> dict:
     """Move `champion` to `version` and append the move to `champion_history` and the audit trail. Call it under
     flows.release_lock.release_lock: the history is read, changed and written back."""
     version = str(version)
@@ -182,7 +182,7 @@ def promote(
     try:
         with release_lock.release_lock(client, target):
             moved = _production_copy(client, name, str(version), target) if target != name else str(version)
-            record = _set_champion(
+            record = set_champion(
                 client,
                 target,
                 moved,

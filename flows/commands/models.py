@@ -78,7 +78,7 @@ def _context(args: argparse.Namespace):
     uri = tracking.resolve_tracking_uri(params_path.resolve().parent, params, args.tracking_uri)
     tracking.check_reachable(uri)
     tracking.configure(uri)
-    return registry, registry._client(uri), params, uri
+    return registry, registry.client_for(uri), params, uri
 
 
 def _fmt_scores(scores: dict[str, float], gated: list[str]) -> str:
