@@ -1,7 +1,8 @@
-"""What training a pretrained diffusers model (twinflow_core/adapters) adds to run.py's fit: the net from the base
-pipeline (full: a second, gated r embedding; LoRA: a peft adapter on the native embedding fed t - r/2), its teacher
-rule, the latent-shard batches, and the export as a diffusers pipeline folder. The objective, the Lightning module,
-the resumable state and the trainer are fit's own, unchanged.
+"""What training a pretrained diffusers model (twinflow_core/adapters) adds to the training parts (parts.py): the
+net from the base pipeline (full: a second, gated r embedding; LoRA: a peft adapter on the native embedding fed
+t - r/2), its teacher rule, the latent-shard batches, and the export as a diffusers pipeline folder. The objective,
+the Lightning module, the resumable state and the trainer are those of in-house training (parts.py, run.py's fit),
+unchanged.
 
 Teacher rules (official): full with 0 < ema_decay < 1: the EMA copy; ema_decay 0 (FSDP): the online model;
 LoRA: the "ema" adapter, the online adapter (0), or the frozen base with adapters disabled (1).

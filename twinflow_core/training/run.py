@@ -5,8 +5,10 @@ state lives in <resume_dir>/<stage>-<key>/, where key hashes everything that cha
 tracked config, the objective, the model, the dataset's meta.json, the init checkpoint's weights): a rerun of
 the same configuration resumes from the newest state there; any change starts afresh.
 
-Lightning, and the modules built on it (callbacks, data modules, the Lightning module, latent training, FSDP), are
-imported in `fit`: `run_key` and `RUN_KEYS` are read without them, and Lightning takes seconds to import.
+fit checks the stage, builds its parts for either kind of model (parts.py: net, data, Lightning module, placement,
+export callbacks), names the run by its key, resumes, trains and summarises. Lightning, and the modules built on it
+(callbacks, the Lightning module, parts.py), are imported in `fit`: `run_key` and `RUN_KEYS` are read without them,
+and Lightning takes seconds to import.
 """
 
 from __future__ import annotations
@@ -27,17 +29,9 @@ import torch
 
 from twinflow_core.data.batches import mix_seed
 from twinflow_core.data.prepared import file_sha256
-from twinflow_core.data.prepared import read_meta as read_data_meta
-from twinflow_core.errors import CheckpointError, ConfigError, DataError
-from twinflow_core.loader import load_generator
-from twinflow_core.nets import build_net
-from twinflow_core.nets.embeddings import reinit_target_time_embedding
-from twinflow_core.nets.generator import read_meta
-from twinflow_core.text import Tokenizer
-from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, is_pretrained, micro_batch, to_dict
-from twinflow_core.training.launch import detect, micro_batch_for, placement
+from twinflow_core.errors import CheckpointError, ConfigError
+from twinflow_core.training.config import STAGES, StageConfig, TrainingSections, to_dict
 
-N_GRID = 16
 # keys of the fit summary that differ between two runs of the same inputs (kept out of the DVC-tracked output)
 RUN_KEYS = ("seconds", "resumed_from", "steps_run", "sec_per_step_median", "mlflow_run_id")
 
@@ -62,51 +56,6 @@ def run_key(sections: TrainingSections, stage: str) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _latent_meta(path: str) -> dict:
-    meta = Path(path) / "meta.json"
-    if not meta.is_file():
-        raise DataError(f"{path}: no latent shards (no meta.json); the encode stage writes them (encode.out)")
-    return json.loads(meta.read_text())
-
-
-def _tokenizer_for(meta: dict) -> Tokenizer:
-    words = meta.get("vocabulary")
-    if not words:
-        raise DataError(f"prepared dataset {meta.get('name')!r}: meta.json has no vocabulary")
-    # room beyond the longest training caption for evaluation prompts, rounded up to a multiple of 8
-    max_len = max(32, -(-(int(meta.get("max_words", 0)) + 8) // 8) * 8)
-    return Tokenizer(words, max_len=max_len)
-
-
-def grid_captions(captions: list[str], n: int = N_GRID) -> list[str]:
-    """n distinct captions spread over the dataset (a fixed, readable set for sample grids)."""
-    seen, picked = set(), []
-    stride = max(1, len(captions) // (4 * n))
-    for c in captions[::stride]:
-        if c not in seen:
-            seen.add(c)
-            picked.append(c)
-        if len(picked) == n:
-            break
-    return picked
-
-
-def _optimisation(st: StageConfig, accumulate: int) -> dict:
-    """The Lightning module's keywords that the stage config sets alike for in-house and latent models."""
-    return dict(
-        lr=st.lr,
-        betas=st.betas,
-        weight_decay=st.weight_decay,
-        ema_decay=st.ema_decay,
-        grad_clip=st.grad_clip,
-        seed=st.seed,
-        accumulate=accumulate,
-        steps=st.steps,
-        lr_schedule=st.lr_schedule,
-        lr_warmup=st.lr_warmup,
-    )
-
-
 def fit(
     stage: str,
     sections: TrainingSections,
@@ -119,21 +68,20 @@ def fit(
 ) -> dict:
     """Train `stage` ("pretrain" or "train") as configured; returns a summary (steps, seconds, losses...).
 
-    `launch` (launch.detect(); detected here when None) decides devices and num_nodes under torchrun or SLURM."""
+    `launch` (launch.detect(); detected once the net is built when None) decides devices and num_nodes under
+    torchrun or SLURM."""
     import lightning as L
 
     from twinflow_core.training.callbacks import (
-        ExportGenerator,
         PeriodicState,
         ProgressLines,
-        SampleGrid,
         check_run_key,
         check_state,
         latest_state,
         resume_point,
     )
-    from twinflow_core.training.data import PreparedDataModule
-    from twinflow_core.training.module import NonFiniteStep, TwinFlowModule
+    from twinflow_core.training.module import NonFiniteStep
+    from twinflow_core.training.parts import build_parts
 
     if stage not in STAGES:
         raise ConfigError(f"unknown stage {stage!r}; stages: {STAGES}")
@@ -141,80 +89,8 @@ def fit(
     if st.threads > 0:
         torch.set_num_threads(st.threads)
     objective = getattr(sections.objective, stage).build(f"objective.{stage}")
-    latent = is_pretrained(sections.model)  # a pretrained diffusers model, in its latent space (adapters/training.py)
-    data_meta = read_data_meta(st.data) if not latent else _latent_meta(st.data)
-
-    if latent:
-        from twinflow_core.training.latent import build_net as build_latent_net
-        from twinflow_core.training.latent import check_latents
-
-        if stage != "train" or not st.init:
-            raise ConfigError(
-                f"{stage}: a pretrained model (model.name diffusers) is fine-tuned by the train stage "
-                f"from train.init, its pipeline folder; there is no pretrain stage for it"
-            )
-        check_latents(data_meta, st.data, sections.model)
-        parts = build_latent_net(st.init, sections.model, st.seed, st.ema_decay, st.r_embed_init)
-        net = parts.net
-    elif st.init:
-        read_meta(st.init)  # a clear error when the base checkpoint is missing
-        base = load_generator(st.init)
-        net, tokenizer = base.net.train().requires_grad_(True), base.tokenizer
-        net_name, net_kwargs = base.meta["net"], base.meta["net_kwargs"]
-        if st.r_embed_init != "keep":
-            torch.manual_seed(st.seed)
-            reinit_target_time_embedding(net, st.r_embed_init)
-        missing = sorted(set(data_meta.get("vocabulary", [])) - set(tokenizer.vocabulary))
-        if missing:
-            raise DataError(f"{st.data}: caption words {missing[:5]} are unknown to the init checkpoint {st.init}")
-    else:
-        tokenizer = _tokenizer_for(data_meta)
-        net_name = sections.model.name
-        net_kwargs = {**sections.model.net_kwargs(), "vocab_size": tokenizer.size, "max_len": tokenizer.max_len}
-        torch.manual_seed(st.seed)
-        net = build_net(net_name, **net_kwargs)
-
-    if launch is None:
-        launch = detect(st.trainer.devices, st.trainer.num_nodes)
-    trainer_cfg = placement(st.trainer, launch)
-    world = trainer_cfg.devices * trainer_cfg.num_nodes
-    micro = micro_batch_for(st.batch_size, st.micro_batch, world, stage) if launch.external else micro_batch(st)
-    accumulate = st.batch_size // (micro * world)
-    strategy = trainer_cfg.strategy
-    if latent:
-        from twinflow_core.training.data import LatentDataModule
-
-        datamodule = LatentDataModule(st.data, st.steps, st.batch_size, micro, st.seed, st.cond_drop)
-        module_cls = TwinFlowModule
-        if strategy == "fsdp":  # FSDP2 (fully_shard per block) through ModelParallelStrategy, also on CPU
-            from twinflow_core.training import fsdp
-
-            module_cls, strategy = fsdp.ShardedTwinFlowModule, fsdp.strategy(trainer_cfg.devices)
-        module = module_cls(
-            net,
-            objective,
-            **_optimisation(st, accumulate),
-            null_ids=torch.zeros(1, 1, dtype=torch.long),
-            teacher=parts.teacher,
-        )
-    else:
-        datamodule = PreparedDataModule(
-            st.data,
-            tokenizer,
-            st.steps,
-            st.batch_size,
-            micro,
-            st.seed,
-            st.cond_drop,
-            int(net_kwargs.get("image_size", data_meta.get("image_size"))),
-        )
-        module = TwinFlowModule(
-            net,
-            objective,
-            **_optimisation(st, accumulate),
-            null_ids=tokenizer.null(1),
-            export_ema_decay=st.export_ema_decay,
-        )
+    parts = build_parts(stage, sections, objective, launch)
+    module, data_meta = parts.module, parts.data_meta
 
     key = run_key(sections, stage)
     resume_dir = Path(st.resume_dir) / f"{stage}-{key}"
@@ -235,23 +111,7 @@ def fit(
         "run_key": key,
         "reference_sampler": "euler" if stage == "pretrain" else "few",
     }
-    if latent:  # no training-time sample grids for latent models (the evaluate stage draws them)
-        from twinflow_core.training.latent import ExportLatentGenerator
-
-        extra["data"]["image_size"] = sections.model.image_size
-        grid, exporter = None, ExportLatentGenerator(out, parts, sections.model, extra)
-    else:
-        grid = SampleGrid(
-            out,
-            grid_captions(datamodule.dataset.captions),
-            tokenizer,
-            every=st.sample_every,
-            euler_steps=25 if getattr(objective, "estimate_order", 1) == 0 else 0,
-            seed=st.seed,
-            on_grid=on_grid,
-            keep=resume_dir / "samples",
-        )
-        exporter = ExportGenerator(out, net_name, net_kwargs, tokenizer, extra)
+    grid, exporter = parts.end_callbacks(out, extra, resume_dir, on_grid)
     # the grid before the state: a state of step k on disk then means that step k's grid is kept beside it
     all_callbacks = [*([grid] if grid else []), PeriodicState(resume_dir, st.ckpt_every), exporter, *(callbacks or [])]
     show = st.progress if progress is None else progress
@@ -259,11 +119,11 @@ def fit(
         show = False
         all_callbacks.append(ProgressLines(stage, st.steps, st.log_every * 5))
     trainer = L.Trainer(
-        accelerator=trainer_cfg.accelerator,
-        devices=trainer_cfg.devices,
-        num_nodes=trainer_cfg.num_nodes,
-        strategy=strategy,
-        precision=trainer_cfg.precision,
+        accelerator=parts.trainer.accelerator,
+        devices=parts.trainer.devices,
+        num_nodes=parts.trainer.num_nodes,
+        strategy=parts.strategy,
+        precision=parts.trainer.precision,
         max_steps=st.steps,
         max_epochs=-1,
         logger=loggers if loggers else False,
@@ -284,7 +144,7 @@ def fit(
     # weights_only: the states hold tensors and plain containers only (no pickled objects are trusted)
     try:
         trainer.fit(
-            module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True
+            module, datamodule=parts.datamodule, ckpt_path=str(resume_from) if resume_from else None, weights_only=True
         )
     except pickle.UnpicklingError as err:  # weights_only refused an object in the state: crafted, or not ours
         if resume_from is None:
@@ -322,13 +182,13 @@ def fit(
         "resumed_from": str(resume_from) if resume_from else None,
         "steps_run": len(times),
         "sec_per_step_median": round(times[len(times) // 2], 4) if times else None,
-        "params": sum(p.numel() for p in net.parameters()),
+        "params": sum(p.numel() for p in parts.net.parameters()),
         "final": module.history[-1] if module.history else {},
         "out": str(out),
         "run_key": key,
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,
-        "launcher": launch.launcher,
+        "launcher": parts.launch.launcher,
         "is_global_zero": trainer.is_global_zero,
     }
     return summary
