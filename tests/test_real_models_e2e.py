@@ -2,7 +2,9 @@
 project did not make (tests/support/plain_sd3.py: plain diffusers/transformers, `save_pretrained`): wrap it,
 `dvc add` it, configure, then `twinflow run` with an override (an isolated workspace, which must check the
 DVC-tracked folder out) and in place, full fine-tuning and LoRA; switching to LoRA leaves `encode` cached; the
-registered versions are lean (the generator's weights and a model card, nothing of the optimiser)."""
+registered versions are lean (the generator's weights and a model card, nothing of the optimiser). The full
+fine-tune in place also shows the champion's pyfunc drawing images at 1 NFE, quiet stage logs, and the trained
+folder loading in plain diffusers."""
 
 from __future__ import annotations
 
@@ -56,6 +58,37 @@ def registered_sizes(project: Path, uri: str) -> dict:
     return out
 
 
+def check_full_in_place(project: Path, uri: str, out: str) -> None:
+    """The full fine-tune run in the checkout: its metrics hold the 1-NFE and reference scores; the registered
+    champion's pyfunc draws the same images twice; no third-party noise reached the stage logs; and the trained
+    pipeline folder loads in plain diffusers (its export names the project's scheduler and transformer classes)."""
+    import diffusers
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    import twinflow_core.adapters.stock  # noqa: F401  (registers the exported classes with diffusers)
+
+    metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert "geneval-shapes/overall@1nfe" in metrics and "base/geneval-shapes/overall@euler50-cfg0.5" in metrics
+    assert MlflowClient(uri, uri).get_model_version_by_alias("twinflow-shapes", "champion").tags["gate.verdict"]
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    here = os.getcwd()
+    os.chdir(project)  # a lean version names its base pipeline folder relative to the project, as a user runs it
+    try:
+        model = mlflow.pyfunc.load_model("models:/twinflow-shapes@champion")
+        captions = ["a photo of a red circle", "a photo of two blue squares"]
+        images = model.predict(captions)
+        assert images.dtype.name == "uint8" and images.shape == (2, 32, 32, 3)
+        assert (images == model.predict(captions)).all()
+    finally:
+        os.chdir(here)
+    for noise in ("torch_dtype", "requires torchvision", "Loading pipeline components", "were not used when"):
+        assert noise not in out, noise
+    plain = diffusers.StableDiffusion3Pipeline.from_pretrained(str(project / "checkpoints/twinflow"))
+    assert plain.transformer.config.num_layers >= 1
+
+
 @pytest.mark.slow
 def test_the_readme_commands_on_a_pipeline_folder_made_elsewhere(tmp_path):
     project = copy_project(tmp_path / "proj")
@@ -98,9 +131,13 @@ def test_the_readme_commands_on_a_pipeline_folder_made_elsewhere(tmp_path):
     try:
         for label, args in (("full, isolated", [f"evaluate.base={MODEL}"]), ("full, in place", [])):
             start = time.monotonic()
-            out = sh(project, *twinflow, "run", *args, env=env, timeout=1800).stdout
+            done = sh(project, *twinflow, "run", *args, env=env, timeout=1800)
             times[label] = round(time.monotonic() - start)
-            assert "twinflow-shapes v" in out, out[-3000:]
+            out = done.stdout
+            assert "twinflow-shapes v" in out and "gate: PASSED" in out, out[-3000:]
+            stages = out.split("stages: ")[1].split("\n")[0]
+            assert "encode" in stages and "train" in stages and "evaluate" in stages and "pretrain ran" not in stages
+        check_full_in_place(project, uri, done.stdout + done.stderr)
         # LoRA: configure again; encode reads only the VAE and text encoders, so it stays cached
         sh(
             project,
