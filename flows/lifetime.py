@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 
 # set by run_streaming, to the flow's pid, for the commands it starts; a stage run by hand (no such variable) is
 # left as it is
@@ -147,20 +146,11 @@ class Interrupted(KeyboardInterrupt):
         self.signal = signum
 
 
-_closing = threading.Lock()  # held by whichever ends the process's run: its own unwinding, or the watchdog
-
-
-def raise_on_stop_signals(on_first=None, on_stuck=None, grace_s: float = 6.0) -> None:
+def raise_on_stop_signals(on_first=None) -> None:
     """From now on the first SIGINT, SIGTERM or SIGHUP raises `Interrupted` in the main thread (after
     `on_first(signum)`, e.g. muting the console); the ones after it are ignored. Prefect's flow engine puts its own
     SIGTERM handler in front during a flow run and, once it has recorded the crash, sends the signal again to the
-    handler it replaced: this one.
-
-    An exception raised at an arbitrary point of the main thread can leave it waiting forever (a SIGINT arrives
-    without Prefect's handler in front, and once in a while lands where a lock or a future is never released). So
-    the first signal also starts a watchdog: unless the unwinding has claimed the close (`claim_close`) within
-    `grace_s` seconds, `on_stuck(signum)` runs on the watchdog's thread and must end the process (os._exit; the
-    processes it started watch it and end with it)."""
+    handler it replaced: this one."""
 
     def handler(signum, frame) -> None:
         if _received:
@@ -168,10 +158,6 @@ def raise_on_stop_signals(on_first=None, on_stuck=None, grace_s: float = 6.0) ->
         _received.append(signum)
         if on_first is not None:
             on_first(signum)
-        if on_stuck is not None:
-            watchdog = threading.Timer(grace_s, lambda: claim_close() and on_stuck(signum))
-            watchdog.daemon = True
-            watchdog.start()
         raise Interrupted(signum)
 
     for sig in STOP_SIGNALS:
@@ -188,11 +174,6 @@ def stop_signal(exc: BaseException | None = None) -> int | None:
     if isinstance(sig, int):
         return sig
     return int(signal.SIGINT) if isinstance(exc, KeyboardInterrupt) else None
-
-
-def claim_close() -> bool:
-    """True for the first caller: the one that ends the run (the unwinding's closing line, or the watchdog)."""
-    return _closing.acquire(blocking=False)
 
 
 def ignore_stop_signals() -> None:

@@ -95,6 +95,9 @@ def runner(tmp_path_factory):
             stdout=out,
             stderr=err,
             start_new_session=True,
+            # as from a terminal: a suite started in the background (`cmd &`) passes SIGINT on ignored, and a run
+            # keeps an ignored signal ignored (nohup's contract), so Ctrl-C would then rightly do nothing
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         return proc, mark, tmp / f"{name}.err"
 

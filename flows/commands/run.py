@@ -22,7 +22,6 @@ import atexit
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -66,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     _check_servers(root, parsed, args.tracking_uri, not args.no_register)
     from flows import lifetime, quiet
 
+    lifetime.raise_on_stop_signals(on_first=quiet.mute_console)
     log_path = run_log_path(root)
-    lifetime.raise_on_stop_signals(on_first=quiet.mute_console, on_stuck=lambda sig: _stuck(sig, log_path))
     try:
         return _run_flow(args, root, log_path, start)
     except BaseException as exc:  # noqa: BLE001 - a stop signal ends here; anything else goes on up
@@ -149,23 +148,6 @@ def _prefect_api(log_path: Path) -> bool:
     return True
 
 
-def _stuck(sig: int, log_path: Path) -> None:
-    """The watchdog's end of a run whose unwinding hung after a stop signal: the closing line, then the process ends
-    at once. The stage's `dvc repro` (parent-death signal), the stage (it watches its ancestors) and the temporary
-    Prefect server (its stdin closes) end with it; train's resume states are on disk, so the same command resumes."""
-    from flows import quiet
-
-    quiet.mute_console()
-    line = (
-        f"twinflow run: stopped by {signal.Signals(sig).name}: the run did not wind down within seconds and was "
-        f"ended with every process it started; train's resume states are kept, and the same command resumes "
-        f"(log: {log_path})"
-    )
-    quiet.log_to_run_file(line)
-    print(line, file=sys.stderr, flush=True)
-    os._exit(128 + sig)
-
-
 def _stop_server(server) -> None:
     from flows import lifetime, servers
 
@@ -175,10 +157,8 @@ def _stop_server(server) -> None:
 
 def _closing_line(line: str, code: int) -> int:
     """The command's last line on stderr (and in the run's log), and its exit status."""
-    from flows import lifetime, quiet
+    from flows import quiet
 
-    if lifetime.stop_signal() is not None and not lifetime.claim_close():
-        threading.Event().wait()  # the watchdog is ending the process, with its own line
     quiet.mute_console()
     quiet.log_to_run_file(line)
     print(line, file=sys.stderr, flush=True)
