@@ -99,6 +99,7 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
                 gate,
                 [s.label for s in settings_for(eval_cfg, base=False)],
                 [s.label for s in settings_for(eval_cfg, base=True)],
+                eval_cfg.ratio_reference,
                 where,
             )
     _check_flat_section(params, "pipeline", PIPELINE_SCHEMA, where)

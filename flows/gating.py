@@ -1,38 +1,52 @@
-"""The promotion gate: exact metric names with minimums (params.yaml `gate:`), ratios of one metric to a
-reference metric (the paper's claim: 1 NFE at least a fraction of the many-step base), and the rule that a
-new champion may not be worse than the current one by more than a set margin. Pure functions, no MLflow.
+"""The promotion gate: exact metric names with minimums (params.yaml `gate:`), minimums on the ratios the evaluation
+publishes (the paper's claim: 1 NFE at least a fraction of the many-step base), and the rule that a new champion
+may not be worse than the current one by more than a set margin. Pure functions, no MLflow.
 
     gate:
       min:   {geneval-shapes/overall@1nfe: 0.05}
-      ratio: {geneval-shapes/overall@1nfe: {of: base/geneval-shapes/overall@euler50-cfg0.5, min: 0.8}}
+      ratio: {geneval-shapes/overall@1nfe: 0.8}
 
 A gate names the exact metric it compares (`geneval-shapes/overall@1nfe` is the embedded benchmark,
-`geneval/overall@1nfe` the official one); a missing metric fails the gate, never silently passes it.
+`geneval/overall@1nfe` the official one); a missing metric fails the gate, never silently passes it. A ratio is
+not computed here: `gate.ratio.<metric>` reads the evaluation's own `ratio/<metric>` (the model over the base at
+`evaluate.ratio_reference`, paired over the same prompts, with its standard error `ratio/<bench>/<m>_se@<s>`),
+so the verdict, metrics/eval.json and the plots show one number.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass, field
 
 from twinflow_core.errors import ConfigError
 
+_log = logging.getLogger(__name__)  # the deprecated ratio form: one line on stderr
+
 # <benchmark>/<metric>@<setting>, optionally under a model prefix: base/geneval-shapes/overall@euler50-cfg0.5
 METRIC_NAME = re.compile(r"^[\w.-]+(/[\w.-]+)+@[\w.-]+$")
+RATIO_PREFIX = "ratio/"
 
 
 @dataclass(frozen=True)
 class Ratio:
-    """`metric` / `of` (both from the same metrics/eval.json) must be at least `min`; min 0 reports the ratio
-    in the verdict without requiring anything (e.g. a smoke run whose untrained nets score 0)."""
+    """The evaluation's `ratio/<metric>` must be at least `min`; min 0 reports the ratio in the verdict without
+    requiring anything (e.g. a smoke run whose untrained nets score 0, where the evaluation publishes no ratio)."""
 
-    metric: str
-    of: str
+    metric: str  # the model's metric, e.g. geneval-shapes/overall@1nfe
     min: float
 
-    def name(self) -> str:
-        return f"{self.metric} / {self.of}"
+    @property
+    def published(self) -> str:
+        """Its name in metrics/eval.json."""
+        return RATIO_PREFIX + self.metric
+
+    @property
+    def standard_error(self) -> str:
+        """The name of its standard error in metrics/eval.json (`ratio/<bench>/<metric>_se@<setting>`)."""
+        name, _, setting = self.published.rpartition("@")
+        return f"{name}_se@{setting}"
 
 
 @dataclass(frozen=True)
@@ -43,11 +57,8 @@ class GateConfig:
 
     @property
     def gated_metrics(self) -> list[str]:
-        """Every metric a verdict reads (minimums first, then ratio numerators and references)."""
-        names = list(self.minimums)
-        for r in self.ratios:
-            names += [r.metric, r.of]
-        return list(dict.fromkeys(names))
+        """Every metric a verdict reads (minimums first, then the published ratios)."""
+        return list(dict.fromkeys([*self.minimums, *(r.published for r in self.ratios)]))
 
     @classmethod
     def from_params(cls, params: dict, where: str = "params.yaml") -> GateConfig:
@@ -60,7 +71,8 @@ class GateConfig:
                 f"{where}: gate has unknown key(s) {sorted(unknown)}; expected min, ratio, champion_margin"
             )
         mins = gate.get("min") or {}
-        ratios = _ratios(gate.get("ratio"), where)
+        reference = (params.get("evaluate") or {}).get("ratio_reference")
+        ratios = _ratios(gate.get("ratio"), reference, where)
         if not isinstance(mins, dict) or not (mins or ratios):
             raise ConfigError(
                 f"{where}: gate.min must map metric names to minimums, e.g. "
@@ -83,37 +95,65 @@ def _check_name(name: str, where: str) -> None:
         )
 
 
-def _ratios(raw, where: str) -> tuple[Ratio, ...]:
+def _deprecated_min(spec: dict, name: str, reference: str | None, at: str) -> object:
+    """The minimum of the earlier `{of: <reference metric>, min: <fraction>}` form, accepted where `of` is the
+    reference the evaluation divides by (anything else would gate a number the evaluation does not publish)."""
+    if not spec.keys() <= {"of", "min"} or "min" not in spec:
+        raise ConfigError(f"{at} must be a fraction (the minimum of evaluate's ratio/{name}), got {spec!r}")
+    if "of" in spec:
+        expected = f"base/{name.rpartition('@')[0]}@{reference}" if reference else None
+        if str(spec["of"]) != expected:
+            divides = f"{expected!r} (evaluate.ratio_reference)" if expected else "nothing (no ratio_reference)"
+            raise ConfigError(
+                f"{at}.of: {spec['of']!r}, but evaluate divides by {divides}; "
+                f"write gate.ratio.{name}: <fraction> and set evaluate.ratio_reference"
+            )
+    _log.warning("%s: {of, min} is deprecated; write gate.ratio.%s: %s", at, name, spec["min"])
+    return spec["min"]
+
+
+def _ratios(raw, reference: str | None, where: str) -> tuple[Ratio, ...]:
     if raw is None:
         return ()
-    example = "{'geneval-shapes/overall@1nfe': {of: 'base/geneval-shapes/overall@euler50-cfg0.5', min: 0.8}}"
+    example = "{'geneval-shapes/overall@1nfe': 0.8} (evaluate's ratio/geneval-shapes/overall@1nfe >= 0.8)"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: gate.ratio must map metric names to {{of, min}}, e.g. {example}")
+        raise ConfigError(f"{where}: gate.ratio must map metric names to minimum fractions, e.g. {example}")
     out = []
-    for name, spec in raw.items():
+    for name, value in raw.items():
+        name = str(name)
         at = f"{where}: gate.ratio[{name!r}]"
-        if not isinstance(spec, dict) or set(spec) != {"of", "min"}:
-            raise ConfigError(f"{at} must be {{of: <reference metric>, min: <fraction>}}, got {spec!r}")
-        value = spec["min"]
+        _check_name(name, f"{where}: gate.ratio")
+        if name.startswith(RATIO_PREFIX):
+            raise ConfigError(f"{at}: name the metric ({name[len(RATIO_PREFIX) :]!r}); the gate reads its ratio")
+        if isinstance(value, dict):
+            value = _deprecated_min(value, name, reference, at)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{at}.min must be a number >= 0 (0: reported, not required), got {value!r}")
-        _check_name(str(name), f"{where}: gate.ratio")
-        _check_name(str(spec["of"]), f"{at}.of")
-        if str(spec["of"]) == str(name):
-            raise ConfigError(f"{at}.of: a metric cannot be gated against itself")
-        out.append(Ratio(str(name), str(spec["of"]), float(value)))
+            raise ConfigError(f"{at} must be a number >= 0 (0: reported, not required), got {value!r}")
+        out.append(Ratio(name, float(value)))
     return tuple(out)
 
 
 def check_settings(
-    gate: GateConfig, model_settings: list[str], base_settings: list[str], where: str = "params.yaml"
+    gate: GateConfig,
+    model_settings: list[str],
+    base_settings: list[str],
+    ratio_reference: str = "",
+    where: str = "params.yaml",
 ) -> None:
     """Every gated metric must name a setting the evaluation publishes (the part after '@': `1nfe` for the
-    trained model, `euler50-cfg0.5` for the base, from evaluate's nfe / base_nfe / base_steps / base_cfg), so
-    that a change to `evaluate` that the gate does not follow fails before the run, not at registration."""
+    trained model, `euler50-cfg0.5` for the base, from evaluate's nfe / base_nfe / base_steps / base_cfg), and a
+    required ratio needs the evaluation to publish ratios (evaluate.ratio_reference), so that a change to
+    `evaluate` that the gate does not follow fails before the run, not at registration."""
+    required = [r.metric for r in gate.ratios if r.min > 0]
+    if required and not ratio_reference:
+        raise ConfigError(
+            f"{where}: gate.ratio requires {required[0]!r}, but evaluate publishes no ratios "
+            "(evaluate.ratio_reference is unset or base_steps is 0); set it or the gate's ratio minimums to 0"
+        )
     for name in gate.gated_metrics:
         setting = name.rpartition("@")[2]
-        base = name.startswith("base/") or name.startswith("ratio/base/")
+        plain = name.removeprefix(RATIO_PREFIX)
+        base = plain.startswith("base/")
         published = base_settings if base else model_settings
         if setting != "real" and setting not in published:
             raise ConfigError(
@@ -156,30 +196,22 @@ def check_gate(scores: dict[str, float], gate: GateConfig) -> Verdict:
             reasons.append(f"{name} {scores[name]:.4g} >= {minimum:.4g}")
     for r in gate.ratios:
         required = r.min > 0
-        absent = [n for n in (r.metric, r.of) if n not in scores]
-        if absent:
+        if r.published not in scores:
             passed = passed and not required
-            reasons += [_missing(n, scores) + ("" if required else " (ratio min 0: not required)") for n in absent]
+            why = " (the evaluation publishes none where the reference scores 0)"
+            reasons.append(_missing(r.published, scores) + why + ("" if required else "; min 0: not required"))
             continue
-        num, den = scores[r.metric], scores[r.of]
-        if den <= 0:
-            passed = passed and not required
-            reasons.append(f"{r.name()}: reference {den:.4g} is not positive, no ratio")
-            continue
-        value = num / den
+        value, se = scores[r.published], scores.get(r.standard_error)
         ok = value >= r.min
         passed = passed and ok
-        reasons.append(f"{r.metric} / {r.of} = {value:.3f} ({num:.4g} / {den:.4g}) {'>=' if ok else '<'} {r.min:g}")
+        shown = f"{value:.3f}" + ("" if se is None else f" ± {se:.3f}")
+        reasons.append(f"{r.published} {shown} {'>=' if ok else '<'} {r.min:g}")
     return Verdict(passed, reasons)
 
 
 def ratio_values(scores: dict[str, float], gate: GateConfig) -> dict[str, float]:
-    """The gated ratios that can be computed from `scores`, named 'metric / reference'."""
-    return {
-        r.name(): scores[r.metric] / scores[r.of]
-        for r in gate.ratios
-        if r.metric in scores and r.of in scores and scores[r.of] > 0
-    }
+    """The gated ratios the evaluation published, by their metrics/eval.json names."""
+    return {r.published: scores[r.published] for r in gate.ratios if r.published in scores}
 
 
 def compare_to_champion(scores: dict[str, float], champion: dict[str, float], gate: GateConfig) -> Verdict:

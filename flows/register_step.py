@@ -80,13 +80,8 @@ def register(
         }
     )
     if gate.ratios:
-        all_tags["gate.ratio"] = json.dumps({r.metric: {"of": r.of, "min": r.min} for r in gate.ratios}, sort_keys=True)
-        all_tags.update(
-            {
-                f"ratio.{mlflow_key(k.replace(' / ', '_over_'))}": f"{v:.4f}"
-                for k, v in ratio_values(scores, gate).items()
-            }
-        )
+        all_tags["gate.ratio"] = json.dumps({r.metric: r.min for r in gate.ratios}, sort_keys=True)
+        all_tags.update({mlflow_key(k): f"{v:.4f}" for k, v in ratio_values(scores, gate).items()})
     all_tags.update({f"score.{mlflow_key(k)}": f"{v:.6g}" for k, v in scores.items() if k in gate.gated_metrics})
     with mlflow_registration_chatter_muted():  # "Creating a new version...", printed even before a refusal
         mv = mlflow.register_model(model_uri, name, tags={k: redact(str(v)) for k, v in all_tags.items()})

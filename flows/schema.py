@@ -27,8 +27,7 @@ _VALIDATE = section_defaults(VALIDATE, "validate")
 
 GATE = [
     K("gate.min.*", "float", REQUIRED, "<metric of metrics/eval.json>: its minimum for promotion"),
-    K("gate.ratio.*.of", "str", REQUIRED, "<metric>: the reference metric the ratio divides by"),
-    K("gate.ratio.*.min", "float", REQUIRED, "<metric>: minimum of metric / of"),
+    K("gate.ratio.*", "float", REQUIRED, "<metric>: minimum of evaluate's ratio/<metric> (0: reported)", low=0),
     K(
         "gate.champion_margin",
         "float",

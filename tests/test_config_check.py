@@ -78,8 +78,8 @@ def test_the_gate_follows_evaluate_settings_or_the_run_stops_before_any_stage(tm
     for overrides, says in [
         (["evaluate.base_steps=40"], "evaluate.ratio_reference: 'euler50-cfg0.5' is not a reference"),
         (
-            ["evaluate.base_steps=40", "evaluate.ratio_reference=euler40-cfg0.5"],
-            "gate names 'base/geneval-shapes/overall@euler50-cfg0.5', but evaluate publishes base settings",
+            ["evaluate.base_steps=0", "evaluate.ratio_reference="],
+            "gate.ratio requires 'geneval-shapes/overall@1nfe', but evaluate publishes no ratios",
         ),
         (["evaluate.nfe=[2,4]"], "gate names 'geneval-shapes/overall@1nfe', but evaluate publishes model settings"),
     ]:
@@ -97,8 +97,5 @@ def test_the_gate_check_passes_when_gate_and_evaluate_move_together():
     moved = {
         "evaluate.base_steps": 40,
         "evaluate.ratio_reference": "euler40-cfg0.5",
-        "gate.ratio": {
-            "geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler40-cfg0.5", "min": 0.37}
-        },
     }
     check_params(with_overrides(params, moved), "params.yaml")

@@ -74,8 +74,12 @@ def test_every_conf_key_is_declared(file, tree):
 def test_an_undeclared_key_is_found():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"]["stepz"] = 3
-    params["gate"]["ratio"]["dpg-shapes/score@1nfe"]["off"] = 0.5
-    assert _undeclared(params) == ["train.stepz", "gate.ratio.dpg-shapes/score@1nfe.off"]
+    params["gate"]["ratio"]["dpg-shapes/score@1nfe"] = {"of": "base/dpg-shapes/score@euler50-cfg0.5", "min": 0.5}
+    assert _undeclared(params) == [
+        "train.stepz",
+        "gate.ratio.dpg-shapes/score@1nfe.of",
+        "gate.ratio.dpg-shapes/score@1nfe.min",
+    ]
 
 
 def test_objective_overrides_are_fields_of_their_preset():

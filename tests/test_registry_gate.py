@@ -62,104 +62,101 @@ def test_bad_gate_config_is_a_clear_error(gate, message):
 
 
 RATIO = GateConfig.from_params(
-    {
-        "gate": {
-            "min": {"geneval-shapes/overall@1nfe": 0.05},
-            "ratio": {"geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler50-cfg0.5", "min": 0.8}},
-        }
-    }
+    {"gate": {"min": {"geneval-shapes/overall@1nfe": 0.05}, "ratio": {"geneval-shapes/overall@1nfe": 0.8}}}
 )
+# what the evaluation publishes: the model, the base, their paired ratio and its standard error
+SCORES = {
+    "geneval-shapes/overall@1nfe": 0.4,
+    "base/geneval-shapes/overall@euler50-cfg0.5": 0.5,
+    "ratio/geneval-shapes/overall@1nfe": 0.8,
+    "ratio/geneval-shapes/overall_se@1nfe": 0.05,
+}
 
 
-def test_ratio_passes_at_the_fraction_and_shows_it():
-    v = check_gate({"geneval-shapes/overall@1nfe": 0.4, "base/geneval-shapes/overall@euler50-cfg0.5": 0.5}, RATIO)
+def test_ratio_passes_at_the_fraction_and_shows_it_with_its_standard_error():
+    v = check_gate(SCORES, RATIO)
     assert v.passed
-    assert v.reasons[1] == (
-        "geneval-shapes/overall@1nfe / base/geneval-shapes/overall@euler50-cfg0.5 = 0.800 (0.4 / 0.5) >= 0.8"
-    )
+    assert v.reasons[1] == "ratio/geneval-shapes/overall@1nfe 0.800 ± 0.050 >= 0.8"
 
 
-def test_ratio_below_the_fraction_fails_even_when_the_minimum_holds():
-    v = check_gate({"geneval-shapes/overall@1nfe": 0.39, "base/geneval-shapes/overall@euler50-cfg0.5": 0.5}, RATIO)
-    assert not v.passed and v.reasons[0].endswith(">= 0.05") and "= 0.780" in v.reasons[1]
-    assert ratio_values(
-        {"geneval-shapes/overall@1nfe": 0.39, "base/geneval-shapes/overall@euler50-cfg0.5": 0.5}, RATIO
-    ) == {"geneval-shapes/overall@1nfe / base/geneval-shapes/overall@euler50-cfg0.5": pytest.approx(0.78)}
+def test_the_gate_reads_the_published_ratio_and_never_divides_the_scores_itself():
+    # the published ratio is paired over the same prompts (evaluate.ratio_reference, the reference's subset):
+    # it need not equal the quotient of the two overall scores, and the gate must take it as published
+    v = check_gate({**SCORES, "ratio/geneval-shapes/overall@1nfe": 0.79}, RATIO)
+    assert not v.passed and v.reasons[0].endswith(">= 0.05")
+    assert v.reasons[1] == "ratio/geneval-shapes/overall@1nfe 0.790 ± 0.050 < 0.8"
+    assert ratio_values({**SCORES, "ratio/geneval-shapes/overall@1nfe": 0.79}, RATIO) == {
+        "ratio/geneval-shapes/overall@1nfe": 0.79
+    }
 
 
-def test_ratio_with_a_missing_or_zero_reference_fails_and_names_it():
-    v = check_gate({"geneval-shapes/overall@1nfe": 0.4, "base/geneval-shapes/overall@euler50": 0.5}, RATIO)
+def test_a_ratio_the_evaluation_did_not_publish_fails_and_names_it():
+    absent = {k: v for k, v in SCORES.items() if not k.startswith("ratio/")}
+    v = check_gate({**absent, "ratio/geneval-shapes/overall@2nfe": 0.9}, RATIO)
     assert not v.passed
     assert v.reasons[1].startswith(
-        "base/geneval-shapes/overall@euler50-cfg0.5 missing from the evaluation "
-        "(closest: base/geneval-shapes/overall@euler50"
+        "ratio/geneval-shapes/overall@1nfe missing from the evaluation (closest: ratio/geneval-shapes/overall@2nfe"
     )
-    zero = check_gate({"geneval-shapes/overall@1nfe": 0.4, "base/geneval-shapes/overall@euler50-cfg0.5": 0.0}, RATIO)
-    assert not zero.passed and "not positive" in zero.reasons[1]
+    assert "publishes none where the reference scores 0" in v.reasons[1]
 
 
 def test_a_ratio_alone_is_a_gate_and_its_metrics_are_listed():
-    gate = GateConfig.from_params(
-        {"gate": {"ratio": {"dpg-shapes/score@1nfe": {"of": "base/dpg-shapes/score@euler50", "min": 0.9}}}}
-    )
-    assert gate.minimums == {} and gate.gated_metrics == ["dpg-shapes/score@1nfe", "base/dpg-shapes/score@euler50"]
-    assert check_gate({"dpg-shapes/score@1nfe": 45.0, "base/dpg-shapes/score@euler50": 50.0}, gate).passed
+    gate = GateConfig.from_params({"gate": {"ratio": {"dpg-shapes/score@1nfe": 0.9}}})
+    assert gate.minimums == {} and gate.gated_metrics == ["ratio/dpg-shapes/score@1nfe"]
+    assert check_gate({"ratio/dpg-shapes/score@1nfe": 0.9}, gate).passed
+    assert not check_gate({"ratio/dpg-shapes/score@1nfe": 0.89}, gate).passed
 
 
 @pytest.mark.parametrize(
     "ratio, message",
     [
         ([1], "gate.ratio must map metric names"),
-        ({"geneval-shapes/overall@1nfe": 0.8}, "must be {of: <reference metric>, min: <fraction>}"),
+        ({"geneval-shapes/overall@1nfe": "high"}, "must be a number >= 0"),
+        ({"geneval-shapes/overall@1nfe": -1}, "must be a number >= 0"),
+        ({"geneval-shapes/overall": 0.8}, "is not a metric name"),
+        ({"ratio/geneval-shapes/overall@1nfe": 0.8}, "name the metric ('geneval-shapes/overall@1nfe')"),
+        ({"geneval-shapes/overall@1nfe": {"min": 0.8, "max": 1}}, "must be a fraction"),
         (
-            {"geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler50", "min": -1}},
-            ".min must be a number >= 0",
+            {"geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler40-cfg0.5", "min": 0.8}},
+            "evaluate divides by 'base/geneval-shapes/overall@euler50-cfg0.5' (evaluate.ratio_reference)",
         ),
-        ({"geneval-shapes/overall": {"of": "base/geneval-shapes/overall@euler50", "min": 0.8}}, "is not a metric name"),
-        ({"geneval-shapes/overall@1nfe": {"of": "euler50", "min": 0.8}}, "'euler50' is not a metric name"),
-        ({"geneval-shapes/overall@1nfe": {"of": "geneval-shapes/overall@1nfe", "min": 0.8}}, "against itself"),
     ],
 )
 def test_bad_ratio_config_is_a_clear_error(ratio, message):
+    params = {"gate": {"min": {"a@1nfe": 1}, "ratio": ratio}, "evaluate": {"ratio_reference": "euler50-cfg0.5"}}
     with pytest.raises(ConfigError, match=re.escape(message)):
-        GateConfig.from_params({"gate": {"min": {"a": 1}, "ratio": ratio}})
+        GateConfig.from_params(params)
 
 
-def test_the_committed_params_gate_reads_and_its_ratios_name_metrics_the_evaluate_stage_writes():
+def test_the_earlier_of_min_form_reads_where_of_is_the_published_reference(caplog):
+    params = {
+        "gate": {"ratio": {"dpg-shapes/score@1nfe": {"of": "base/dpg-shapes/score@euler50-cfg0.5", "min": 0.5}}},
+        "evaluate": {"ratio_reference": "euler50-cfg0.5"},
+    }
+    assert GateConfig.from_params(params).ratios[0].min == 0.5
+    assert "deprecated; write gate.ratio.dpg-shapes/score@1nfe: 0.5" in caplog.text
+
+
+def test_the_committed_params_gate_reads_and_its_ratios_are_published_by_the_committed_evaluation():
+    import json
     from pathlib import Path
 
     import yaml
 
-    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
     gate = GateConfig.from_params(params)
     assert gate.ratios, "the default gate states the claim as a ratio"
-    labels = {
-        f"euler{params['evaluate']['base_steps']}" + (f"-cfg{float(w):g}" if w else "")
-        for w in params["evaluate"]["base_cfg"]
-    }
-    for r in gate.ratios:
-        assert r.of.startswith("base/") and r.of.rsplit("@", 1)[1] in labels
+    published = json.loads((root / "metrics" / "eval.json").read_text())
+    assert all(r.published in published and r.standard_error in published for r in gate.ratios)
 
 
 def test_a_ratio_with_min_0_is_reported_not_required():
-    gate = GateConfig.from_params(
-        {
-            "gate": {
-                "min": {"a@1nfe": 0.0},
-                "ratio": {
-                    "geneval-shapes/overall@1nfe": {"of": "base/geneval-shapes/overall@euler50-cfg0.5", "min": 0}
-                },
-            }
-        }
-    )
-    zero = check_gate(
-        {"a@1nfe": 0.0, "geneval-shapes/overall@1nfe": 0.0, "base/geneval-shapes/overall@euler50-cfg0.5": 0.0}, gate
-    )
-    assert zero.passed and "not positive" in zero.reasons[1]
-    shown = check_gate(
-        {"a@1nfe": 0.0, "geneval-shapes/overall@1nfe": 0.1, "base/geneval-shapes/overall@euler50-cfg0.5": 0.4}, gate
-    )
-    assert shown.passed and "= 0.250" in shown.reasons[1]
+    gate = GateConfig.from_params({"gate": {"min": {"a@1nfe": 0.0}, "ratio": {"geneval-shapes/overall@1nfe": 0}}})
+    unpublished = check_gate({"a@1nfe": 0.0}, gate)  # the reference scored 0: the evaluation publishes no ratio
+    assert unpublished.passed and "min 0: not required" in unpublished.reasons[1]
+    shown = check_gate({"a@1nfe": 0.0, "ratio/geneval-shapes/overall@1nfe": 0.25}, gate)
+    assert shown.passed and shown.reasons[1] == "ratio/geneval-shapes/overall@1nfe 0.250 >= 0"
 
 
 def test_ratio_overrides_reach_the_gate_before_anything_runs(tmp_path):
@@ -173,8 +170,8 @@ def test_ratio_overrides_reach_the_gate_before_anything_runs(tmp_path):
         shutil.copy(root / name, tmp_path / name)
     (tmp_path / "artifacts" / "bases").mkdir(parents=True)  # train.init, checked up front with the rest
     (tmp_path / "artifacts" / "bases" / "shapes24-fm").symlink_to(root / "artifacts" / "bases" / "shapes24-fm")
-    check_overrides(["gate.ratio.geneval-shapes/overall@1nfe.min=0.5"], str(tmp_path))
-    with pytest.raises(ConfigError, match=re.escape(".min must be a number >= 0")):
-        check_overrides(["gate.ratio.geneval-shapes/overall@1nfe.min=-0.5"], str(tmp_path))
-    with pytest.raises(ConfigError, match="is not a metric name"):
+    check_overrides(["gate.ratio.geneval-shapes/overall@1nfe=0.5"], str(tmp_path))
+    with pytest.raises(ConfigError, match=re.escape("must be a number >= 0")):
+        check_overrides(["gate.ratio.geneval-shapes/overall@1nfe=-0.5"], str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown key 'gate.ratio.dpg-shapes/score@1nfe.of'"):
         check_overrides(["gate.ratio.dpg-shapes/score@1nfe.of=euler50"], str(tmp_path))

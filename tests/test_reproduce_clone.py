@@ -35,8 +35,8 @@ SMALL = [
     "evaluate.batch=16",
     "gate.min.geneval-shapes/overall@1nfe=0.0",
     "gate.min.dpg-shapes/score@1nfe=0.0",
-    "gate.ratio.geneval-shapes/overall@1nfe.min=0",
-    "gate.ratio.dpg-shapes/score@1nfe.min=0",
+    "gate.ratio.geneval-shapes/overall@1nfe=0",
+    "gate.ratio.dpg-shapes/score@1nfe=0",
 ]
 
 

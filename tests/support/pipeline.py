@@ -103,8 +103,12 @@ def scores(geneval: float, dpg: float) -> dict[str, float]:
         "geneval-shapes/overall@1nfe": geneval,
         "dpg-shapes/score@1nfe": dpg,
         "geneval-shapes/overall@2nfe": geneval + 0.01,
-        "geneval-shapes/overall@base-euler50": 0.9,
-        "dpg-shapes/score@base-euler50": 90.0,
+        "base/geneval-shapes/overall@euler50-cfg0.5": 0.9,
+        "base/dpg-shapes/score@euler50-cfg0.5": 90.0,
+        "ratio/geneval-shapes/overall@1nfe": geneval / 0.9,
+        "ratio/geneval-shapes/overall_se@1nfe": 0.04,
+        "ratio/dpg-shapes/score@1nfe": dpg / 90.0,
+        "ratio/dpg-shapes/score_se@1nfe": 0.05,
     }
 
 
@@ -189,8 +193,8 @@ TINY = [
     "evaluate.batch=16",
     "gate.min.geneval-shapes/overall@1nfe=0.0",
     "gate.min.dpg-shapes/score@1nfe=0.0",
-    "gate.ratio.geneval-shapes/overall@1nfe.min=0",
-    "gate.ratio.dpg-shapes/score@1nfe.min=0",
+    "gate.ratio.geneval-shapes/overall@1nfe=0",
+    "gate.ratio.dpg-shapes/score@1nfe=0",
 ]
 
 
