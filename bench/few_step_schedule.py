@@ -105,11 +105,11 @@ def main(argv=None) -> int:
     ap.add_argument("--report", default="")
     args = ap.parse_args(argv)
     os.chdir(args.workdir)
+    from flows.params import load_with_sets
     from flows.quiet import quiet_third_party
-    from flows.stages.prepare import load_params
 
     quiet_third_party()
-    params = load_params("params.yaml", args.overrides)
+    params = load_with_sets("params.yaml", args.overrides)
     rows = []
     for rho in [float(v) for v in args.rho.split(",")]:
         for middle in [float(v) for v in args.middle.split(",")]:

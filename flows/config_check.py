@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.init_arch import check_inits
-from flows.params import flatten, load_params, parse_overrides, refuse_credentials, repo_root, with_overrides
+from flows.params import Params, flatten, parse_overrides, refuse_credentials, repo_root, with_overrides
 from flows.schema import flat_schema, split_section, validate_config
 from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import CheckpointError, ConfigError
@@ -154,11 +154,13 @@ def check_model_sources(root, params: dict, where: str, log=print) -> dict[str, 
 
 def check_overrides(
     overrides: list[str] | None, workdir: str | None = None, tracking_uri: str | None = None
-) -> tuple[Path, dict]:
+) -> tuple[Path, dict, Params]:
     """Fail on a bad override (unknown key, wrong type, out of range, a credential) before anything runs; returns
-    (root, parsed). `tracking_uri` (`twinflow run --tracking-uri`) is checked for credentials with them."""
+    (root, parsed, the checkout's params.yaml). `tracking_uri` (`twinflow run --tracking-uri`) is checked for
+    credentials with them."""
     root = repo_root(workdir)
-    params = load_params(root / "params.yaml")
+    base = Params.read(root / "params.yaml")
+    params = base.tree
     parsed = parse_overrides(overrides, params, where=str(root / "params.yaml"))
     refuse_credentials({"--tracking-uri": tracking_uri or ""}, "twinflow run ")
     refuse_credentials(parsed, "override ")
@@ -171,4 +173,4 @@ def check_overrides(
     # the pipeline folders exist (or are DVC-tracked, or in the Hugging Face cache: then named by their snapshot)
     parsed = {**parsed, **check_model_sources(root, with_overrides(params, parsed), str(root / "params.yaml"))}
     check_local_inputs(with_overrides(params, parsed), root)
-    return root, parsed
+    return root, parsed, base

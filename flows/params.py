@@ -4,20 +4,26 @@
 `section.key=value` strings against it (a key params.yaml has, a value of a compatible type: an int may stand for
 a float, nothing else converts; `twinflow run`); `load_with_sets` applies a stage's `--set KEY=VALUE` (a stage
 also takes keys params.yaml leaves unset, e.g. data.source); `apply_overrides` / `edit_text` write values into the
-text in place, comments and layout kept, as `dvc exp run --temp -S` does. The types, ranges and defaults of the
-keys are declared in flows/schema.py; the checks across sections are flows/config_check.py's.
+text in place, comments and layout kept, as `dvc exp run --temp -S` does. `Params` is the file as one object
+for the flow's process: parsed once per version of the file, overrides set in memory, the typed gate. The types,
+ranges and defaults of the keys are declared in flows/schema.py; the checks across sections are
+flows/config_check.py's.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import os
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from flows.dotted import flatten  # noqa: F401 (also imported from here)
+from flows.gating import GateConfig
 from twinflow_core.bounds import AliasRefused, check_numbers, load_yaml
 from twinflow_core.errors import ConfigError
 
@@ -171,8 +177,6 @@ def set_dotted(tree, parsed: dict[str, Any]) -> None:
 
 def with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
     """A copy of the params tree with the parsed overrides set."""
-    import copy
-
     out = copy.deepcopy(tree)
     set_dotted(out, parsed)
     return out
@@ -329,3 +333,80 @@ def repo_root(workdir: str | None = None) -> Path:
             "folder or pass it as workdir (--workdir)"
         )
     return root.resolve()
+
+
+# ---- params.yaml as one object, parsed once per process and version of the file ----
+
+_PARSED: dict[tuple, dict] = {}  # (path, inode, size, mtime_ns) -> the checked tree of that version of the file
+_PARSED_KEPT = 8  # versions remembered: a run reads two files (checkout, workspace) and writes one
+
+
+def _version(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # no file: load_params names it
+    return (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _remember(key: tuple | None, tree: dict) -> None:
+    if key is None:
+        return
+    _PARSED[key] = copy.deepcopy(tree)
+    while len(_PARSED) > _PARSED_KEPT:
+        _PARSED.pop(next(iter(_PARSED)))
+
+
+@dataclass(frozen=True)
+class Params:
+    """A params.yaml file, parsed and checked once (`read`): the CLI's up-front check, the flow and the registration
+    of one process share one parse of each version of the file (a write through `write` is remembered as the next
+    version, so it is not parsed again either). `tree` is the content, with a run's overrides set in memory by
+    `with_overrides`; `where` names it in errors; `gate` is the typed promotion gate. Stages are processes of their
+    own and read their file once each (`load_with_sets`)."""
+
+    path: Path
+    tree: dict = field(repr=False)
+    overrides: dict = field(default_factory=dict)  # set in memory on top of the file, not written
+
+    @classmethod
+    def read(cls, path: str | Path) -> Params:
+        path = Path(path)
+        key = _version(path)
+        if key in _PARSED:
+            return cls(path, copy.deepcopy(_PARSED[key]))
+        tree = load_params(path)  # one-line errors: missing, not YAML, not a mapping, a NaN
+        _remember(key, tree)
+        return cls(path, tree)
+
+    @property
+    def where(self) -> str:
+        shown = " ".join(f"{k}={v}" for k, v in self.overrides.items())
+        return f"{self.path} with {shown}" if shown else str(self.path)
+
+    def with_overrides(self, parsed: dict[str, Any]) -> Params:
+        """These params with dotted keys set in memory (the file is unchanged)."""
+        if not parsed:
+            return self
+        return Params(self.path, with_overrides(self.tree, parsed), {**self.overrides, **parsed})
+
+    def write(self, parsed: dict[str, Any]) -> tuple[Params, bool]:
+        """Set dotted keys in the file itself (`apply_overrides`: in place, comments kept, atomic, verified by
+        re-reading); (the params of the written file, whether it changed)."""
+        if self.overrides:
+            raise ValueError(f"{self.where}: write the file's own params, not ones with overrides in memory")
+        changed = apply_overrides(self.path, parsed)
+        written = Params(self.path, with_overrides(self.tree, parsed))
+        if changed:
+            _remember(_version(self.path), written.tree)
+        return written, changed
+
+    def flat(self) -> dict[str, Any]:
+        return flatten(self.tree)
+
+    def section(self, name: str, defaults: dict) -> dict:
+        return section(self.tree, name, defaults)
+
+    @cached_property
+    def gate(self) -> GateConfig:
+        return GateConfig.from_params(self.tree, where=self.where)

@@ -30,7 +30,7 @@ from flows import dvc_ops, init_arch, init_source, schema, stage_backup, stage_u
 from flows.config_check import check_overrides
 from flows.faults import StageFailed, TransientFault, backoff_delays, gave_up, retry_on_transient
 from flows.git import remote_url
-from flows.params import apply_overrides, flatten, load_params, section, with_overrides
+from flows.params import Params, flatten, section
 from flows.register_step import REGISTER_DEFAULTS, register_outputs
 from flows.stage_use import base_unused, encode_unused  # noqa: F401 (also used by tests)
 from twinflow_core.redaction import redact
@@ -109,7 +109,7 @@ def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> d
     """The overrides with a remote pretrain.init / train.init (from them or from params.yaml) fetched into
     checkpoints/<stage>-init and replaced by that folder: DVC hashes a local dependency (flows.init_source), and
     tracks the folder (<folder>.dvc), so a reproduction of the run pulls the same weights."""
-    params = load_params(root / "params.yaml")
+    params = Params.read(root / "params.yaml").tree
     current = flatten(params)
     keys = [f"{stage}.{leaf}" for stage in ("pretrain", "train") for leaf in ("init", "out")]
     values = {key: parsed.get(key, current.get(key)) for key in keys}
@@ -168,13 +168,12 @@ def pipeline(
     logger = get_run_logger()
     start = time.monotonic()
     _redact_logs()
-    root, parsed = check_overrides(overrides, workdir, tracking_uri)  # before anything runs
+    root, parsed, checkout_params = check_overrides(overrides, workdir, tracking_uri)  # before anything runs
     isolated = workspace.wants_isolation(root, parsed, isolate)
     run_label = f"{flow_run.name or 'run'}-{str(flow_run.id or '')[:8]}".strip("-")
     # MLflow's default store is the checkout's mlflow.db, wherever the stages run (an override of
     # register.tracking_uri counts, as it would in the run's params.yaml)
-    params_after = with_overrides(load_params(root / "params.yaml"), parsed)
-    tracking_uri = tracking.resolve_tracking_uri(root, params_after, tracking_uri)
+    tracking_uri = tracking.resolve_tracking_uri(root, checkout_params.with_overrides(parsed).tree, tracking_uri)
     if isolated:
         ws = workspace.create_isolated(root, workspace.ref_name(run_label), logger.info)
         try:
@@ -217,11 +216,13 @@ def _run_in(
 
     root = ws.path
     parsed = localise_inits(root, parsed, tracking_uri, logger.info)
+    written = Params.read(root / "params.yaml")  # the workspace's copy (in place: the checkout's, parsed already)
     if ws.isolated:  # the optional stages' lists follow the overrides (in place: params.yaml must already agree)
-        parsed = {**parsed, **stage_use.overrides(with_overrides(load_params(root / "params.yaml"), parsed))}
-    if apply_overrides(root / "params.yaml", parsed):
+        parsed = {**parsed, **stage_use.overrides(written.with_overrides(parsed).tree)}
+    written, changed = written.write(parsed)
+    if changed:
         logger.info(redact(f"{root / 'params.yaml'} updated with overrides: {parsed}"))
-    params = load_params(root / "params.yaml")
+    params = written.tree
     stage_use.check(params, str(root / "params.yaml"))
     init_arch.check_inits(params, root, str(root / "params.yaml"))  # a fetched init too, before the first stage
     cfg = section(params, "pipeline", PIPELINE_DEFAULTS)

@@ -22,7 +22,7 @@ from flows import access, dvc_ops, registry, release_lock, tracking
 from flows.faults import StageFailed, TransientFault, is_transient
 from flows.gating import GateConfig, Verdict, check_gate, compare_to_champion, ratio_values
 from flows.model_card import lean_version
-from flows.params import load_params, section
+from flows.params import Params
 from flows.quiet import mlflow_registration_chatter_muted
 from flows.tracking import mlflow_key
 from twinflow_core.errors import TwinflowError
@@ -169,9 +169,10 @@ def register_outputs(
     `twinflow models reproduce` can check the version out again."""
     start = time.monotonic()
     project = project or root
-    params = load_params(root / "params.yaml")
-    reg = section(params, "register", REGISTER_DEFAULTS)
-    gate = GateConfig.from_params(params, where=str(root / "params.yaml"))
+    run_params = Params.read(root / "params.yaml")  # the flow's own parse when it wrote the file
+    params = run_params.tree
+    reg = run_params.section("register", REGISTER_DEFAULTS)
+    gate = run_params.gate
     scores = tracking.read_scores(root / reg["metrics"])
     checkpoint = root / reg["checkpoint"]
     if not (checkpoint / "model.safetensors").is_file():

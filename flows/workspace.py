@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flows import init_source
-from flows.dotted import flatten
 from flows.git import WorkspaceError, git
-from flows.params import load_params
+from flows.params import Params
 from twinflow_core.errors import USAGE_EXIT, ConfigError, TwinflowError
 
 LOCK_FILE = Path(".dvc/tmp/twinflow-run.lock")
@@ -121,7 +120,7 @@ def wants_isolation(root: Path, parsed: dict, isolate: bool | None = None) -> bo
         return True
     if isolate is not None:
         return bool(isolate)
-    current = flatten(load_params(root / "params.yaml"))
+    current = Params.read(root / "params.yaml").flat()
     return any(init_source.is_remote(current.get(key)) for key in init_source.INIT_KEYS)
 
 

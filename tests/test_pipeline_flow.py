@@ -124,6 +124,28 @@ def test_flow_runs_caches_pushes_and_registers_once(project, harness):
     assert str(client.get_model_version_by_alias("tiny-gen", "champion").version) == "1"
 
 
+def test_a_run_parses_each_params_file_once(project, harness, monkeypatch):
+    """The up-front check (as `twinflow run` makes it), the flow, its workspace and the registration share one
+    parse per params.yaml: the checkout's once, the run's workspace copy once (the overrides the flow writes
+    into it are remembered, not parsed again)."""
+    import flows.params as params_module
+    from flows.config_check import check_overrides
+    from flows.pipeline import pipeline
+
+    parses = []
+    real = params_module.load_params
+    monkeypatch.setattr(params_module, "load_params", lambda path: parses.append(Path(path).resolve()) or real(path))
+    params_module._PARSED.clear()
+    check_overrides(["toy.size=3"], str(project))
+    state = pipeline(overrides=["toy.size=3"], workdir=str(project), push=False, return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["isolated"] and summary["registration"]["version"]
+    checkout = (project / "params.yaml").resolve()
+    assert parses.count(checkout) == 1, parses
+    assert len(parses) == 2 and parses[1] != checkout, parses  # and the workspace's copy, once
+
+
 def test_deterministic_failure_is_not_retried_and_tops_the_error(project, harness):
     from flows.pipeline import pipeline
 

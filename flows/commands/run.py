@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.monotonic()
     # a bad override (or a credential in one, or in --tracking-uri) fails here, nothing ran
-    root, parsed = check_overrides(args.overrides, args.workdir, args.tracking_uri)
+    root, parsed, base = check_overrides(args.overrides, args.workdir, args.tracking_uri)
     from flows.workspace import ensure_free, wants_isolation
 
     if not wants_isolation(root, parsed, True if args.isolate else None):
         ensure_free(root)  # a busy checkout is refused in one line, before Prefect starts
-    _check_servers(root, parsed, args.tracking_uri, not args.no_register)
+    _check_servers(root, base.with_overrides(parsed), args.tracking_uri, not args.no_register)
     from flows import lifetime, quiet
 
     lifetime.raise_on_stop_signals(on_first=quiet.mute_console)
@@ -165,17 +165,15 @@ def _closing_line(line: str, code: int) -> int:
     return code
 
 
-def _check_servers(root, parsed: dict, tracking_uri: str | None, registers: bool) -> None:
+def _check_servers(root, params, tracking_uri: str | None, registers: bool) -> None:
     """The servers' logins, before anything runs: a wrong MLflow password or Prefect auth string is one line now
-    (exit 14), not a failed stage later."""
+    (exit 14), not a failed stage later. `params`: the run's (flows.params.Params, its overrides set)."""
     from flows import servers, tracking
     from flows.faults import TransientFault
-    from flows.params import load_params, with_overrides
 
     if registers:
-        params = with_overrides(load_params(root / "params.yaml"), parsed)
         try:
-            tracking.check_reachable(tracking.resolve_tracking_uri(root, params, tracking_uri))
+            tracking.check_reachable(tracking.resolve_tracking_uri(root, params.tree, tracking_uri))
         except TransientFault:
             pass  # down for now: the stages run, and registration retries it at the end (docs/reliability.md)
     servers.check_prefect_login()

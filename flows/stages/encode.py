@@ -61,7 +61,7 @@ def run(params: dict, where: str = "params.yaml") -> dict:
 
 
 def main(argv=None) -> int:
-    from flows.params import load_with_sets as load_params
+    from flows.params import load_with_sets
     from flows.quiet import quiet_loading_bars, quiet_third_party
     from flows.stages.prepare import parse_args
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     args = parse_args(argv, __doc__.splitlines()[0])
     try:
         quiet_loading_bars()
-        run(load_params(args.params, args.overrides), args.params)
+        run(load_with_sets(args.params, args.overrides), args.params)
     except TwinflowError as err:
         print(f"encode: error: {err}", file=sys.stderr)
         return exit_code(err)

@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flows.params import add_params_options
-from flows.params import load_with_sets as load_params  # noqa: F401 (the stages' loader, also imported from here)
+from flows.params import add_params_options, load_with_sets
 from twinflow_core.errors import TwinflowError, exit_code
 
 
@@ -43,7 +42,7 @@ def run(params: dict, root: str | Path = ".", progress: bool = True) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, __doc__.splitlines()[0])
     try:
-        run(load_params(Path(args.root) / args.params, args.overrides), args.root)
+        run(load_with_sets(Path(args.root) / args.params, args.overrides), args.root)
     except TwinflowError as err:
         print(f"prepare: error: {err}", file=sys.stderr)
         return exit_code(err)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flows.params import load_with_sets as load_params
+from flows.params import load_with_sets
 from flows.schema import ValidateConfig, validate_config
 from flows.stages.prepare import parse_args
 from twinflow_core.errors import DataError, TwinflowError, exit_code
@@ -346,7 +346,7 @@ def validate(params: dict, root: str | Path = ".", dataset: str | Path | None = 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, __doc__.splitlines()[0])
     try:
-        params = load_params(Path(args.root) / args.params, args.overrides)
+        params = load_with_sets(Path(args.root) / args.params, args.overrides)
         passed, report, summary = validate(params, args.root)
     except TwinflowError as err:
         print(f"validate: error: {err}", file=sys.stderr)
