@@ -127,38 +127,43 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
     return parsed
 
 
-def apply_overrides(path: str | Path, parsed: dict[str, Any]) -> bool:
-    """Write parsed overrides into the params file; returns True if it changed.
+def apply_overrides(path: str | Path, parsed: dict[str, Any], comment: str | None = None) -> bool:
+    """Write values into the params file; returns True if it changed. The one writer of params.yaml text: `twinflow
+    run` overrides and `python -m flows.stages.configure` both call it.
 
-    Only the overridden values change: each is replaced on its own line, so comments, quoting, `null`s and
-    the layout of every other key stay byte for byte. A value that does not sit on one line (a block list)
-    falls back to a ruamel round trip, which keeps comments and writes nulls as `null`. Either way the result
-    is re-read and must equal the old content with the overrides applied, else nothing is written. The file
-    is replaced atomically (written beside it, then renamed), so an interrupted write leaves the old one."""
+    Each key of `parsed` is a dotted key (`train.steps`) or a whole section (`model`), and its value replaces what
+    stands there: a mapping replaces a mapping (keys added, changed and removed), a missing key is added to its
+    section, a missing section is appended at the end of the file (under `comment`, one `# ...` line, when given).
+    Only what changes is rewritten (edit_text): every other line, comments included, stays byte for byte. The
+    result is re-read and must equal the old content with the values set, exactly (types included, so a NaN is
+    refused), else nothing is written. The file is replaced atomically (written beside it, then renamed), so an
+    interrupted write leaves the old one."""
     if not parsed:
         return False
     path = Path(path)
     text = path.read_text()
     before = yaml.safe_load(text) or {}
     wanted = with_overrides(before, parsed)
-    if wanted == before:
+    if equal_exactly(wanted, before):
         return False
-    new_text = edit_text(text, parsed)
-    if yaml.safe_load(new_text) != wanted:
-        raise ConfigError(f"{path}: could not write overrides {sorted(parsed)} without changing other keys")
+    new_text = edit_text(text, parsed, comment)
+    if not _reads_as(new_text, wanted):
+        raise ConfigError(f"{path}: {sorted(parsed)} would not read back as the values given; nothing written")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(new_text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(new_text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; an interrupted write leaves no stray file either
     return True
 
 
-def edit_text(text: str, parsed: dict[str, Any]) -> str:
-    """YAML text with each dotted key of `parsed` set: in place on its own line where it sits on one (comments,
-    quoting and every other line byte for byte), else by a ruamel round trip (which keeps comments)."""
-    new_text = _edit_lines(text, parsed)
-    wanted = with_overrides(yaml.safe_load(text) or {}, parsed)
-    if new_text is None or yaml.safe_load(new_text) != wanted:
-        new_text = _round_trip(text, parsed)
+def edit_text(text: str, parsed: dict[str, Any], comment: str | None = None) -> str:
+    """YAML text with each key of `parsed` set as apply_overrides describes: by line edits where the layout allows
+    (_edit_lines: every other line byte for byte), else by a ruamel round trip (which keeps comments)."""
+    new_text = _edit_lines(text, parsed, comment)
+    if new_text is None or not _reads_as(new_text, with_overrides(yaml.safe_load(text) or {}, parsed)):
+        new_text = _round_trip(text, parsed, comment)
     return new_text
 
 
@@ -182,49 +187,195 @@ def with_overrides(tree: dict, parsed: dict[str, Any]) -> dict:
     return out
 
 
+def equal_exactly(a: Any, b: Any) -> bool:
+    """Whether two parsed YAML values are the same, types included (1 is not 1.0 nor True) and NaN unequal to
+    itself: the test a written value must pass on re-reading."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(equal_exactly(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(equal_exactly(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def changed_keys(tree: dict, parsed: dict[str, Any]) -> list[str]:
+    """The keys of `parsed` whose value differs from the tree's (equal_exactly), or that the tree lacks."""
+    missing = object()
+    changed = []
+    for key, value in parsed.items():
+        node = tree
+        for part in key.split("."):
+            node = node.get(part, missing) if isinstance(node, dict) else missing
+        if node is missing or not equal_exactly(node, value):
+            changed.append(key)
+    return changed
+
+
+def _reads_as(text: str, wanted: dict) -> bool:
+    try:
+        return equal_exactly(yaml.safe_load(text) or {}, wanted)
+    except yaml.YAMLError:
+        return False
+
+
 def _yaml_scalar(value: Any) -> str:
     """One-line YAML for a value: flow style for lists and mappings, `null` for None."""
     if value is None:
         return "null"
-    dumped = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, sort_keys=False).strip()
+    dumped = _yaml_dump(value, flow_style=True, width=1 << 30).strip()
     return dumped.removesuffix("\n...").removesuffix("...").strip()
 
 
-def _edit_lines(text: str, parsed: dict[str, Any]) -> str | None:
-    """The text with each overridden value replaced where it stands (its key's line, up to a trailing
-    comment); None when a value is not a one-line value after its key."""
+def _yaml_block(key: str, value: Any, indent: int) -> list[str]:
+    """`key: value` as YAML lines at `indent` columns, laid out as configure writes sections: mappings in block
+    style, a list or mapping of plain values in flow style on its key's line."""
+    dumped = _yaml_dump({key: value}, flow_style=None, width=110)
+    return [" " * indent + line if line else line for line in dumped.rstrip("\n").split("\n")]
+
+
+def _yaml_dump(data: Any, flow_style: bool | None, width: int) -> str:
+    """safe_dump's text for `data`, keys in their order, never with anchors (params.yaml refuses aliases); with
+    flow_style None the outer mapping is a block even when its values are all plain."""
+    dumper = yaml.SafeDumper(None, default_flow_style=flow_style, sort_keys=False)
+    dumper.ignore_aliases = lambda _data: True
+    node = dumper.represent_data(data)
+    if flow_style is None and isinstance(node, yaml.MappingNode):
+        node.flow_style = False
+    return yaml.serialize(node, Dumper=yaml.SafeDumper, width=width)
+
+
+def _edit_lines(text: str, parsed: dict[str, Any], comment: str | None = None) -> str | None:
+    """The text with only what `parsed` changes rewritten (_plan), new sections appended; None when the document
+    is not a mapping. A layout line edits get wrong (a flow-style document) fails edit_text's re-read instead: the
+    round trip then writes it."""
     from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap
 
     doc = YAML().load(text)
+    old = yaml.safe_load(text) or {}
+    if doc is None and old == {}:
+        doc = CommentedMap()  # an empty file (or only comments): every section is new
+    if not isinstance(doc, CommentedMap) or not isinstance(old, dict):
+        return None
+    wanted = with_overrides(old, parsed)
     lines = text.split("\n")
-    for key, value in parsed.items():
+    ops: list[tuple[int, int, list[str]]] = []  # (first line, line after the last, the lines in their place)
+    appended: list[str] = []
+    for path in _targets(doc, old, parsed):
         node = doc
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.get(part) if hasattr(node, "get") else None
-        if not hasattr(node, "lc") or leaf not in node:
-            return None  # a new key has no line to edit: the round trip adds it
-        key_line, _ = node.lc.key(leaf)
-        val_line, val_col = node.lc.value(leaf)
-        line = lines[val_line]
-        if val_line != key_line:
-            return None
-        rest = line[val_col:]
-        # the old value ends where a comment starts (" #" outside quotes) or at the end of the line
-        end = _value_end(rest)
-        if end is None:
-            return None
-        new = _yaml_scalar(value)
-        tail = rest[end:]
-        if tail.strip():  # a trailing comment keeps its column: a shorter value is padded, a longer one takes
-            # spaces before the comment (at least one stays), so writing the old value back restores the line
-            if len(new) <= end:
-                new = new.ljust(end)
+        for part in path[:-1]:
+            node = node[part]
+        key, value = path[-1], _dotted_get(wanted, path)
+        if key in node:
+            ops += _plan(node, key, _dotted_get(old, path), value, lines)
+        elif node is doc:
+            appended += _yaml_block(key, value, 0)
+        else:  # a block mapping (_targets): the new key goes after its last one, at its indent
+            line, col = node.lc.key(list(node)[-1])
+            end = _block_end(lines, line, col)
+            ops.append((end, end, _yaml_block(key, value, col)))
+    if appended:
+        end = len(lines) - 1 if lines[-1] == "" else len(lines)
+        group = ([comment] if comment else []) + appended + ([] if lines[-1] == "" else [""])
+        ops.append((end, end, ["", *group] if end and lines[end - 1].strip() else group))
+    out: list[str] = []
+    cursor = 0
+    for start, end, new_lines in sorted(ops, key=lambda op: op[:2]):  # stable: insertions keep their order
+        out += lines[cursor:start] + new_lines
+        cursor = max(cursor, end)
+    return "\n".join(out + lines[cursor:])
+
+
+def _targets(doc, old: dict, parsed: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The paths _edit_lines writes: for each key of `parsed`, its first part the file lacks as a mapping (set_dotted
+    makes the rest, so that part is written whole), raised to the nearest key whose parent is a block mapping
+    (a flow mapping is rewritten on its line); a path under another one is left to it."""
+    from ruamel.yaml.comments import CommentedMap
+
+    paths: list[tuple[str, ...]] = []
+    for key in parsed:
+        parts = key.split(".")
+        depth, node = 1, old
+        while depth < len(parts) and isinstance(node.get(parts[depth - 1]), dict):
+            node, depth = node[parts[depth - 1]], depth + 1
+        path = tuple(parts[:depth])
+        while len(path) > 1:
+            parent = _dotted_get(doc, path[:-1])
+            if isinstance(parent, CommentedMap) and len(parent) and not parent.fa.flow_style():
+                break
+            path = path[:-1]
+        if path not in paths:
+            paths.append(path)
+    return [p for p in paths if not any(p[: len(q)] == q for q in paths if len(q) < len(p))]
+
+
+def _dotted_get(tree, path: tuple[str, ...]) -> Any:
+    for part in path:
+        tree = tree[part]
+    return tree
+
+
+def _plan(node, key: str, old: Any, new: Any, lines: list[str]) -> list[tuple[int, int, list[str]]]:
+    """The line edits that set `key` of a ruamel block mapping from `old` to `new`: none when equal; a block
+    mapping key by key (kept, changed, removed, added after the key before it); a one-line value in place (a
+    trailing comment kept); anything else rewritten as a block where it stood (the key line and its comment kept
+    when the new value is a block too)."""
+    from ruamel.yaml.comments import CommentedMap
+
+    if equal_exactly(old, new):
+        return []
+    key_line, key_col = node.lc.key(key)
+    value_line, value_col = node.lc.value(key)
+    child = node[key]
+    end = _block_end(lines, key_line, key_col)
+    if isinstance(new, dict) and new and isinstance(child, CommentedMap) and len(child) and not child.fa.flow_style():
+        ops = [
+            (line, _block_end(lines, line, col), []) for line, col in (child.lc.key(k) for k in child if k not in new)
+        ]
+        at, col = key_line + 1, child.lc.key(next(iter(child)))[1]
+        for k, value in new.items():
+            if k in child:
+                ops += _plan(child, k, old[k], value, lines)
+                at = _block_end(lines, *child.lc.key(k))
             else:
-                spaces = len(tail) - len(tail.lstrip(" "))
-                tail = tail[min(len(new) - end, max(spaces - 1, 0)) :]
-        lines[val_line] = line[:val_col] + new + tail
-    return "\n".join(lines)
+                ops.append((at, at, _yaml_block(k, value, col)))
+        return ops
+    if value_line == key_line and end == key_line + 1:
+        line = lines[key_line]
+        rest = line[value_col:]
+        stop = _value_end(rest)  # the old value ends where a comment starts (" #" outside quotes) or at the end
+        if stop is not None:
+            text = _yaml_scalar(new)
+            tail = rest[stop:]
+            if tail.strip():  # a trailing comment keeps its column: a shorter value is padded, a longer one takes
+                # spaces before the comment (at least one stays), so writing the old value back restores the line
+                if len(text) <= stop:
+                    text = text.ljust(stop)
+                else:
+                    spaces = len(tail) - len(tail.lstrip(" "))
+                    tail = tail[min(len(text) - stop, max(spaces - 1, 0)) :]
+            return [(key_line, key_line + 1, [line[:value_col] + text + tail])]
+    block = _yaml_block(key, new, key_col)
+    if value_line != key_line and len(block) > 1:
+        return [(key_line + 1, end, block[1:])]
+    return [(key_line, end, block)]
+
+
+def _block_end(lines: list[str], key_line: int, key_col: int) -> int:
+    """The line after the last one of a key's value: lines indented deeper than the key (or block list entries at
+    its column); blank and comment lines after its last value line belong to what follows."""
+    end = key_line + 1
+    for i in range(key_line + 1, len(lines)):
+        stripped = lines[i].strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(lines[i]) - len(lines[i].lstrip(" "))
+        if indent > key_col or (indent == key_col and (stripped == "-" or stripped.startswith("- "))):
+            end = i + 1
+        else:
+            break
+    return end
 
 
 def _value_end(rest: str) -> int | None:
@@ -251,16 +402,22 @@ def _value_end(rest: str) -> int | None:
     return len(stripped)
 
 
-def _round_trip(text: str, parsed: dict[str, Any]) -> str:
+def _round_trip(text: str, parsed: dict[str, Any], comment: str | None = None) -> str:
     import io
 
     from ruamel.yaml import YAML  # comes with dvc; round-trips comments and key order
+    from ruamel.yaml.comments import CommentedMap
 
     rt = YAML()
     rt.preserve_quotes = True
     rt.representer.add_representer(type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(text)
+    if doc is None:
+        doc = CommentedMap()
+    new = [key for key in parsed if "." not in key and key not in doc]
     set_dotted(doc, parsed)
+    if comment and new:
+        doc.yaml_set_comment_before_after_key(new[0], before=comment.removeprefix("#").strip())
     buf = io.StringIO()
     rt.dump(doc, buf)
     return buf.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -113,18 +114,22 @@ def test_params_yaml_is_the_composition_of_conf():
 
 
 def test_configure_rewrites_only_its_sections(tmp_path):
-    from flows.stages.configure import composed_params, rewrite
+    from flows.stages.configure import main
 
+    path = tmp_path / "params.yaml"
     original = (ROOT / "params.yaml").read_text()
-    wanted, data = composed_params(["experiment=digits_cpu", "train.steps=7"])
-    text = rewrite(original, wanted, data)
+    path.write_text(original)
+    assert main(["--params", str(path), "experiment=digits_cpu", "train.steps=7"]) == 0
+    text = path.read_text()
     new, old = yaml.safe_load(text), yaml.safe_load(original)
     assert new["train"]["steps"] == 7 and new["data"]["name"] == "digits"
     # digits fine-tunes its own fresh base, and is judged against it, not against the committed shapes base
     assert new["evaluate"]["base"] == new["train"]["init"] == new["pretrain"]["out"] != old["evaluate"]["base"]
+    assert new["optional_stages"]["pretrain"] == ["used"]  # so dvc.yaml declares the pretrain stage
     assert new["data"].get("source", "digits") == "digits"  # source defaults to name when absent
     assert new["encode"]["data"] == "data/prepared/digits"  # encode is ours too, and follows data.name
-    for key in set(old) - {"model", "objective", "pretrain", "train", "encode", "data", "evaluate"}:
+    ours = {"model", "objective", "pretrain", "train", "encode", "data", "evaluate", "optional_stages"}
+    for key in set(old) - ours:
         assert new[key] == old[key]
     assert {k: v for k, v in new["evaluate"].items() if k != "base"} == {
         k: v for k, v in old["evaluate"].items() if k != "base"
@@ -132,12 +137,51 @@ def test_configure_rewrites_only_its_sections(tmp_path):
     assert {k: v for k, v in new["data"].items() if k not in ("name", "source", "image_size")} == {
         k: v for k, v in old["data"].items() if k not in ("name", "source", "image_size")
     }
-    # comments of other sections survive
-    assert [ln for ln in original.splitlines() if ln.startswith("# --- data")] == [
-        ln for ln in text.splitlines() if ln.startswith("# --- data")
-    ]
-    # and composing the defaults again gives the original back
-    assert rewrite(text, *composed_params([])) == original
+    # every line outside the changed values is kept, comments included: the section banners and the header
+    kept = [ln for ln in original.splitlines() if ln.startswith("#")]
+    assert kept and kept == [ln for ln in text.splitlines() if ln.startswith("#")]
+    # and composing the defaults again gives the original back, byte for byte
+    assert main(["--params", str(path)]) == 0
+    assert path.read_text() == original
+
+
+def test_comments_in_gate_and_on_a_data_line_survive_another_experiment_and_back(tmp_path):
+    """configure writes only the keys that change, each where it stands: a comment the user added inside a section
+    configure does not own (gate) and one on a line it changes (data.name) are still there after digits_cpu and
+    back, and the file then checks clean."""
+    from flows.stages.configure import main
+
+    path = tmp_path / "params.yaml"
+    original = (ROOT / "params.yaml").read_text()
+    note = "  name: shapes            # NOTE-DATA on data.name"
+    text, n = re.subn(r"(?m)^  name: shapes +#.*$", note, original, count=1)
+    assert n == 1
+    text, n = re.subn(r"(?m)^gate:\n", "gate:\n  # NOTE-GATE inside the gate\n", text, count=1)
+    assert n == 1
+    text = text.replace("  champion_margin: 0.02\n", "  champion_margin: 0.02   # NOTE-MARGIN\n")
+    path.write_text(text)
+    assert main(["--params", str(path), "experiment=digits_cpu"]) == 0
+    moved = path.read_text()
+    assert "  name: digits            # NOTE-DATA on data.name\n" in moved
+    assert "gate:\n  # NOTE-GATE inside the gate\n" in moved and "  champion_margin: 0.02   # NOTE-MARGIN\n" in moved
+    assert main(["--params", str(path), "--check", "experiment=digits_cpu"]) == 0
+    assert main(["--params", str(path)]) == 0
+    assert path.read_text() == text
+    assert main(["--params", str(path), "--check"]) == 0
+
+
+def test_configure_appends_the_sections_a_params_file_lacks_under_its_header(tmp_path, capsys):
+    from flows.stages.configure import HEADER_LINE, SECTIONS, main
+
+    path = tmp_path / "params.yaml"
+    path.write_text("# mine\ndata:\n  name: shapes   # kept\n")
+    assert main(["--params", str(path), "--check"]) == 1
+    assert "differs from conf/" in capsys.readouterr().err
+    assert main(["--params", str(path)]) == 0
+    text = path.read_text()
+    assert text.startswith("# mine\ndata:\n  name: shapes   # kept\n\n" + HEADER_LINE + "\nmodel:\n")
+    assert list(yaml.safe_load(text)) == ["data", *SECTIONS]
+    assert main(["--params", str(path), "--check"]) == 0
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -5,7 +5,9 @@
 
 conf/ holds the presets and the schema; params.yaml holds the resolved values DVC tracks, key by key, so
 `dvc repro` reruns exactly the stages whose values changed. This command is the one way from the first to the
-second (other sections of params.yaml and all comments are kept). When the chosen `data` preset names another
+second: it decides what to write, and flows/params.py's one writer changes only the keys whose values differ,
+each where it stands (every other line, comments included, is kept; a section params.yaml lacks is appended under
+HEADER_LINE), in one atomic write checked by re-reading. When the chosen `data` preset names another
 dataset it also sets data.name, data.source and data.image_size, the keys of the data section training depends on,
 optional_stages follows the result (flows/stage_use.py: which of pretrain / encode dvc.yaml declares), and
 evaluate.base follows a local train.init: the many-step reference is the model TwinFlow started from (the
@@ -20,19 +22,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from flows.params import apply_overrides, edit_text, flatten, load_params, parse_overrides
+from flows import stage_use
+from flows.params import apply_overrides, changed_keys, flatten, load_params, parse_overrides, with_overrides
 from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
 SECTIONS = ("model", "objective", "pretrain", "train", "encode")
 HEADER_LINE = (
     "# --- training: written by `python -m flows.stages.configure` from conf/ (Hydra); edit conf/ and rerun it"
 )
-
-
-def composed_params(overrides: list[str]) -> tuple[dict, dict]:
-    """(our sections, the data choice) of the composition."""
-    return composed(overrides)[:2]
 
 
 def composed(overrides: list[str]) -> tuple[dict, dict, dict]:
@@ -54,20 +53,19 @@ def reference_base(wanted: dict) -> str | None:
     return None if init is None or is_remote(init) else str(init)
 
 
-def differences(params: dict, wanted: dict, data: dict, owned: dict | None = None) -> list[str]:
-    diffs = [name for name in SECTIONS if params.get(name) != wanted[name]]
+def changes(params: dict, wanted: dict, data: dict, owned: dict) -> dict[str, Any]:
+    """{key: value} of what params.yaml must change to match the composition: our sections whole, the data keys
+    params.yaml has (name, source, image_size), evaluate.base where it has one (reference_base), the evaluate/gate
+    keys the experiment sets, and the optional stages' lists that follow from the result (flows/stage_use.py)."""
+    edits: dict[str, Any] = {name: wanted[name] for name in SECTIONS}
     current = params.get("data") or {}
-    diffs += [f"data.{k}" for k in ("name", "source", "image_size") if k in current and current.get(k) != data[k]]
+    edits.update({f"data.{k}": data[k] for k in ("name", "source", "image_size") if k in current})
     base = reference_base(wanted)
-    if base is not None and (params.get("evaluate") or {}).get("base") != base:
-        diffs.append("evaluate.base")
-    flat = flatten(params)
-    diffs += [k for k, v in (owned or {}).items() if flat.get(k) != v and k not in diffs]
-    if not diffs:  # the optional stages' lists must follow the keys that decide them (flows/stage_use.py)
-        from flows import stage_use
-
-        diffs += sorted(stage_use.overrides(params))
-    return diffs
+    if base is not None and "base" in (params.get("evaluate") or {}):
+        edits["evaluate.base"] = base
+    edits.update(owned)
+    edits.update(stage_use.overrides(with_overrides(params, edits)))
+    return {key: edits[key] for key in changed_keys(params, edits)}
 
 
 def main(argv=None) -> int:
@@ -80,87 +78,31 @@ def main(argv=None) -> int:
         path = Path(args.params)
         if not path.is_file():
             raise ConfigError(f"{path}: params file not found")
+        params = load_params(path)
         wanted, data, owned = composed(args.overrides)
-        text = path.read_text()
-        diffs = differences(load_params(path), wanted, data, owned)
+        if owned:  # the check `twinflow run KEY=VALUE` makes: a key params.yaml has, a value of its type
+            items = [f"{k}={json.dumps(v)}" for k, v in owned.items()]
+            owned = parse_overrides(items, params, where=str(path))
+        edits = changes(params, wanted, data, owned)
         if args.check:
-            if diffs:
+            if edits:
                 print(
-                    f"configure: {path} differs from conf/ {' '.join(args.overrides)} in: {', '.join(diffs)}",
+                    f"configure: {path} differs from conf/ {' '.join(args.overrides)} in: {', '.join(edits)}",
                     file=sys.stderr,
                 )
                 return 1
             print(f"configure: {path} matches conf/ {' '.join(args.overrides)}")
             return 0
-        path.write_text(rewrite(text, wanted, data))
-        if owned:
-            # the same checked, line-preserving edit as `twinflow run KEY=VALUE` (an unknown key is an error)
-            items = [f"{k}={json.dumps(v)}" for k, v in owned.items()]
-            apply_overrides(path, parse_overrides(items, load_params(path), where=str(path)))
-        from flows import stage_use
-
-        # the optional stages (pretrain, encode) the written train.init / train.data / evaluate.base use
-        apply_overrides(path, stage_use.overrides(load_params(path)))
+        # one checked, atomic write; a section params.yaml lacks is appended under the line saying where it comes from
+        apply_overrides(path, edits, comment=HEADER_LINE)
     except TwinflowError as err:
         print(f"configure: error: {err}", file=sys.stderr)
         return exit_code(err)
     print(
         f"configure: wrote {', '.join(SECTIONS)} to {path}"
-        + (f" (changed: {', '.join(diffs)})" if diffs else " (no change)")
+        + (f" (changed: {', '.join(edits)})" if edits else " (no change)")
     )
     return 0
-
-
-def rewrite(text: str, wanted: dict, data: dict) -> str:
-    """params.yaml text with our sections replaced in place (appended when new), data.name/source/image_size and
-    evaluate.base (reference_base) set where params.yaml has them; every other line, comments included, is kept as
-    it was."""
-    import re
-
-    import yaml
-
-    # blocks: a top-level key with its indented lines; column-0 comments belong to the key that follows them
-    blocks: list[list] = [[None, []]]
-    pending: list[str] = []
-    for line in text.splitlines():
-        top = re.match(r"^([A-Za-z_][\w-]*):", line)
-        if top:
-            blocks.append([top.group(1), pending + [line]])
-            pending = []
-        elif line.startswith("#"):
-            pending.append(line)
-        else:
-            blocks[-1][1].extend(pending + [line])
-            pending = []
-    body = yaml.safe_dump({k: wanted[k] for k in SECTIONS}, sort_keys=False, default_flow_style=None, width=110)
-    ours = [HEADER_LINE, *body.rstrip("\n").split("\n")]
-    kept: list[str] = []
-    placed = False
-    for key, block in blocks:
-        if key in SECTIONS:  # replaced in place (at the first of our sections), with its leading comments
-            if not placed:
-                kept.extend(ours)
-                placed = True
-            trailing = []
-            while block and block[-1].strip() == "":
-                trailing.append(block.pop())
-            kept.extend(trailing)
-            continue
-        kept.extend(block)
-    kept.extend(pending)
-    if not placed:
-        while kept and kept[-1].strip() == "":
-            kept.pop()
-        kept.extend(["", *ours])
-    new_text = "\n".join(kept) + "\n"
-    # the keys of other sections that follow the composition, each changed on its own line (flows/params.py)
-    current = yaml.safe_load(new_text) or {}
-    base = reference_base(wanted)
-    edits = {f"data.{k}": v for k, v in data.items()}
-    edits.update({} if base is None else {"evaluate.base": base})
-    flat = flatten(current)
-    edits = {k: v for k, v in edits.items() if k in flat and flat[k] != v}
-    return edit_text(new_text, edits) if edits else new_text
 
 
 if __name__ == "__main__":
