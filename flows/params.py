@@ -2,8 +2,8 @@
 
 `load_params` reads the file (one-line errors: missing, not YAML, not a mapping, a NaN); `parse_overrides` checks
 `section.key=value` strings against it (a key params.yaml has, a value of a compatible type: an int may stand for
-a float, nothing else converts; `twinflow run`); `load_with_sets` applies a stage's `--set KEY=VALUE` (a stage
-also takes keys params.yaml leaves unset, e.g. data.source); `apply_overrides` / `edit_text` write values into the
+a float, nothing else converts; `twinflow run`); `load_with_sets` applies a stage's `--set KEY=VALUE` through the
+same parser (a stage also takes keys params.yaml leaves unset, e.g. data.source); `apply_overrides` / `edit_text` write values into the
 text in place, comments and layout kept, as `dvc exp run --temp -S` does. `Params` is the file as one object
 for the flow's process: parsed once per version of the file, overrides set in memory, the typed gate. The types,
 ranges and defaults of the keys are declared in flows/schema.py; the checks across sections are
@@ -39,22 +39,10 @@ def split_item(item: str) -> tuple[str, str]:
 def load_with_sets(path: str | Path, sets: list[str] | None = None) -> dict:
     """params.yaml as a dict, with a stage's dotted KEY=VALUE overrides applied (values parsed as YAML).
 
-    Unlike `twinflow run` (parse_overrides), a stage accepts keys params.yaml leaves unset (e.g. data.source)."""
+    The same parser as `twinflow run` (parse_overrides), except that a stage also takes keys params.yaml leaves
+    unset (e.g. data.source): the stage's own validation checks those."""
     params = load_params(path)
-    for item in sets or []:
-        key, value = split_item(item)
-        node = params
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        try:
-            node[parts[-1]] = load_yaml(value)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"override {item!r}: not valid YAML ({str(err).splitlines()[0]})") from None
-        check_numbers(node[parts[-1]], f"override {item!r}", key)
-    return params
+    return with_overrides(params, parse_overrides(sets, params, where=str(path), unset_keys=True))
 
 
 def add_params_options(parser, set_help: str) -> None:
@@ -94,8 +82,12 @@ def _compatible(old: Any, new: Any) -> bool:
     return type(old) is type(new)  # lists with lists, mappings with mappings
 
 
-def parse_overrides(overrides: list[str] | None, params: dict, where: str = "params.yaml") -> dict[str, Any]:
-    """Check `key=value` strings against `params`; return {dotted key: parsed value} or raise ConfigError."""
+def parse_overrides(
+    overrides: list[str] | None, params: dict, where: str = "params.yaml", unset_keys: bool = False
+) -> dict[str, Any]:
+    """Check `key=value` strings against `params`; return {dotted key: parsed value} or raise ConfigError.
+    `unset_keys`: a key params.yaml does not have is taken as given (a stage's --set), unless it would go inside
+    a value that is not a section."""
     parsed: dict[str, Any] = {}
     known = flatten(params)
     sections = {k for k, v in params.items() if isinstance(v, dict)}
@@ -111,6 +103,11 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
         refuse_credentials({key: value if isinstance(value, (str, dict, list)) else raw}, "override ")
         if key in sections:
             raise ConfigError(f"override {item!r}: {key!r} is a whole section of {where}; set one of its keys")
+        if key not in known and unset_keys:
+            _check_place(item, key, params)
+            check_numbers(value, f"override {item!r}", key)
+            parsed[key] = value
+            continue
         if key not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
             suffix = f"; did you mean {hint[0]!r}?" if hint else ""
@@ -125,6 +122,15 @@ def parse_overrides(overrides: list[str] | None, params: dict, where: str = "par
             value = float(value)
         parsed[key] = value
     return parsed
+
+
+def _check_place(item: str, key: str, params: dict) -> None:
+    """A ConfigError when a dotted key would go inside a value that is not a section (`train.steps.x`)."""
+    node: Any = params
+    for part in key.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is not None and not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
 
 
 def apply_overrides(path: str | Path, parsed: dict[str, Any], comment: str | None = None) -> bool:

@@ -99,3 +99,25 @@ def test_the_gate_check_passes_when_gate_and_evaluate_move_together():
         "evaluate.ratio_reference": "euler40-cfg0.5",
     }
     check_params(with_overrides(params, moved), "params.yaml")
+
+
+def test_a_stage_s_set_goes_through_the_run_s_override_parser(tmp_path):
+    """`python -m flows.stages.<stage> --set KEY=VALUE` parses as `twinflow run KEY=VALUE` does (type, credential,
+    an int for a float), and also takes a key params.yaml leaves unset."""
+    import re
+
+    from flows.params import load_with_sets
+
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  name: shapes\ntrain:\n  steps: 3\n  lr: 0.5\n")
+    got = load_with_sets(path, ["data.source=digits", "train.lr=1"])
+    assert got == {"data": {"name": "shapes", "source": "digits"}, "train": {"steps": 3, "lr": 1.0}}
+    assert isinstance(got["train"]["lr"], float)
+    for item, says in [
+        ("train.steps=many", "train.steps is int"),
+        ("train.steps.x=1", "'steps' is not a section"),
+        ("data.imagefolder.path=https://user:hunter2@example.com/x", "holds a password in a URI"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)) as err:
+            load_with_sets(path, [item])
+        assert "hunter2" not in str(err.value)
