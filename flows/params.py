@@ -3,10 +3,11 @@
 `load_params` reads the file (one-line errors: missing, not YAML, not a mapping, a NaN); `parse_overrides` checks
 `section.key=value` strings against it (a key params.yaml has, a value of a compatible type: an int may stand for
 a float, nothing else converts; `twinflow run`); `load_with_sets` applies a stage's `--set KEY=VALUE` through the
-same parser (a stage also takes keys params.yaml leaves unset, e.g. data.source); `apply_overrides` / `edit_text` write values into the
-text in place, comments and layout kept, as `dvc exp run --temp -S` does. `Params` is the file as one object
-for the flow's process: parsed once per version of the file, overrides set in memory, the typed gate. The types,
-ranges and defaults of the keys are declared in flows/schema.py; the checks across sections are
+same parser (a stage also takes keys params.yaml leaves unset, e.g. data.source). `apply_overrides` is the one
+writer: dotted keys and whole sections set in the text in place, comments and layout kept, as
+`dvc exp run --temp -S` does (`twinflow run` overrides and `python -m flows.stages.configure`). `Params` is the
+file as one object for the flow's process: parsed once per version of the file, overrides set in memory, the typed
+gate. The types, ranges and defaults of the keys are declared in flows/schema.py; the checks across sections are
 flows/config_check.py's.
 """
 
