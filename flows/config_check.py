@@ -22,8 +22,9 @@ from flows.params import Params, flatten, parse_overrides, refuse_credentials, r
 from flows.schema import flat_schema, split_section, validate_config
 from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import CheckpointError, ConfigError
+from twinflow_core.schema import check_value
 
-# The flow's sections: key -> (types, rule or None), from their rows in flows/schema.py (which also gives the
+# The flow's sections: key -> (types, row), from their rows in flows/schema.py (which also gives the
 # defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/register_step.py REGISTER_DEFAULTS).
 PIPELINE_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("pipeline")
 REGISTER_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = flat_schema("register")
@@ -39,18 +40,13 @@ def _check_flat_section(params: dict, name: str, schema: dict, where: str) -> No
     if unknown:
         raise ConfigError(f"{where}: {name}: unknown key(s) {unknown}; known: {sorted(schema)}")
     for key, value in raw.items():
-        types, rule = schema[key]
+        types, row = schema[key]
         if value is None and str in types:
             continue
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{where}: {name}.{key}: expected {names}, got {value!r}")
-        if isinstance(rule, tuple) and not isinstance(rule[0], str) and not rule[0] <= value <= rule[1]:
-            raise ConfigError(f"{where}: {name}.{key}: expected {rule[0]}..{rule[1]}, got {value!r}")
-        if isinstance(rule, tuple) and isinstance(rule[0], str) and value not in rule:
-            raise ConfigError(f"{where}: {name}.{key}: expected one of {list(rule)}, got {value!r}")
-        if rule == "nonempty" and not value:
-            raise ConfigError(f"{where}: {name}.{key}: must not be empty")
+        check_value(row, value, f"{where}: {name}.{key}")
 
 
 def _cross_section(params: dict, data_cfg, sections, where: str) -> None:

@@ -301,7 +301,7 @@ CASES = [
         "override",
         "twinflow run data.image_size=7",
         10,
-        "data.image_size: expected 8..1024, got 7",
+        "data.image_size: expected [8, 1024], got 7",
         override("data.image_size=7"),
     ),
     Case(
@@ -366,7 +366,7 @@ CASES = [
         "override",
         "twinflow run pipeline.retries=-1",
         10,
-        "pipeline.retries: expected 0..20, got -1",
+        "pipeline.retries: expected [0, 20], got -1",
         override("pipeline.retries=-1"),
     ),
     Case(
@@ -399,7 +399,7 @@ CASES = [
         "config",
         "train.trainer.precision: 8-bit",
         10,
-        "train.trainer.precision: '8-bit'",
+        "train.trainer.precision: expected one of 32-true | 32 | bf16-mixed | 16-mixed | bf16-true, got '8-bit'",
         *params_file(lambda p: p["train"]["trainer"].update(precision="8-bit")),
     ),
     Case(

@@ -29,9 +29,9 @@ def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
     "key, value, says",
     [
         ("train.steps", 0, "train.steps: expected >= 1, got 0"),
-        ("pretrain.ema_decay", 1.5, "pretrain.ema_decay: expected 0..1"),
-        ("train.cond_drop", 1.0, "train.cond_drop: expected 0 <= cond_drop < 1"),
-        ("pretrain.betas", [0.9], "pretrain.betas: expected two values"),
+        ("pretrain.ema_decay", 1.5, "pretrain.ema_decay: expected [0, 1], got 1.5"),
+        ("train.cond_drop", 1.0, "train.cond_drop: expected [0, 1), got 1.0"),
+        ("pretrain.betas", [0.9], "pretrain.betas: expected 2 values in [0, 1), got [0.9]"),
         ("train.threads", -1, "train.threads: expected >= 0"),
         ("data.shard_size", 0, "data.shard_size: expected >= 1"),
         ("register.model_name", "", "register.model_name: must not be empty"),

@@ -86,10 +86,10 @@ def test_scheduled_lr_the_export_average_and_an_exact_resume(tmp_path):
 @pytest.mark.parametrize(
     "override, words",
     [
-        ("pretrain.lr_schedule=step", "pretrain.lr_schedule: 'step' not in"),
+        ("pretrain.lr_schedule=step", "pretrain.lr_schedule: expected one of constant | cosine | linear, got 'step'"),
         ("pretrain.lr_warmup=6", "pretrain.lr_warmup: 6 warm-up steps leave none of the 6 steps"),
         ("pretrain.lr_warmup=-1", "pretrain.lr_warmup: expected >= 0, got -1"),
-        ("pretrain.export_ema_decay=1.0", "pretrain.export_ema_decay: expected 0 <= export_ema_decay < 1, got 1.0"),
+        ("pretrain.export_ema_decay=1.0", "pretrain.export_ema_decay: expected [0, 1), got 1.0"),
         (
             "pretrain.trainer.strategy=fsdp pretrain.ema_decay=0 pretrain.export_ema_decay=0.9",
             "pretrain.export_ema_decay: the fsdp strategy keeps no averaged copy; set 0",

@@ -1,5 +1,6 @@
 """The one declaration table of params.yaml keys (twinflow_core/schema.py, flows/schema.py): every key of params.yaml
-and conf/ is declared, every code default equals conf/'s value, and docs/params.md is the table as generated."""
+and conf/ is declared, every code default equals conf/'s value, a key conf/ owns has no code default, the rows'
+choices and bounds refuse a value in one line, and docs/params.md is the table as generated."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import MISSING
 
 from flows import schema
-from twinflow_core.schema import REQUIRED, Key
+from twinflow_core.errors import ConfigError
+from twinflow_core.schema import REQUIRED, Key, check_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,24 +156,10 @@ def test_the_code_defaults_are_the_table_s():
     from flows.stages.validate import ValidateConfig
     from twinflow_core.benchmarks.protocol import EvalConfig
     from twinflow_core.data.config import DataConfig, ImageFolderConfig, ShapesConfig
-    from twinflow_core.training.config import (
-        EncodeConfig,
-        ModelConfig,
-        PretrainedModelConfig,
-        TrainerConfig,
-        TrainingSections,
-        to_dict,
-    )
 
     pipeline_defaults = _pipeline_defaults()
-    sections = TrainingSections()
     cases = [
-        ("model.", "unet", _dataclass_defaults(ModelConfig())),
-        ("model.", "diffusers", _dataclass_defaults(PretrainedModelConfig())),
-        ("trainer.", "", _dataclass_defaults(TrainerConfig())),
-        ("encode.", "", _dataclass_defaults(EncodeConfig())),
-        ("pretrain.", "", to_dict(sections.pretrain)),
-        ("train.", "", to_dict(sections.train)),
+        *_training_cases(),
         ("data.", "", {k: v for k, v in _dataclass_defaults(DataConfig()).items() if k not in ("source",)}),
         ("data.shapes.", "", _dataclass_defaults(ShapesConfig())),
         ("data.imagefolder.", "", _dataclass_defaults(ImageFolderConfig())),
@@ -190,6 +179,80 @@ def test_the_code_defaults_are_the_table_s():
             elif key not in declared:
                 wrong.append((prefix + key, "undeclared", value))
     assert wrong == []
+
+
+def _training_cases() -> list[tuple[str, str, dict]]:
+    """(row prefix, model variant, {field: code default}) of the training sections' typed configs."""
+    from twinflow_core.training.config import (
+        EncodeConfig,
+        ModelConfig,
+        PretrainedModelConfig,
+        StageConfig,
+        TrainerConfig,
+        TrainingSections,
+    )
+
+    sections = TrainingSections()
+    return [
+        ("model.", "unet", _dataclass_defaults(ModelConfig())),
+        ("model.", "diffusers", _dataclass_defaults(PretrainedModelConfig())),
+        ("trainer.", "", _dataclass_defaults(TrainerConfig())),
+        ("encode.", "", _dataclass_defaults(EncodeConfig())),
+        ("pretrain.", "", _dataclass_defaults(StageConfig())),
+        ("train.", "", _dataclass_defaults(StageConfig())),
+        ("pretrain.", "", _dataclass_defaults(sections.pretrain)),
+        ("train.", "", _dataclass_defaults(sections.train)),
+        ("objective.*.", "", _dataclass_defaults(sections.objective.pretrain)),
+        ("objective.*.", "", _dataclass_defaults(sections.objective.train)),
+    ]
+
+
+def test_a_key_conf_owns_has_no_code_default():
+    """A REQUIRED row's value lives in conf/ only: its typed field is OmegaConf's missing value, never a copy of
+    conf/'s recipe (train.steps is written once, in conf/config.yaml), and the two stages' code is the same."""
+    from twinflow_core.training.compose import DataChoice
+    from twinflow_core.training.config import StageConfig
+
+    wrong = []
+    for prefix, variant, code in _training_cases():
+        for key, value in code.items():
+            declared = _rows(prefix, variant).get(key)
+            if declared is REQUIRED and value != MISSING:
+                wrong.append((prefix + key, value))
+    wrong += [("data." + k, v) for k, v in _dataclass_defaults(DataChoice()).items() if v != MISSING]
+    assert wrong == []
+    assert {k for k, v in _dataclass_defaults(StageConfig()).items() if v == MISSING} == {
+        k.path.split(".", 1)[1] for k in schema.all_keys() if k.path.startswith("train.") and k.default is REQUIRED
+    }
+
+
+def test_params_without_a_key_conf_owns_is_one_line_naming_it():
+    from twinflow_core.training.config_checks import load_sections
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["train"]["steps"]
+    with pytest.raises(ConfigError) as err:
+        load_sections(params, "params.yaml")
+    assert str(err.value) == ("params.yaml: train.steps: missing (conf/ sets it; run python -m flows.stages.configure)")
+
+
+def test_choices_and_bounds_are_the_rows_own():
+    """One pass over the rows checks every choice and bound; a registry the rows repeat says the same names."""
+    from twinflow_core.nets.embeddings import TIME_SIGNS
+    from twinflow_core.schema import STAGE, TRAINER
+
+    assert schema.lookup("model.time_sign", "unet").choices == TIME_SIGNS
+    cases = [
+        (STAGE, "", {"cond_drop": 1.5}, "train", "p.yaml: train.cond_drop: expected [0, 1), got 1.5"),
+        (STAGE, "", {"betas": [0.9, 1.0]}, "train", "p.yaml: train.betas: expected 2 values in [0, 1), got [0.9, 1.0]"),
+        (STAGE, "", {"lr": 0.0}, "train", "p.yaml: train.lr: expected > 0, got 0.0"),
+        (TRAINER, "trainer", {"strategy": "x"}, "", "p.yaml: trainer.strategy: expected one of auto | ddp | ddp_spawn"),
+    ]
+    for rows, prefix, values, shown, says in cases:
+        with pytest.raises(ConfigError) as err:
+            check_section(rows, prefix, values, "p.yaml", shown)
+        assert str(err.value).startswith(says)
+    check_section(STAGE, "", {"cond_drop": 0.0, "betas": [0.0, 0.5], "init": None, "steps": 1}, "p.yaml", "train")
 
 
 def _pipeline_defaults() -> dict:

@@ -3,20 +3,27 @@
 One row per key (`Key`). The library's sections live here (data, model, objective, pretrain, train, encode,
 evaluate, and the composition-only `trainer` and `data.path` of conf/); the orchestration sections (validate,
 gate, register, pipeline, optional_stages) are declared beside the flow (flows/schema.py), which also writes the
-reference table docs/params.md. The typed configs (training/config.py, data/config.py) take their defaults, choices
-and bounds from these rows, so a default is written once; tests/test_params_schema.py fails when a key of
-params.yaml or conf/ has no row, or a default here differs from the value conf/ composes.
+reference table docs/params.md. The typed configs (training/config.py, data/config.py) take their defaults from
+these rows, and `check_section` checks a section's values against the rows' choices and bounds, so a default, a
+choice or a bound is written once; tests/test_params_schema.py fails when a key of params.yaml or conf/ has no row,
+or a default here differs from the value conf/ composes.
 
 A default is the recipe's value, the one conf/'s default composition writes into params.yaml. `REQUIRED` marks a
-key whose value conf/ or the user owns (no code default). A path part `*` matches any one name (a metric name, a
-stage); a `mapping` key holds free keys that the row does not declare one by one (a preset's overrides, the
-official scorers' options).
+key whose value conf/ or the user owns: it has no code default (a typed config's field is OmegaConf's mandatory
+missing value, so a params.yaml without the key is an error naming it). A path part `*` matches any one name (a
+metric name, a stage); a `mapping` key holds free keys that the row does not declare one by one (a preset's
+overrides, the official scorers' options).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from omegaconf import MISSING
+
+from twinflow_core.errors import ConfigError
 
 
 class _Required:
@@ -61,29 +68,50 @@ class Key:
     conf_only: bool = False  # a key of conf/'s composition that params.yaml does not carry
     tracked: bool = True  # a training stage's key that changes the weights (dvc.yaml lists it)
     nonempty: bool = False  # a string that must not be empty
+    length: int = 0  # a list of exactly this many items (0: any); low/high then bound each item
 
     def range_text(self) -> str:
         if self.nonempty:
             return "non-empty"
         if self.choices:
             return " | ".join(repr(c) if c == "" else str(c) for c in self.choices)
+        bounds = ""
         if self.low is not None and self.high is not None:
             lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
-            return f"{lo}{self.low:g}, {self.high:g}{hi}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
-        if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
-        return ""
+            bounds = f"{lo}{self.low:g}, {self.high:g}{hi}"
+        elif self.low is not None:
+            bounds = f"{'>' if self.low_open else '>='} {self.low:g}"
+        elif self.high is not None:
+            bounds = f"{'<' if self.high_open else '<='} {self.high:g}"
+        if self.length:
+            return f"{self.length} values" + (f" in {bounds}" if bounds else "")
+        return bounds
 
     def in_range(self, value) -> bool:
         if self.choices:
             return value in self.choices
+        if isinstance(value, list):
+            return (not self.length or len(value) == self.length) and all(self._in_bounds(v) for v in value)
+        return self._in_bounds(value)
+
+    def _in_bounds(self, value) -> bool:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return True
+            return True  # not a number: the section's type check names it
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
         return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def problem(self, value) -> str | None:
+        """Why `value` is outside this row's choices, bounds or non-emptiness (None when inside). Types are the
+        section's loader's to check (OmegaConf, data/config.py build_config, flows/config_check.py); null is a
+        type question too (`nullable`)."""
+        if value is None:
+            return None
+        if self.nonempty and not value:
+            return "must not be empty"
+        if self.in_range(value):
+            return None
+        return f"expected {'one of ' if self.choices else ''}{self.range_text()}, got {value!r}"
 
 
 def K(path: str, type: str, default: Any = REQUIRED, help: str = "", **kw) -> Key:  # noqa: A002
@@ -175,7 +203,7 @@ MODEL_DIFFUSERS = [
         "an adapter row (twinflow_core/adapters/families.py): sd3 | qwen_image | sana",
         **_DIFF,
     ),
-    K("model.source", "str", REQUIRED, "the pipeline: a local folder (or a hub id)", **_DIFF),
+    K("model.source", "str", REQUIRED, "the pipeline: a local folder (or a hub id)", nonempty=True, **_DIFF),
     K(
         "model.finetune",
         "str",
@@ -204,13 +232,6 @@ OBJECTIVE = [
     K("objective.*.preset", "str", REQUIRED, "a method of twinflow_core/objectives: twinflow | rcgm | fm | meanflow"),
     K("objective.*.overrides", "mapping", REQUIRED, "fields of the preset's config (conf/objective/<preset>.yaml)"),
 ]
-# Not defaults of the recipe (conf/objective/<preset>.yaml owns both keys) but the structured base conf/ composes
-# onto: Hydra merges a preset file's `overrides` into this mapping, so its keys reach every preset composed at
-# objective.train (enhanced_ratio 0.5 included, for `objective=fm` too).
-OBJECTIVE_DEFAULTS = {
-    "pretrain": {"preset": "fm", "overrides": {}},
-    "train": {"preset": "twinflow", "overrides": {"enhanced_ratio": 0.5}},
-}
 
 TRAINER = [
     K("trainer.accelerator", "str", "cpu", "Lightning accelerator", choices=ACCELERATORS),
@@ -220,7 +241,8 @@ TRAINER = [
     K("trainer.precision", "str", "32-true", "Lightning precision", choices=PRECISIONS),
 ]
 
-# A training stage's keys, declared once for both stages; STAGE_DEFAULTS gives the two recipes' values.
+# A training stage's keys, declared once for both stages; the REQUIRED ones are the recipe's, which conf/config.yaml
+# gives each stage.
 STAGE = [
     K("data", "str", REQUIRED, "a prepared dataset folder (conf/: ${data.path})"),
     K("out", "str", REQUIRED, "generator export + final training state"),
@@ -249,7 +271,7 @@ STAGE = [
         choices=LR_SCHEDULES,
     ),
     K("lr_warmup", "int", 0, "steps rising linearly from 0 (fewer than steps)", low=0),
-    K("betas", "list", [0.9, 0.99], "Adam betas: two values in [0, 1)"),
+    K("betas", "list", [0.9, 0.99], "Adam betas", length=2, low=0, high=1, high_open=True),
     K("weight_decay", "float", 0.0, "AdamW weight decay", low=0),
     K("ema_decay", "float", REQUIRED, "EMA of the weights (the teacher); 0: none (fsdp)", low=0, high=1),
     K(
@@ -288,42 +310,11 @@ STAGE = [
     K("progress", "bool", True, "progress bar", tracked=False),
     K("threads", "int", 0, "torch CPU threads per process; 0 = torch's default", low=0, tracked=False),
 ]
-_TRAINER_DEFAULT = {k.path.split(".")[1]: k.default for k in TRAINER}
-STAGE_DEFAULTS = {
-    "pretrain": {
-        "data": "data/prepared/shapes",
-        "out": "checkpoints/base",
-        "init": None,
-        "steps": 3000,
-        "lr_schedule": "constant",
-        "ema_decay": 0.99,
-        "cond_drop": 0.1,
-        "seed": 0,
-        "trainer": _TRAINER_DEFAULT,
-        "ckpt_every": 100,
-        "sample_every": 250,
-    },
-    "train": {
-        "data": "data/prepared/shapes",
-        "out": "checkpoints/twinflow",
-        "init": "artifacts/bases/shapes24-fm",
-        "steps": 1000,
-        "lr_schedule": "cosine",
-        "ema_decay": 0.98,
-        "cond_drop": 0.0,
-        "seed": 1,
-        "trainer": _TRAINER_DEFAULT,
-        "ckpt_every": 50,
-        "sample_every": 100,
-    },
-}
 
 
-def _stage_rows(stage: str) -> list[Key]:
-    from dataclasses import replace
-
-    own = STAGE_DEFAULTS[stage]
-    return [replace(k, path=f"{stage}.{k.path}", default=own.get(k.path, k.default)) for k in STAGE]
+def stage_rows(stage: str) -> list[Key]:
+    """The STAGE rows under `stage.` (pretrain, train)."""
+    return [replace(k, path=f"{stage}.{k.path}") for k in STAGE]
 
 
 ENCODE = [
@@ -385,40 +376,52 @@ def library_keys() -> list[Key]:
         *MODEL_DIFFUSERS,
         *OBJECTIVE,
         *TRAINER,
-        *_stage_rows("pretrain"),
-        *_stage_rows("train"),
+        *stage_rows("pretrain"),
+        *stage_rows("train"),
         *ENCODE,
         *EVALUATE,
     ]
 
 
+def _under(rows: list[Key], prefix: str) -> dict[str, Key]:
+    """{key: row} of the rows directly under `prefix.` ("": the rows whose path has no prefix, STAGE's)."""
+    head = prefix + "." if prefix else ""
+    return {k.path[len(head) :]: k for k in rows if k.path.startswith(head) and "." not in k.path[len(head) :]}
+
+
 def section_defaults(rows: list[Key], prefix: str) -> dict[str, Any]:
     """{key: default} of the rows directly under `prefix.` (copies of lists and mappings)."""
-    import copy
-
-    out = {}
-    for k in rows:
-        if k.path.startswith(prefix + ".") and "." not in k.path[len(prefix) + 1 :]:
-            out[k.path[len(prefix) + 1 :]] = copy.deepcopy(k.default)
-    return out
-
-
-def stage_defaults(stage: str) -> dict[str, Any]:
-    return section_defaults(_stage_rows(stage), stage)
+    return {name: copy.deepcopy(k.default) for name, k in _under(rows, prefix).items()}
 
 
 def types_of(rows: list[Key], prefix: str) -> dict[str, tuple[type, ...]]:
     """{key: accepted Python types} of the rows directly under `prefix.` (the form data/config.py checks)."""
-    n = len(prefix) + 1
-    return {k.path[n:]: TYPES[k.type] for k in rows if k.path.startswith(prefix + ".") and "." not in k.path[n:]}
+    return {name: TYPES[k.type] for name, k in _under(rows, prefix).items()}
 
 
-def default_field(defaults: dict[str, Any], name: str, placeholder: Any = None, tracked: bool = True):
+def check_value(k: Key, value: Any, where: str) -> None:
+    """ConfigError `{where}: expected ..., got ...` (one line) when `value` is outside row `k`'s range."""
+    problem = k.problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def check_section(rows: list[Key], prefix: str, values: dict, where: str = "", shown: str = "") -> None:
+    """Each of `values` (keys directly under `prefix`) against its row: the first outside its choices or bounds
+    is a ConfigError `{where}: {shown}.{key}: expected ..., got ...`. `shown` names the section in the message
+    (default: `prefix`; a stage's own name for the STAGE rows, whose prefix is ""). A key without a row, or a
+    mapping's, is the loader's to refuse."""
+    declared = _under(rows, prefix)
+    for key, value in values.items():
+        k = declared.get(key)
+        if k is not None and k.type != "mapping":
+            label = f"{shown or prefix}.{key}"
+            check_value(k, value, f"{where}: {label}" if where else label)
+
+
+def default_field(defaults: dict[str, Any], name: str, placeholder: Any = MISSING, tracked: bool = True):
     """A dataclass field whose default is `defaults[name]` (a copy for a list or mapping); a REQUIRED key takes
-    `placeholder` (a typed config needs some value; the recipe's value comes from conf/ or the user)."""
-    import copy
-    from dataclasses import field
-
+    `placeholder`: OmegaConf's mandatory missing value unless the section says otherwise."""
     value = defaults.get(name, REQUIRED)
     value = placeholder if value is REQUIRED else value
     meta = {} if tracked else {"metadata": {"tracked": False}}

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from twinflow_core.errors import ConfigError
-from twinflow_core.schema import DATA, DATA_SOURCES, section_defaults, types_of
+from twinflow_core.schema import DATA, DATA_SOURCES, check_section, section_defaults, types_of
 from twinflow_core.schema import default_field as _d
 
 SOURCES = DATA_SOURCES
@@ -98,12 +98,9 @@ class DataConfig:
             )
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"data.name: {self.name!r} is not a usable directory name")
-        if not 8 <= self.image_size <= 1024:
-            raise ConfigError(f"data.image_size: expected 8..1024, got {self.image_size}")
-        if self.shard_size < 1:
-            raise ConfigError(f"data.shard_size: expected >= 1, got {self.shard_size}")
-        if self.source == "shapes" and self.shapes.n_images < 1:
-            raise ConfigError(f"data.shapes.n_images: expected >= 1, got {self.shapes.n_images}")
+        check_section(DATA, "data", {"image_size": self.image_size, "shard_size": self.shard_size})
+        if self.source == "shapes":
+            check_section(DATA, "data.shapes", {"n_images": self.shapes.n_images})
         if self.source == "imagefolder" and not self.imagefolder.path:
             raise ConfigError(
                 "data.imagefolder.path: required when data.source is imagefolder (a local folder or s3://bucket/prefix)"

@@ -14,7 +14,7 @@ from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from twinflow_core.errors import ConfigError
@@ -24,12 +24,13 @@ from twinflow_core.training.config_checks import load_sections, one_line
 
 @dataclass
 class DataChoice:
-    """Which prepared dataset training reads; `configure` keeps params.yaml's data.name/image_size in step."""
+    """Which prepared dataset training reads; `configure` keeps params.yaml's data.name/image_size in step. Every
+    value is conf/data/<name>.yaml's."""
 
-    name: str = "shapes"
-    source: str = "shapes"
-    image_size: int = 32
-    path: str = "data/prepared/shapes"
+    name: str = MISSING
+    source: str = MISSING
+    image_size: int = MISSING
+    path: str = MISSING
 
 
 @dataclass

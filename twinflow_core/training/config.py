@@ -2,7 +2,9 @@
 `encode` sections (of params.yaml, and of the Hydra tree in conf/ that composes them), and small pure helpers on
 them (rows per forward, plain containers, the tracked keys).
 
-Each field's type, range, default and help are one row of twinflow_core/schema.py. Rows marked tracked=False
+Each field's type, range, default and help are one row of twinflow_core/schema.py. A REQUIRED row's field has no
+code default: it is OmegaConf's mandatory missing value ("???"), so its value comes from conf/ (through params.yaml)
+and a params.yaml without it is an error naming the key. Rows marked tracked=False
 (logging cadence, paths of scratch state) do not change the weights; every other field does, and dvc.yaml lists
 exactly those as the stage's params (tests/test_train_config.py checks this), so a change invalidates
 the stage that makes the checkpoint and nothing else. Raw mappings become these sections, checked, in
@@ -11,9 +13,11 @@ training/config_checks.py (load_sections); training/compose.py composes conf/ in
 
 from __future__ import annotations
 
-import copy
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
+
+from omegaconf import MISSING
 
 from twinflow_core import schema
 from twinflow_core.errors import ConfigError
@@ -24,7 +28,7 @@ STAGES = ("pretrain", "train")
 _UNET = schema.section_defaults(schema.MODEL_UNET, "model")
 _DIFFUSERS = schema.section_defaults(schema.MODEL_DIFFUSERS, "model")
 _TRAINER = schema.section_defaults(schema.TRAINER, "trainer")
-_STAGE = schema.stage_defaults("train")  # StageConfig() is the train stage; pretrain's values replace some
+_STAGE = schema.section_defaults(schema.STAGE, "")
 _ENCODE = schema.section_defaults(schema.ENCODE, "encode")
 
 
@@ -61,28 +65,28 @@ class PretrainedModelConfig:
     pipeline folder made a base generator (twinflow_core/adapters/generator_files.py wrap_base)."""
 
     # defaults and ranges: twinflow_core/schema.py MODEL_DIFFUSERS. family, source, image_size and
-    # max_sequence_length have no code default (conf/model/<family>.yaml gives them); the placeholders here
-    # fail the checks (source; training/config_checks.py) or only fill a typed field
+    # max_sequence_length have no code default (conf/model/<family>.yaml gives them)
     name: str = _d(_DIFFUSERS, "name")
-    family: str = _d(_DIFFUSERS, "family", "sd3")
-    source: str = _d(_DIFFUSERS, "source", "")
+    family: str = _d(_DIFFUSERS, "family")
+    source: str = _d(_DIFFUSERS, "source")
     finetune: str = _d(_DIFFUSERS, "finetune")
     lora_rank: int = _d(_DIFFUSERS, "lora_rank")
     lora_alpha: float = _d(_DIFFUSERS, "lora_alpha")
     lora_targets: list[str] = _d(_DIFFUSERS, "lora_targets")
     gradient_checkpointing: bool = _d(_DIFFUSERS, "gradient_checkpointing")
     dtype: str = _d(_DIFFUSERS, "dtype")
-    image_size: int = _d(_DIFFUSERS, "image_size", 32)
-    max_sequence_length: int = _d(_DIFFUSERS, "max_sequence_length", 77)
+    image_size: int = _d(_DIFFUSERS, "image_size")
+    max_sequence_length: int = _d(_DIFFUSERS, "max_sequence_length")
 
 
 @dataclass
 class ObjectiveSection:
     """A method of the objective registry (twinflow_core/objectives: twinflow, rcgm, fm, meanflow, ...) and
-    overrides of its config: `build_config(preset, **overrides)`."""
+    overrides of its config: `build_config(preset, **overrides)`. Both keys are conf/'s (objective.pretrain in
+    conf/config.yaml, objective.train from conf/objective/<preset>.yaml onto conf/config.yaml's base)."""
 
-    preset: str = "twinflow"
-    overrides: dict[str, Any] = field(default_factory=dict)
+    preset: str = MISSING
+    overrides: dict[str, Any] = MISSING
 
     def build(self, where: str):
         try:
@@ -90,7 +94,7 @@ class ObjectiveSection:
         except ConfigError as err:
             raise ConfigError(f"{where}: {err}") from None
         defaults = {
-            f.name: f.default if f.default_factory is MISSING else f.default_factory()
+            f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
             for f in fields(method.config_cls)
         }
         for key, value in self.overrides.items():
@@ -127,8 +131,9 @@ class TrainerConfig:
 class StageConfig:
     """One training phase: `pretrain` (flow-matching base) or `train` (TwinFlow fine-tuning of the base)."""
 
-    # one field per row of twinflow_core/schema.py STAGE (type, range, help); the defaults are the train stage's
-    # (schema.STAGE_DEFAULTS), `TrainingSections` gives pretrain its own. The learning rate over the run: constant,
+    # one field per row of twinflow_core/schema.py STAGE (type, range, help); the REQUIRED rows (the recipe: data,
+    # out, init, steps, lr_schedule, ema_decay, cond_drop, seed, trainer, ckpt_every, sample_every) have no code
+    # default, conf/config.yaml gives each stage its own. The learning rate over the run: constant,
     # or from lr down to 0 at the last step (cosine, linear) after lr_warmup steps rising from 0
     # (training/module.py lr_factor); the official recipes keep it constant, a decay is this project's choice for
     # short CPU budgets. export_ema_decay > 0: the exported generator is a second, slower average of the online
@@ -152,7 +157,7 @@ class StageConfig:
     cond_drop: float = _d(_STAGE, "cond_drop")
     r_embed_init: str = _d(_STAGE, "r_embed_init")
     seed: int = _d(_STAGE, "seed")
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: TrainerConfig = MISSING
     ckpt_every: int = _d(_STAGE, "ckpt_every", tracked=False)
     sample_every: int = _d(_STAGE, "sample_every", tracked=False)
     log_every: int = _d(_STAGE, "log_every", tracked=False)
@@ -161,16 +166,12 @@ class StageConfig:
     threads: int = _d(_STAGE, "threads", tracked=False)
 
 
-def _objective(stage: str) -> ObjectiveSection:
-    return ObjectiveSection(**copy.deepcopy(schema.OBJECTIVE_DEFAULTS[stage]))
-
-
 @dataclass
 class Objectives:
     """One objective per stage: the base is trained by flow matching, then fine-tuned by TwinFlow."""
 
-    pretrain: ObjectiveSection = field(default_factory=lambda: _objective("pretrain"))
-    train: ObjectiveSection = field(default_factory=lambda: _objective("train"))
+    pretrain: ObjectiveSection = field(default_factory=ObjectiveSection)
+    train: ObjectiveSection = field(default_factory=ObjectiveSection)
 
 
 @dataclass
@@ -184,17 +185,14 @@ class EncodeConfig:
     shard_size: int = _d(_ENCODE, "shard_size")
 
 
-def _stage(name: str) -> StageConfig:
-    values = schema.stage_defaults(name)
-    return StageConfig(**{**values, "trainer": TrainerConfig(**values["trainer"])})
-
-
 @dataclass
 class TrainingSections:
+    """The two stages share one schema; what sets them apart (the recipe's REQUIRED keys) is what conf/ gives."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: Objectives = field(default_factory=Objectives)
-    pretrain: StageConfig = field(default_factory=lambda: _stage("pretrain"))
-    train: StageConfig = field(default_factory=lambda: _stage("train"))
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    train: StageConfig = field(default_factory=StageConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
 
 

@@ -1,7 +1,9 @@
 """Raw training params -> checked sections: `load_sections(raw)` merges the raw mappings into the typed sections of
 training/config.py, so an unknown key or a wrong type is a one-line ConfigError naming the key, before any work;
-`check` adds what the types cannot express (ranges, choices, and rules across fields: a batch the objective cannot
-split into quarters, FSDP with an EMA copy, a UNet grid that cannot be halved). Validation happens once, at the edge.
+a key without a code default (schema.REQUIRED) that the raw params lack is one line naming it; `check` adds what the
+types cannot express: each value against its row's choices and bounds (one pass over the rows of
+twinflow_core/schema.py), then the rules across fields (a batch the objective cannot split into quarters, FSDP with
+an EMA copy, a UNet grid that cannot be halved) and the registries' names. Validation happens once, at the edge.
 
 The registries a check looks names up in (nets, model families, time signs) import torch, so each check imports
 its registry when it runs.
@@ -11,15 +13,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from operator import attrgetter
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from twinflow_core import schema
 from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import ConfigError
-from twinflow_core.schema import ACCELERATORS, FINETUNE_MODES, LR_SCHEDULES, PRECISIONS, STRATEGIES, WEIGHT_DTYPES
 from twinflow_core.training.config import (
     PRETRAINED,
     STAGES,
@@ -30,14 +30,10 @@ from twinflow_core.training.config import (
     TrainingSections,
     is_pretrained,
     micro_rows,
+    to_dict,
 )
 
 _log = logging.getLogger(__name__)  # a deprecated key: one line on stderr (Python's last-resort handler)
-# lower bounds of a stage's integer fields (0 means "auto" / "never" for micro_batch, sample_every, threads)
-STAGE_MINIMUMS = {
-    **{f"trainer.{k.path.split('.')[1]}": int(k.low) for k in schema.TRAINER if k.low is not None},
-    **{k.path: int(k.low) for k in schema.STAGE if k.type == "int" and k.low is not None},
-}
 SECTION_NAMES = ("model", "objective", "pretrain", "train", "encode")
 
 
@@ -87,8 +83,9 @@ def _renamed(picked: dict, where: str) -> dict:
 
 
 def load_sections(raw: dict, where: str = "params.yaml") -> TrainingSections:
-    """Validate the training sections of `raw` (a mapping with model/objective/pretrain/train keys; missing ones
-    take the defaults) and return plain dataclasses. Raises ConfigError naming the bad key."""
+    """Validate the training sections of `raw` (a mapping with model/objective/pretrain/train keys; a key it lacks
+    takes its row's default, and one without a code default is an error) and return plain dataclasses. Raises
+    ConfigError naming the bad or missing key."""
     picked = _renamed({k: raw[k] for k in SECTION_NAMES if k in raw and raw[k] is not None}, where)
     check_numbers(picked, where)  # NaN passes every `<`/`>` range check below; refuse it first
     # model.name "diffusers" selects the pretrained model's schema; every other name is the UNet's
@@ -96,6 +93,13 @@ def load_sections(raw: dict, where: str = "params.yaml") -> TrainingSections:
     try:
         merged = OmegaConf.merge(typed, picked)
         sections = OmegaConf.to_object(merged)
+    except MissingMandatoryValue as err:
+        owner = (
+            "no conf/ file sets it"
+            if where.startswith("conf/")
+            else "conf/ sets it; run python -m flows.stages.configure"
+        )
+        raise ConfigError(f"{where}: {err.full_key}: missing ({owner})") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"{where}: {one_line(err)}") from None
     check(sections, where)
@@ -107,10 +111,6 @@ def _check_pretrained(m: PretrainedModelConfig, where: str) -> None:
 
     if m.family not in FAMILIES:
         raise ConfigError(f"{where}: model.family {m.family!r} not in {tuple(FAMILIES)}")
-    if m.finetune not in FINETUNE_MODES:
-        raise ConfigError(f"{where}: model.finetune {m.finetune!r} not in {FINETUNE_MODES}")
-    if m.dtype not in WEIGHT_DTYPES:
-        raise ConfigError(f"{where}: model.dtype {m.dtype!r} not in {WEIGHT_DTYPES}")
     if m.finetune == "full" and m.dtype != "float32":
         # Adam's steps at lr 1e-5 are below half a bf16 ulp of most weights: they round away (two steps
         # changed 15% of a block's elements, against all of them in float32). LoRA trains float32 adapters
@@ -119,12 +119,6 @@ def _check_pretrained(m: PretrainedModelConfig, where: str) -> None:
             f"{where}: model.dtype {m.dtype} with model.finetune full: the trained weights "
             f"must be float32 (most updates round away in {m.dtype}); keep model.dtype "
             f"float32 with trainer.precision bf16-mixed, or use model.finetune lora"
-        )
-    if not m.source:
-        raise ConfigError(f"{where}: model.source: name the pipeline folder (or hub id)")
-    if m.lora_rank < 1 or m.lora_alpha <= 0 or m.image_size < 8 or m.max_sequence_length < 1:
-        raise ConfigError(
-            f"{where}: model: need lora_rank >= 1, lora_alpha > 0, image_size >= 8, max_sequence_length >= 1"
         )
 
 
@@ -135,20 +129,6 @@ def _check_unet(m: ModelConfig, where: str) -> None:
         raise ConfigError(
             f"{where}: model.name: unknown net {m.name!r}; available: {', '.join(available_nets())} "
             f"(or {PRETRAINED!r} for a pretrained diffusers model)"
-        )
-    sizes = {
-        "image_size": m.image_size,
-        "patch": m.patch,
-        "heads": m.heads,
-        "text_dim": m.text_dim,
-        "time_dim": m.time_dim,
-    }
-    sizes.update({"res_blocks": m.res_blocks + 1, "text_layers": m.text_layers + 1})  # these two may be 0
-    low = next((k for k, v in sizes.items() if v < 1), None)
-    if low:
-        raise ConfigError(
-            f"{where}: model.{low}: expected >= {0 if low in ('res_blocks', 'text_layers') else 1}, "
-            f"got {getattr(m, low)}"
         )
     if m.image_size % m.patch or not m.channels or min(m.channels) < 1:
         raise ConfigError(
@@ -172,32 +152,23 @@ def _check_unet(m: ModelConfig, where: str) -> None:
 
     if m.time_sign not in TIME_SIGNS:
         raise ConfigError(f"{where}: model.time_sign {m.time_sign!r} not in {TIME_SIGNS}")
-    if m.sigma_data <= 0:
-        raise ConfigError(f"{where}: model.sigma_data must be > 0, got {m.sigma_data}")
 
 
 def check(s: TrainingSections, where: str) -> None:
-    """Value checks the types cannot express."""
-    if isinstance(s.model, PretrainedModelConfig):
+    """Each value against its row's choices and bounds, then the rules across fields and the registries' names."""
+    pretrained = isinstance(s.model, PretrainedModelConfig)
+    schema.check_section(schema.MODEL_DIFFUSERS if pretrained else schema.MODEL_UNET, "model", to_dict(s.model), where)
+    if pretrained:
         _check_pretrained(s.model, where)
     else:
         _check_unet(s.model, where)
-    if s.encode.batch < 1 or s.encode.shard_size < 1:
-        raise ConfigError(f"{where}: encode.batch and encode.shard_size must be >= 1")
+    schema.check_section(schema.ENCODE, "encode", to_dict(s.encode), where)
     for name in STAGES:
         st: StageConfig = getattr(s, name)
+        schema.check_section(schema.STAGE, "", to_dict(st), where, shown=name)
+        schema.check_section(schema.TRAINER, "trainer", to_dict(st.trainer), where, shown=f"{name}.trainer")
         p = f"{where}: {name}"
         tr = st.trainer
-        if tr.accelerator not in ACCELERATORS:
-            raise ConfigError(f"{p}.trainer.accelerator: {tr.accelerator!r} not in {ACCELERATORS}")
-        if tr.strategy not in STRATEGIES:
-            raise ConfigError(f"{p}.trainer.strategy: {tr.strategy!r} not in {STRATEGIES}")
-        if tr.precision not in PRECISIONS:
-            raise ConfigError(f"{p}.trainer.precision: {tr.precision!r} not in {PRECISIONS}")
-        for key, low in STAGE_MINIMUMS.items():
-            value = attrgetter(key)(st)
-            if value < low:
-                raise ConfigError(f"{p}.{key}: expected >= {low}, got {value}")
         if st.batch_size % 4:
             raise ConfigError(
                 f"{p}: batch_size {st.batch_size} must be divisible by 4 "
@@ -210,29 +181,12 @@ def check(s: TrainingSections, where: str) -> None:
                 f"{p}: batch_size {st.batch_size} is not a multiple of devices*num_nodes ({world}) "
                 f"x micro_batch ({micro})"
             )
-        if not 0.0 <= st.ema_decay <= 1.0:
-            raise ConfigError(f"{p}.ema_decay: expected 0..1, got {st.ema_decay}")
-        if st.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"{p}.lr_schedule: {st.lr_schedule!r} not in {LR_SCHEDULES}")
         if st.lr_warmup >= st.steps:
             raise ConfigError(f"{p}.lr_warmup: {st.lr_warmup} warm-up steps leave none of the {st.steps} steps")
-        if not 0.0 <= st.export_ema_decay < 1.0:
-            raise ConfigError(f"{p}.export_ema_decay: expected 0 <= export_ema_decay < 1, got {st.export_ema_decay}")
-        if st.export_ema_decay > 0 and isinstance(s.model, PretrainedModelConfig):
+        if st.export_ema_decay > 0 and pretrained:
             raise ConfigError(
                 f"{p}.export_ema_decay: the in-house nets only; a pretrained model exports its teacher (set 0)"
             )
-        if not 0.0 <= st.cond_drop < 1.0:
-            raise ConfigError(f"{p}.cond_drop: expected 0 <= cond_drop < 1, got {st.cond_drop}")
-        if st.lr <= 0 or st.grad_clip <= 0 or st.weight_decay < 0:
-            raise ConfigError(
-                f"{p}: need lr > 0, grad_clip > 0, weight_decay >= 0; got lr {st.lr}, "
-                f"grad_clip {st.grad_clip}, weight_decay {st.weight_decay}"
-            )
-        if len(st.betas) != 2 or not all(0.0 <= b < 1.0 for b in st.betas):
-            raise ConfigError(f"{p}.betas: expected two values in [0, 1), got {st.betas}")
-        if st.r_embed_init not in schema.R_EMBED_INITS:
-            raise ConfigError(f"{p}.r_embed_init: {st.r_embed_init!r} is not keep, normal or copy")
         if tr.strategy == "fsdp" and 0.0 < st.ema_decay < 1.0:
             raise ConfigError(f"{p}: the fsdp strategy keeps no EMA copy (as the official FSDP run); set ema_decay: 0")
         if tr.strategy == "fsdp" and st.export_ema_decay > 0:
