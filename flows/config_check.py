@@ -67,7 +67,7 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
     from flows.gating import GateConfig, check_settings
     from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
-    from twinflow_core.training.config_checks import load_sections
+    from twinflow_core.training.config_checks import SECTION_NAMES, load_sections
 
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")
@@ -84,7 +84,10 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
 
     data_cfg = named(DataConfig.from_dict, params.get("data"))
     named(validate_config, params.get("validate"))
-    sections = load_sections(params, where=where)
+    # the training sections have no code defaults for what conf/ owns: checked where params.yaml has them (a
+    # project whose stages train nothing of ours, e.g. stand-in stages, has none)
+    training = any(params.get(name) is not None for name in SECTION_NAMES)
+    sections = load_sections(params, where=where) if training else None
     eval_cfg = (
         named(EvalConfig.from_dict, split_section(params.get("evaluate") or {})[1]) if "evaluate" in params else None
     )
@@ -100,7 +103,8 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
             )
     _check_flat_section(params, "pipeline", PIPELINE_SCHEMA, where)
     _check_flat_section(params, "register", REGISTER_SCHEMA, where)
-    _cross_section(params, data_cfg, sections, where)
+    if sections is not None:
+        _cross_section(params, data_cfg, sections, where)
 
 
 def check_resolved(params: dict, parsed: dict[str, Any], where: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -104,6 +105,8 @@ def parse_overrides(
         refuse_credentials({key: value if isinstance(value, (str, dict, list)) else raw}, "override ")
         if key in sections:
             raise ConfigError(f"override {item!r}: {key!r} is a whole section of {where}; set one of its keys")
+        if isinstance(value, str) and (isinstance(known.get(key), float) or (unset_keys and key not in known)):
+            value = _exponent_float(value)
         if key not in known and unset_keys:
             _check_place(item, key, params)
             check_numbers(value, f"override {item!r}", key)
@@ -123,6 +126,15 @@ def parse_overrides(
             value = float(value)
         parsed[key] = value
     return parsed
+
+
+# a float as YAML 1.2 and Python write it; YAML 1.1 (PyYAML) reads `1e-4`, without a dot, as a string
+_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _exponent_float(text: str) -> float | str:
+    """`1e-4` as the float a user means (a learning rate); any other string as it was."""
+    return float(text) if _FLOAT.fullmatch(text.strip()) else text
 
 
 def _check_place(item: str, key: str, params: dict) -> None:

@@ -121,3 +121,19 @@ def test_a_stage_s_set_goes_through_the_run_s_override_parser(tmp_path):
         with pytest.raises(ConfigError, match=re.escape(says)) as err:
             load_with_sets(path, [item])
         assert "hunter2" not in str(err.value)
+
+
+def test_a_learning_rate_in_exponent_form_is_a_float():
+    """`train.lr=1e-4` (YAML 1.1 reads an exponent without a dot as a string) is the float a user means, for a
+    float key only; an infinity is refused as any non-finite number."""
+    import re
+
+    from flows.params import parse_overrides
+
+    params = {"train": {"lr": 0.001, "steps": 3}, "data": {"name": "shapes"}}
+    assert parse_overrides(["train.lr=1e-4"], params) == {"train.lr": 1e-4}
+    assert parse_overrides(["data.name=1e5"], params) == {"data.name": "1e5"}
+    with pytest.raises(ConfigError, match=re.escape("train.steps is int")):
+        parse_overrides(["train.steps=1e3"], params)
+    with pytest.raises(ConfigError, match=re.escape("expected a finite number, got inf")):
+        parse_overrides(["train.lr=1e400"], params)
