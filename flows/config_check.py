@@ -20,7 +20,7 @@ from typing import Any
 from flows.init_arch import check_inits
 from flows.params import Params, flatten, parse_overrides, refuse_credentials, repo_root, with_overrides
 from flows.schema import flat_schema, split_section, validate_config
-from twinflow_core.bounds import check_numbers
+from twinflow_core.bounds import check_numbers, load_yaml
 from twinflow_core.errors import CheckpointError, ConfigError
 from twinflow_core.schema import check_value
 
@@ -62,8 +62,19 @@ def _cross_section(params: dict, data_cfg, sections, where: str) -> None:
             )
 
 
-def check_params(params: dict, where: str = "params.yaml") -> None:
-    """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid."""
+def runs_training(root) -> bool:
+    """Whether the project's dvc.yaml runs this project's training stages (flows.stages.pretrain / train): their
+    sections are then checked up front (a project of other stages, e.g. stand-ins, may carry a `train.init` only)."""
+    path = Path(root) / "dvc.yaml"
+    stages = ((load_yaml(path.read_text()) or {}).get("stages") or {}) if path.is_file() else {}
+    cmds = [stage.get("cmd") for stage in stages.values() if isinstance(stage, dict)]
+    text = " ".join(" ".join(c) if isinstance(c, list) else str(c) for c in cmds if c)
+    return any(f"flows.stages.{name}" in text for name in ("pretrain", "train"))
+
+
+def check_params(params: dict, where: str = "params.yaml", training: bool | None = None) -> None:
+    """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid.
+    `training`: check the training sections (default: where params.yaml has them; flows: `runs_training`)."""
     from flows.gating import GateConfig, check_settings
     from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
@@ -84,9 +95,10 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
 
     data_cfg = named(DataConfig.from_dict, params.get("data"))
     named(validate_config, params.get("validate"))
-    # the training sections have no code defaults for what conf/ owns: checked where params.yaml has them (a
-    # project whose stages train nothing of ours, e.g. stand-in stages, has none)
-    training = any(params.get(name) is not None for name in SECTION_NAMES)
+    # the training sections have no code defaults for what conf/ owns: a project that trains with other stages
+    # need not write them
+    if training is None:
+        training = any(params.get(name) is not None for name in SECTION_NAMES)
     sections = load_sections(params, where=where) if training else None
     eval_cfg = (
         named(EvalConfig.from_dict, split_section(params.get("evaluate") or {})[1]) if "evaluate" in params else None
@@ -107,10 +119,10 @@ def check_params(params: dict, where: str = "params.yaml") -> None:
         _cross_section(params, data_cfg, sections, where)
 
 
-def check_resolved(params: dict, parsed: dict[str, Any], where: str) -> None:
+def check_resolved(params: dict, parsed: dict[str, Any], where: str, training: bool | None = None) -> None:
     """Validate params.yaml with the overrides applied (an override may also mend a bad value in the file)."""
     shown = " ".join(f"{k}={v}" for k, v in parsed.items())
-    check_params(with_overrides(params, parsed), f"{where} with {shown}" if parsed else where)
+    check_params(with_overrides(params, parsed), f"{where} with {shown}" if parsed else where, training)
 
 
 def check_local_inputs(params: dict, root) -> None:
@@ -166,7 +178,7 @@ def check_overrides(
     refuse_credentials(parsed, "override ")
     refuse_credentials(flatten(params), f"{root / 'params.yaml'}: ")
     # every section, ranges and cross-field rules included, by the stages' own validators; nothing written yet
-    check_resolved(params, parsed, where=str(root / "params.yaml"))
+    check_resolved(params, parsed, where=str(root / "params.yaml"), training=runs_training(root))
     from flows.dvc_ops import read_lock
 
     read_lock(root)  # a hand-edited dvc.lock is named here, not in DVC's INFO log after the flow started

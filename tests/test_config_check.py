@@ -137,3 +137,20 @@ def test_a_learning_rate_in_exponent_form_is_a_float():
         parse_overrides(["train.steps=1e3"], params)
     with pytest.raises(ConfigError, match=re.escape("expected a finite number, got inf")):
         parse_overrides(["train.lr=1e400"], params)
+
+
+def test_the_training_sections_are_checked_where_dvc_yaml_runs_the_training_stages(tmp_path):
+    """A stage's keys have no code default: the project's own dvc.yaml runs flows.stages.train, so a params.yaml
+    without train.steps is refused up front; a project of other stages with only a train.init is not held to it."""
+    import re
+
+    from flows.config_check import runs_training
+
+    assert runs_training(REPO)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["train"]["steps"]
+    with pytest.raises(ConfigError, match=re.escape("train.steps: missing (conf/ sets it")):
+        check_params(params, "params.yaml", training=runs_training(REPO))
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: python -m support.toy_stages train\n")
+    assert not runs_training(tmp_path)
+    check_params({"train": {"init": "checkpoints/base"}}, "params.yaml", training=runs_training(tmp_path))
