@@ -14,12 +14,14 @@ from pathlib import Path
 import yaml
 
 from twinflow_core.data.config import build_config
+from twinflow_core.errors import ConfigError
 from twinflow_core.schema import (
     REQUIRED,
     TYPES,
     WEIGHT_DTYPES,
     K,
     Key,
+    check_section,
     library_keys,
     row,
     section_defaults,
@@ -32,7 +34,14 @@ VALIDATE = [
     K("validate.min_pixel_std", "float", 2.0, "flatter images count as blank", low=0),
     K("validate.max_duplicate_fraction", "float", 0.01, "share of images whose pixels repeat an earlier one", low=0),
     K("validate.min_vocab_coverage", "float", 0.95, "share of vocabulary words some caption uses", low=0, high=1),
-    K("validate.share_bounds", "list", [0.5, 2.0], "each caption kind's / label's share relative to an even split"),
+    K(
+        "validate.share_bounds",
+        "list",
+        [0.5, 2.0],
+        "each caption kind's / label's share relative to an even split: [low <= 1, high >= 1]",
+        length=2,
+        low=0,
+    ),
 ]
 
 _VALIDATE = section_defaults(VALIDATE, "validate")
@@ -109,6 +118,10 @@ class ValidateConfig:
 def validate_config(raw) -> ValidateConfig:
     """The validate section checked (unknown key, wrong type: a one-line ConfigError naming it)."""
     cfg = build_config(ValidateConfig, raw, "validate")
+    check_section(VALIDATE, "validate", raw or {})  # the rows' bounds
+    low, high = cfg.share_bounds
+    if not low <= 1 <= high:  # an even split must pass, or every dataset fails validation
+        raise ConfigError(f"validate.share_bounds: expected [low <= 1, high >= 1], got {list(cfg.share_bounds)}")
     cfg.share_bounds = tuple(cfg.share_bounds)
     return cfg
 

@@ -374,7 +374,7 @@ CASES = [
         "override",
         "twinflow run evaluate.images_per_prompt=1",
         10,
-        "evaluate.images_per_prompt: diversity needs >= 2",
+        "evaluate.images_per_prompt: expected >= 2, got 1",
         override("evaluate.images_per_prompt=1"),
     ),
     # the params file itself

@@ -37,6 +37,14 @@ def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
         ("register.model_name", "", "register.model_name: must not be empty"),
         ("pipeline.push", "yes", "pipeline.push: expected bool"),
         ("validate.max_caption_words", "many", "validate.max_caption_words: expected int"),
+        ("validate.min_vocab_coverage", 1.5, "validate.min_vocab_coverage: expected [0, 1], got 1.5"),
+        ("validate.share_bounds", [2.0, 0.5], "validate.share_bounds: expected [low <= 1, high >= 1]"),
+        ("evaluate.batch", 0, "evaluate.batch: expected >= 1, got 0"),
+        ("evaluate.batch", "many", "evaluate.batch: expected int, got 'many'"),
+        ("evaluate.geneval_max_prompts", -1, "evaluate.geneval_max_prompts: expected >= 0, got -1"),
+        ("evaluate.nfe", [0, 1], "evaluate.nfe: expected items >= 1, got [0, 1]"),
+        ("evaluate.base_nfe", [1.5], "evaluate.base_nfe: expected a list of integers, got [1.5]"),
+        ("evaluate.domain", "faces", "evaluate.domain: expected one of shapes | digits | auto, got 'faces'"),
     ],
 )
 def test_each_range_names_its_key(key, value, says):

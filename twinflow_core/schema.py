@@ -83,8 +83,9 @@ class Key:
             bounds = f"{'>' if self.low_open else '>='} {self.low:g}"
         elif self.high is not None:
             bounds = f"{'<' if self.high_open else '<='} {self.high:g}"
-        if self.length:
-            return f"{self.length} values" + (f" in {bounds}" if bounds else "")
+        if self.type == "list" and (self.length or bounds):
+            each = f" in {bounds}" if bounds.startswith(("[", "(")) else (f" {bounds}" if bounds else "")
+            return f"{self.length or 'items'} values{each}" if self.length else f"items{each}"
         return bounds
 
     def in_range(self, value) -> bool:
@@ -346,9 +347,9 @@ EVALUATE = [
     ),
     K("evaluate.prompts_dir", "str", "data/prompts", "the prompt sets"),
     K("evaluate.evaluators_dir", "str", "artifacts/evaluators", "the shapes / digits detectors"),
-    K("evaluate.nfe", "list", [1, 2, 4], "steps the generator is scored at (integers >= 1)"),
+    K("evaluate.nfe", "list", [1, 2, 4], "steps the generator is scored at (integers)", low=1),
     K("evaluate.style", "str", "few", "sampler style of the generator"),
-    K("evaluate.base_nfe", "list", [1, 2, 4], "the base sampled with few Euler steps (integers >= 1)"),
+    K("evaluate.base_nfe", "list", [1, 2, 4], "the base sampled with few Euler steps (integers)", low=1),
     K("evaluate.base_steps", "int", 50, "Euler steps of the many-step reference; 0 skips it", low=0),
     K("evaluate.base_cfg", "list", [0.5], "guidance scales of the reference"),
     K(

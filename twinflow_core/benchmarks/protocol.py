@@ -16,15 +16,16 @@ the functions that use them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from twinflow_core.benchmarks import dpg_score
+from twinflow_core.data.config import build_config
 from twinflow_core.errors import ConfigError, DataError
-from twinflow_core.schema import EVALUATE, section_defaults
+from twinflow_core.schema import EVALUATE, check_section, section_defaults, types_of
 from twinflow_core.schema import default_field as _d
 
 if TYPE_CHECKING:  # the protocol only: twinflow_core.generator imports torch, which the config check does not need
@@ -57,25 +58,17 @@ class EvalConfig:
     seed: int = _d(_DEFAULTS, "seed")
     batch: int = _d(_DEFAULTS, "batch")
     ratio_reference: str = _d(_DEFAULTS, "ratio_reference", "")
+    _types = types_of(EVALUATE, "evaluate")
 
     @classmethod
     def from_dict(cls, raw: dict | None, where: str = "evaluate") -> EvalConfig:
         raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
-        cfg = cls(**raw)
-        if cfg.domain not in (*DOMAINS, "auto"):
-            raise ConfigError(f"{where}.domain: expected one of {DOMAINS} or 'auto', got {cfg.domain!r}")
-        for name in ("nfe", "base_nfe"):
+        cfg = build_config(cls, raw, where)  # an unknown key, a wrong type
+        check_section(EVALUATE, "evaluate", raw, shown=where)  # the rows' choices and bounds
+        for name in ("nfe", "base_nfe"):  # what a row cannot say: each step count an integer
             vals = getattr(cfg, name)
-            if not isinstance(vals, list) or not all(isinstance(v, int) and v >= 1 for v in vals):
-                raise ConfigError(f"{where}.{name}: expected a list of integers >= 1, got {vals!r}")
-        if cfg.images_per_prompt < 2:
-            raise ConfigError(f"{where}.images_per_prompt: diversity needs >= 2, got {cfg.images_per_prompt}")
-        if cfg.base_steps < 0:
-            raise ConfigError(f"{where}.base_steps: expected >= 0, got {cfg.base_steps}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+                raise ConfigError(f"{where}.{name}: expected a list of integers, got {vals!r}")
         references = [s.label for s in settings_for(cfg, base=True) if s.reference]
         if cfg.ratio_reference and cfg.ratio_reference not in references:
             raise ConfigError(
