@@ -20,7 +20,7 @@ from typing import Any
 from flows.init_arch import check_inits
 from flows.params import Params, flatten, parse_overrides, refuse_credentials, repo_root, with_overrides
 from flows.schema import flat_schema, split_section, validate_config
-from twinflow_core.bounds import check_numbers, load_yaml
+from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import CheckpointError, ConfigError
 from twinflow_core.schema import check_value
 
@@ -65,9 +65,9 @@ def _cross_section(params: dict, data_cfg, sections, where: str) -> None:
 def runs_training(root) -> bool:
     """Whether the project's dvc.yaml runs this project's training stages (flows.stages.pretrain / train): their
     sections are then checked up front (a project of other stages, e.g. stand-ins, may carry a `train.init` only)."""
-    path = Path(root) / "dvc.yaml"
-    stages = ((load_yaml(path.read_text()) or {}).get("stages") or {}) if path.is_file() else {}
-    cmds = [stage.get("cmd") for stage in stages.values() if isinstance(stage, dict)]
+    from flows.dvc_ops import declared_stages
+
+    cmds = [stage.get("cmd") for stage in declared_stages(root).values() if isinstance(stage, dict)]
     text = " ".join(" ".join(c) if isinstance(c, list) else str(c) for c in cmds if c)
     return any(f"flows.stages.{name}" in text for name in ("pretrain", "train"))
 

@@ -293,9 +293,14 @@ def lock_hashes(cwd: str | Path) -> dict[str, dict[str, str]]:
     return hashes
 
 
-def stage_names(cwd: str | Path) -> list[str]:
-    """Stages declared in dvc.yaml, in file order."""
+def declared_stages(cwd: str | Path) -> dict:
+    """dvc.yaml's `stages` mapping, in file order ({} without a dvc.yaml)."""
     path = Path(cwd) / "dvc.yaml"
     if not path.is_file():
-        return []
-    return list(((yaml.safe_load(path.read_text()) or {}).get("stages") or {}).keys())
+        return {}
+    return (load_yaml(path.read_text()) or {}).get("stages") or {}
+
+
+def stage_names(cwd: str | Path) -> list[str]:
+    """Stages declared in dvc.yaml, in file order."""
+    return list(declared_stages(cwd))
