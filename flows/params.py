@@ -105,19 +105,16 @@ def parse_overrides(
         refuse_credentials({key: value if isinstance(value, (str, dict, list)) else raw}, "override ")
         if key in sections:
             raise ConfigError(f"override {item!r}: {key!r} is a whole section of {where}; set one of its keys")
-        if isinstance(value, str) and (isinstance(known.get(key), float) or (unset_keys and key not in known)):
+        old = known.get(key)
+        if isinstance(value, str) and (isinstance(old, float) or (unset_keys and key not in known)):
             value = _exponent_float(value)
-        if key not in known and unset_keys:
-            _check_place(item, key, params)
-            check_numbers(value, f"override {item!r}", key)
-            parsed[key] = value
-            continue
         if key not in known:
-            hint = difflib.get_close_matches(key, list(known), n=1)
-            suffix = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ConfigError(f"override {item!r}: unknown key {key!r} in {where}{suffix}")
-        old = known[key]
-        if not _compatible(old, value):
+            if not unset_keys:
+                hint = difflib.get_close_matches(key, list(known), n=1)
+                suffix = f"; did you mean {hint[0]!r}?" if hint else ""
+                raise ConfigError(f"override {item!r}: unknown key {key!r} in {where}{suffix}")
+            _check_place(item, key, params)  # an unset key: taken as given, the stage's validation checks it
+        elif not _compatible(old, value):
             raise ConfigError(
                 f"override {item!r}: {key} is {type(old).__name__} in {where} (now {old!r}), got {type(value).__name__}"
             )
@@ -165,8 +162,8 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any], comment: str | Non
     wanted = with_overrides(before, parsed)
     if equal_exactly(wanted, before):
         return False
-    new_text = edit_text(text, parsed, comment)
-    if not _reads_as(new_text, wanted):
+    new_text = edit_text(text, before, wanted, parsed, comment)
+    if new_text is None:
         raise ConfigError(f"{path}: {sorted(parsed)} would not read back as the values given; nothing written")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -177,13 +174,15 @@ def apply_overrides(path: str | Path, parsed: dict[str, Any], comment: str | Non
     return True
 
 
-def edit_text(text: str, parsed: dict[str, Any], comment: str | None = None) -> str:
-    """YAML text with each key of `parsed` set as apply_overrides describes: by line edits where the layout allows
-    (_edit_lines: every other line byte for byte), else by a ruamel round trip (which keeps comments)."""
-    new_text = _edit_lines(text, parsed, comment)
-    if new_text is None or not _reads_as(new_text, with_overrides(yaml.safe_load(text) or {}, parsed)):
-        new_text = _round_trip(text, parsed, comment)
-    return new_text
+def edit_text(text: str, old: dict, wanted: dict, parsed: dict[str, Any], comment: str | None = None) -> str | None:
+    """YAML text (parsed: `old`) with each key of `parsed` set as apply_overrides describes, so that it reads back
+    as `wanted` exactly: by line edits where the layout allows (_edit_lines: every other line byte for byte), else
+    by a ruamel round trip (which keeps comments); None when neither reads back as `wanted`."""
+    new_text = _edit_lines(text, old, wanted, parsed, comment)
+    if new_text is not None and _reads_as(new_text, wanted):
+        return new_text
+    new_text = _round_trip(text, parsed, comment)
+    return new_text if _reads_as(new_text, wanted) else None
 
 
 def set_dotted(tree, parsed: dict[str, Any]) -> None:
@@ -264,7 +263,7 @@ def _yaml_dump(data: Any, flow_style: bool | None, width: int) -> str:
     return yaml.serialize(node, Dumper=yaml.SafeDumper, width=width)
 
 
-def _edit_lines(text: str, parsed: dict[str, Any], comment: str | None = None) -> str | None:
+def _edit_lines(text: str, old: dict, wanted: dict, parsed: dict[str, Any], comment: str | None = None) -> str | None:
     """The text with only what `parsed` changes rewritten (_plan), new sections appended; None when the document
     is not a mapping. A layout line edits get wrong (a flow-style document) fails edit_text's re-read instead: the
     round trip then writes it."""
@@ -272,12 +271,10 @@ def _edit_lines(text: str, parsed: dict[str, Any], comment: str | None = None) -
     from ruamel.yaml.comments import CommentedMap
 
     doc = YAML().load(text)
-    old = yaml.safe_load(text) or {}
     if doc is None and old == {}:
         doc = CommentedMap()  # an empty file (or only comments): every section is new
     if not isinstance(doc, CommentedMap) or not isinstance(old, dict):
         return None
-    wanted = with_overrides(old, parsed)
     lines = text.split("\n")
     ops: list[tuple[int, int, list[str]]] = []  # (first line, line after the last, the lines in their place)
     appended: list[str] = []
