@@ -47,13 +47,6 @@ def load_with_sets(path: str | Path, sets: list[str] | None = None) -> dict:
     return with_overrides(params, parse_overrides(sets, params, where=str(path), unset_keys=True))
 
 
-def add_params_options(parser, set_help: str) -> None:
-    """A stage's `--params FILE` and repeatable `--set KEY=VALUE` on an argparse parser: args.params and
-    args.overrides, what `load_with_sets` takes. `set_help` gives the stage's own example key."""
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
-
-
 def load_params(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

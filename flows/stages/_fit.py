@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from flows import init_source
+from flows.stages._cli import stage_main, stage_parser
 from flows.tracking import resolve_tracking_uri
-from twinflow_core.errors import TwinflowError, exit_code
 from twinflow_core.redaction import redact
 
 
 def parse_args(stage: str, argv) -> argparse.Namespace:
-    from flows.params import add_params_options
-
-    parser = argparse.ArgumentParser(prog=f"python -m flows.stages.{stage}", description=__doc__.splitlines()[0])
-    add_params_options(parser, f"override a training key, e.g. {stage}.steps=10 (repeatable; validated)")
+    parser = stage_parser(stage, __doc__, f"{stage}.steps=10")
     parser.add_argument(
         "--mlflow-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI"),
@@ -77,43 +73,45 @@ def run_stage(stage: str, argv=None) -> int:
 
     quiet_third_party()  # Lightning's advertising tips out of the stage log
     args = parse_args(stage, argv)
-    try:
-        sections = load(args.params, args.overrides)
-        section = getattr(sections, stage)
-        from twinflow_core.training.config import is_pretrained
+    return stage_main(stage, lambda: _fit(stage, args))
 
-        if is_pretrained(sections.model):  # a diffusers pipeline is loaded: its loading bars out of the log
-            from flows.quiet import quiet_loading_bars
 
-            quiet_loading_bars()
-        from twinflow_core.training.launch import detect
+def _fit(stage: str, args: argparse.Namespace) -> None:
+    """Fits the stage's model as params.yaml (and --set) say; global rank 0 records the run (MLflow, the summary
+    files) and prints its summary."""
+    sections = load(args.params, args.overrides)
+    section = getattr(sections, stage)
+    from twinflow_core.training.config import is_pretrained
 
-        # torchrun, SLURM or Lightning's own launcher: the environment says which, and where this process sits
-        launch = detect(section.trainer.devices, section.trainer.num_nodes)
-        if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
-            # once per node: local rank 0 fetches, the node's other ranks wait for it (all may start at once)
-            section.init = str(
-                init_source.fetch_for_launch(
-                    section.init,
-                    init_source.local_folder(section.out, stage),
-                    resolve_tracking_uri(".", None, args.mlflow_uri),
-                    launch,
-                )
+    if is_pretrained(sections.model):  # a diffusers pipeline is loaded: its loading bars out of the log
+        from flows.quiet import quiet_loading_bars
+
+        quiet_loading_bars()
+    from twinflow_core.training.launch import detect
+
+    # torchrun, SLURM or Lightning's own launcher: the environment says which, and where this process sits
+    launch = detect(section.trainer.devices, section.trainer.num_nodes)
+    if init_source.is_remote(section.init):  # s3:// or models:/ -> checkpoints/<stage>-init (see init_source)
+        # once per node: local rank 0 fetches, the node's other ranks wait for it (all may start at once)
+        section.init = str(
+            init_source.fetch_for_launch(
+                section.init,
+                init_source.local_folder(section.out, stage),
+                resolve_tracking_uri(".", None, args.mlflow_uri),
+                launch,
             )
-        from twinflow_core.training.run import fit
+        )
+    from twinflow_core.training.run import fit
 
-        loggers, hooks = [], []
-        if args.mlflow_uri and launch.global_rank == 0:  # the other ranks record nothing in MLflow
-            logger = _mlflow_logger(args.mlflow_uri, args.experiment, stage, sections)
-            loggers.append(logger)
-            hooks.append(lambda path, step: logger.experiment.log_artifact(logger.run_id, str(path), "samples"))
-        # progress=None: fit draws a bar on a terminal and prints progress lines in a log (Prefect, dvc repro | tee)
-        summary = fit(stage, sections, loggers=loggers, on_grid=hooks, launch=launch)
-    except TwinflowError as err:
-        print(f"{stage}: error: {err}", file=sys.stderr)
-        return exit_code(err)
+    loggers, hooks = [], []
+    if args.mlflow_uri and launch.global_rank == 0:  # the other ranks record nothing in MLflow
+        logger = _mlflow_logger(args.mlflow_uri, args.experiment, stage, sections)
+        loggers.append(logger)
+        hooks.append(lambda path, step: logger.experiment.log_artifact(logger.run_id, str(path), "samples"))
+    # progress=None: fit draws a bar on a terminal and prints progress lines in a log (Prefect, dvc repro | tee)
+    summary = fit(stage, sections, loggers=loggers, on_grid=hooks, launch=launch)
     if not summary.pop("is_global_zero"):
-        return 0
+        return
     out = Path(summary["out"])
     if loggers:
         logger = loggers[0]
@@ -136,4 +134,3 @@ def run_stage(stage: str, argv=None) -> int:
         redact(json.dumps({k: summary.get(k) for k in RUN_KEYS}, indent=1))
     )
     print(json.dumps(summary))
-    return 0

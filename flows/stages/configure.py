@@ -26,7 +26,8 @@ from typing import Any
 
 from flows import stage_use
 from flows.params import apply_overrides, changed_keys, flatten, load_params, parse_overrides, with_overrides
-from twinflow_core.errors import ConfigError, TwinflowError, exit_code
+from flows.stages._cli import stage_main
+from twinflow_core.errors import ConfigError
 
 SECTIONS = ("model", "objective", "pretrain", "train", "encode")
 HEADER_LINE = (
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if params.yaml differs; write nothing")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=digits_cpu train.steps=300")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int | None:
         path = Path(args.params)
         if not path.is_file():
             raise ConfigError(f"{path}: params file not found")
@@ -95,14 +97,12 @@ def main(argv=None) -> int:
             return 0
         # one checked, atomic write; a section params.yaml lacks is appended under the line saying where it comes from
         apply_overrides(path, edits, comment=HEADER_LINE)
-    except TwinflowError as err:
-        print(f"configure: error: {err}", file=sys.stderr)
-        return exit_code(err)
-    print(
-        f"configure: wrote {', '.join(SECTIONS)} to {path}"
-        + (f" (changed: {', '.join(edits)})" if edits else " (no change)")
-    )
-    return 0
+        print(
+            f"configure: wrote {', '.join(SECTIONS)} to {path}"
+            + (f" (changed: {', '.join(edits)})" if edits else " (no change)")
+        )
+
+    return stage_main("configure", body)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ from __future__ import annotations
 import sys
 import time
 
-from twinflow_core.errors import ConfigError, DataError, TwinflowError, exit_code
+from flows.params import load_with_sets
+from flows.quiet import quiet_loading_bars, quiet_third_party
+from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.errors import ConfigError, DataError
 
 
 def run(params: dict, where: str = "params.yaml") -> dict:
@@ -61,19 +64,14 @@ def run(params: dict, where: str = "params.yaml") -> dict:
 
 
 def main(argv=None) -> int:
-    from flows.params import load_with_sets
-    from flows.quiet import quiet_loading_bars, quiet_third_party
-    from flows.stages.prepare import parse_args
-
     quiet_third_party()
-    args = parse_args(argv, __doc__.splitlines()[0])
-    try:
+    args = stage_parser("encode", __doc__, "encode.batch=16").parse_args(argv)
+
+    def body() -> None:
         quiet_loading_bars()
         run(load_with_sets(args.params, args.overrides), args.params)
-    except TwinflowError as err:
-        print(f"encode: error: {err}", file=sys.stderr)
-        return exit_code(err)
-    return 0
+
+    return stage_main("encode", body)
 
 
 if __name__ == "__main__":

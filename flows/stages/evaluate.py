@@ -27,7 +27,6 @@ a user-fixable problem is one line on stderr, with its family's exit code (READM
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -35,8 +34,11 @@ import time
 from pathlib import Path
 
 from flows.metrics_files import is_timing, timing_path
+from flows.params import load_with_sets
+from flows.quiet import quiet_third_party
 from flows.schema import STAGE_KEYS, split_section  # noqa: F401 (STAGE_KEYS: also read by tests)
-from twinflow_core.errors import ConfigError, TwinflowError, exit_code
+from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.errors import ConfigError
 
 # What the base's evaluation reads besides its checkpoint, prompts and evaluators (the stage's code deps).
 BASE_CODE = (
@@ -223,31 +225,23 @@ def run(params: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from flows.params import add_params_options
-
-    parser = argparse.ArgumentParser(prog="python -m flows.stages.evaluate", description=__doc__.splitlines()[0])
-    add_params_options(parser, "override a params key, e.g. evaluate.geneval_max_prompts=24 (repeatable)")
-    args = parser.parse_args(argv)
-    from flows.quiet import quiet_third_party
-
+    args = stage_parser("evaluate", __doc__, "evaluate.geneval_max_prompts=24").parse_args(argv)
     quiet_third_party()
-    try:
-        from flows.params import load_with_sets
 
+    def body() -> None:
         metrics = run(load_with_sets(args.params, args.overrides))
-    except TwinflowError as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return exit_code(err)
-    keys = [
-        k
-        for k in metrics
-        if k.endswith("@1nfe")
-        and "/" in k
-        and k.count("/") <= 2
-        and ("overall" in k or "score@" in k or "accuracy" in k or "/fd@" in k)
-    ]
-    print(json.dumps({"seconds": round(metrics["evaluate/seconds"], 1), **{k: round(metrics[k], 4) for k in keys}}))
-    return 0
+        keys = [
+            k
+            for k in metrics
+            if k.endswith("@1nfe")
+            and "/" in k
+            and k.count("/") <= 2
+            and ("overall" in k or "score@" in k or "accuracy" in k or "/fd@" in k)
+        ]
+        seconds = round(metrics["evaluate/seconds"], 1)
+        print(json.dumps({"seconds": seconds, **{k: round(metrics[k], 4) for k in keys}}))
+
+    return stage_main("evaluate", body)
 
 
 if __name__ == "__main__":

@@ -9,19 +9,11 @@ a user-fixable problem is one line on stderr, with its family's exit code (READM
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from flows.params import add_params_options, load_with_sets
-from twinflow_core.errors import TwinflowError, exit_code
-
-
-def parse_args(argv, description: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
-    add_params_options(parser, "override a params key, e.g. data.name=digits (repeatable)")
-    parser.add_argument("--root", default=".", help="repository root: inputs and outputs are under it")
-    return parser.parse_args(argv)
+from flows.params import load_with_sets
+from flows.stages._cli import stage_main, stage_parser
 
 
 def run(params: dict, root: str | Path = ".", progress: bool = True) -> Path:
@@ -40,13 +32,8 @@ def run(params: dict, root: str | Path = ".", progress: bool = True) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    try:
-        run(load_with_sets(Path(args.root) / args.params, args.overrides), args.root)
-    except TwinflowError as err:
-        print(f"prepare: error: {err}", file=sys.stderr)
-        return exit_code(err)
-    return 0
+    args = stage_parser("prepare", __doc__, "data.name=digits", root=True).parse_args(argv)
+    return stage_main("prepare", lambda: run(load_with_sets(Path(args.root) / args.params, args.overrides), args.root))
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import numpy as np
 
 from flows.params import load_with_sets
 from flows.schema import ValidateConfig, validate_config
-from flows.stages.prepare import parse_args
-from twinflow_core.errors import DataError, TwinflowError, exit_code
+from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.errors import DataError
 
 # ---------------------------------------------------------------- tables
 
@@ -344,23 +344,21 @@ def validate(params: dict, root: str | Path = ".", dataset: str | Path | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv, __doc__.splitlines()[0])
-    try:
+    args = stage_parser("validate", __doc__, "validate.max_duplicate_fraction=0.05", root=True).parse_args(argv)
+
+    def body() -> None:
         params = load_with_sets(Path(args.root) / args.params, args.overrides)
         passed, report, summary = validate(params, args.root)
-    except TwinflowError as err:
-        print(f"validate: error: {err}", file=sys.stderr)
-        return exit_code(err)
-    if not passed:
-        if summary.get("structure_error"):
-            what = summary["structure_error"]
-        else:
-            names = [f"{r['expectation']}({r['kwargs'].get('column', '')})" for r in summary["failed"]]
-            what = f"{len(names)} expectation(s) failed: {', '.join(names)}"
-        print(f"validate: error: {summary['dataset']}: {what}; see {report}", file=sys.stderr)
-        return DataError.exit_code
-    print(f"validate: {summary['dataset']}: all expectations met ({summary['n']} rows); report {report}")
-    return 0
+        if not passed:
+            if summary.get("structure_error"):
+                what = summary["structure_error"]
+            else:
+                names = [f"{r['expectation']}({r['kwargs'].get('column', '')})" for r in summary["failed"]]
+                what = f"{len(names)} expectation(s) failed: {', '.join(names)}"
+            raise DataError(f"{summary['dataset']}: {what}; see {report}")
+        print(f"validate: {summary['dataset']}: all expectations met ({summary['n']} rows); report {report}")
+
+    return stage_main("validate", body)
 
 
 if __name__ == "__main__":
