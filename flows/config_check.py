@@ -22,7 +22,7 @@ from flows.params import Params, flatten, parse_overrides, refuse_credentials, r
 from flows.schema import flat_schema, split_section, validate_config
 from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import CheckpointError, ConfigError
-from twinflow_core.schema import check_value
+from twinflow_core.schema import check_value, is_a
 
 # The flow's sections: key -> (types, row), from their rows in flows/schema.py (which also gives the
 # defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/register_step.py REGISTER_DEFAULTS).
@@ -43,7 +43,7 @@ def _check_flat_section(params: dict, name: str, schema: dict, where: str) -> No
         types, row = schema[key]
         if value is None and str in types:
             continue
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not is_a(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{where}: {name}.{key}: expected {names}, got {value!r}")
         check_value(row, value, f"{where}: {name}.{key}")

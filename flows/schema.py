@@ -41,6 +41,7 @@ VALIDATE = [
         "each caption kind's / label's share relative to an even split: [low <= 1, high >= 1]",
         length=2,
         low=0,
+        item="float",
     ),
 ]
 
@@ -77,6 +78,7 @@ REGISTER = [
         "list",
         ["reports/samples_*.png", "reports/data", "metrics/eval.json", "dvc.lock", "params.yaml"],
         "files logged with the run (globs)",
+        item="str",
     ),
     K("register.weights_dtype", "str", "float32", "a full fine-tune's registered transformer", choices=WEIGHT_DTYPES),
 ]
@@ -97,8 +99,20 @@ PIPELINE = [
 ]
 
 OPTIONAL_STAGES = [
-    K("optional_stages.pretrain", "list", [], "[used] when this configuration runs pretrain (flows/stage_use.py)"),
-    K("optional_stages.encode", "list", [], "[used] when this configuration runs encode (flows/stage_use.py)"),
+    K(
+        "optional_stages.pretrain",
+        "list",
+        [],
+        "[used] when this configuration runs pretrain (flows/stage_use.py)",
+        item="str",
+    ),
+    K(
+        "optional_stages.encode",
+        "list",
+        [],
+        "[used] when this configuration runs encode (flows/stage_use.py)",
+        item="str",
+    ),
 ]
 
 

@@ -42,8 +42,11 @@ def test_the_committed_params_pass_and_the_flow_sections_match_their_defaults():
         ("evaluate.batch", 0, "evaluate.batch: expected >= 1, got 0"),
         ("evaluate.batch", "many", "evaluate.batch: expected int, got 'many'"),
         ("evaluate.geneval_max_prompts", -1, "evaluate.geneval_max_prompts: expected >= 0, got -1"),
-        ("evaluate.nfe", [0, 1], "evaluate.nfe: expected items >= 1, got [0, 1]"),
+        ("evaluate.nfe", [0, 1], "evaluate.nfe: expected integers >= 1, got [0, 1]"),
         ("evaluate.base_nfe", [1.5], "evaluate.base_nfe: expected a list of integers, got [1.5]"),
+        ("evaluate.nfe", [True], "evaluate.nfe: expected a list of integers, got [True]"),
+        ("evaluate.base_cfg", ["high"], "evaluate.base_cfg: expected a list of numbers, got ['high']"),
+        ("register.artifacts", ["dvc.lock", 7], "register.artifacts: expected a list of strings, got ['dvc.lock', 7]"),
         ("evaluate.domain", "faces", "evaluate.domain: expected one of shapes | digits | auto, got 'faces'"),
     ],
 )

@@ -181,6 +181,41 @@ def test_the_code_defaults_are_the_table_s():
     assert wrong == []
 
 
+def test_the_training_configs_annotate_each_field_with_its_row_s_type():
+    """OmegaConf checks the training sections by their dataclass annotations; the rows check every other section
+    and write docs/params.md. Both must name one type, a list's items included (`list[int]` is a "list" row with
+    item "int"), or the table documents a type OmegaConf does not enforce."""
+    from twinflow_core.training.config import (
+        EncodeConfig,
+        ModelConfig,
+        PretrainedModelConfig,
+        StageConfig,
+        TrainerConfig,
+    )
+
+    python_names = {"int": "int", "float": "float", "bool": "bool", "str": "str", "list": "list", "mapping": "dict"}
+    wrong, compared = [], 0
+    for prefix, variant, cls in (
+        ("model.", "unet", ModelConfig),
+        ("model.", "diffusers", PretrainedModelConfig),
+        ("trainer.", "", TrainerConfig),
+        ("encode.", "", EncodeConfig),
+        ("train.", "", StageConfig),
+    ):
+        for f in dataclasses.fields(cls):
+            k = schema.lookup(prefix + f.name, variant)
+            if k is None or k.type == "mapping":
+                continue
+            want = python_names[k.type] + (f"[{python_names[k.item]}]" if k.item else "")
+            said = str(f.type).replace(" | None", "").replace("typing.", "")
+            if said.split("[")[0] not in python_names.values():
+                continue  # a nested section (trainer) or an objective: their own rows
+            compared += 1
+            if said != want and not (said == "list" and k.type == "list" and not k.item):
+                wrong.append((prefix + f.name, said, want))
+    assert compared > 40 and wrong == []
+
+
 def _training_cases() -> list[tuple[str, str, dict]]:
     """(row prefix, model variant, {field: code default}) of the training sections' typed configs."""
     from twinflow_core.training.config import (

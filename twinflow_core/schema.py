@@ -52,6 +52,14 @@ TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+ITEM_WORDS = {"int": "integers", "float": "numbers", "bool": "booleans", "str": "strings"}  # a list's items
+
+
+def is_a(value: Any, types: tuple[type, ...]) -> bool:
+    """`value` has one of `types` (a TYPES entry); a bool is not a number, though Python says it is an int."""
+    return isinstance(value, types) and (not isinstance(value, bool) or bool in types)
+
+
 @dataclass(frozen=True)
 class Key:
     path: str  # dotted, e.g. "train.steps"
@@ -69,6 +77,7 @@ class Key:
     tracked: bool = True  # a training stage's key that changes the weights (dvc.yaml lists it)
     nonempty: bool = False  # a string that must not be empty
     length: int = 0  # a list of exactly this many items (0: any); low/high then bound each item
+    item: str = ""  # a list whose every item has this TYPES name ("": any)
 
     def range_text(self) -> str:
         if self.nonempty:
@@ -83,9 +92,10 @@ class Key:
             bounds = f"{'>' if self.low_open else '>='} {self.low:g}"
         elif self.high is not None:
             bounds = f"{'<' if self.high_open else '<='} {self.high:g}"
-        if self.type == "list" and (self.length or bounds):
+        if self.type == "list" and (self.length or bounds or self.item):
             each = f" in {bounds}" if bounds.startswith(("[", "(")) else (f" {bounds}" if bounds else "")
-            return f"{self.length or 'items'} values{each}" if self.length else f"items{each}"
+            items = ITEM_WORDS.get(self.item, "items")
+            return f"{self.length} values{each}" if self.length else f"{items}{each}"
         return bounds
 
     def in_range(self, value) -> bool:
@@ -110,6 +120,8 @@ class Key:
             return None
         if self.nonempty and not value:
             return "must not be empty"
+        if self.item and isinstance(value, list) and not all(is_a(v, TYPES[self.item]) for v in value):
+            return f"expected a list of {ITEM_WORDS[self.item]}, got {value!r}"
         if self.in_range(value):
             return None
         return f"expected {'one of ' if self.choices else ''}{self.range_text()}, got {value!r}"
@@ -175,9 +187,9 @@ MODEL_UNET = [
     K("model.name", "str", "unet", "a registered in-house net, or 'diffusers' for a pretrained pipeline", **_UNET),
     K("model.image_size", "int", 24, "pixels (conf/: ${data.image_size})", low=1, **_UNET),
     K("model.patch", "int", 2, "patch stem folding (image_size must divide by it)", low=1, **_UNET),
-    K("model.channels", "list", [32, 64, 64], "channels per resolution level", **_UNET),
+    K("model.channels", "list", [32, 64, 64], "channels per resolution level", item="int", **_UNET),
     K("model.res_blocks", "int", 1, "residual blocks per level", low=0, **_UNET),
-    K("model.attn_levels", "list", [2], "levels (indices of channels) with attention", **_UNET),
+    K("model.attn_levels", "list", [2], "levels (indices of channels) with attention", item="int", **_UNET),
     K("model.text_dim", "int", 64, "caption encoder width", low=1, **_UNET),
     K("model.text_layers", "int", 2, "caption encoder layers", low=0, **_UNET),
     K("model.heads", "int", 4, "attention heads (channels and text_dim divide by it)", low=1, **_UNET),
@@ -215,7 +227,7 @@ MODEL_DIFFUSERS = [
     ),
     K("model.lora_rank", "int", 64, "LoRA rank", low=1, **_DIFF),
     K("model.lora_alpha", "float", 64.0, "LoRA alpha", low=0, low_open=True, **_DIFF),
-    K("model.lora_targets", "list", [], "empty: the family's official targets (adapters/lora.py)", **_DIFF),
+    K("model.lora_targets", "list", [], "empty: the family's official targets (adapters/lora.py)", item="str", **_DIFF),
     K("model.gradient_checkpointing", "bool", True, "recompute activations in the backward pass", **_DIFF),
     K(
         "model.dtype",
@@ -272,7 +284,7 @@ STAGE = [
         choices=LR_SCHEDULES,
     ),
     K("lr_warmup", "int", 0, "steps rising linearly from 0 (fewer than steps)", low=0),
-    K("betas", "list", [0.9, 0.99], "Adam betas", length=2, low=0, high=1, high_open=True),
+    K("betas", "list", [0.9, 0.99], "Adam betas", length=2, low=0, high=1, high_open=True, item="float"),
     K("weight_decay", "float", 0.0, "AdamW weight decay", low=0),
     K("ema_decay", "float", REQUIRED, "EMA of the weights (the teacher); 0: none (fsdp)", low=0, high=1),
     K(
@@ -347,11 +359,11 @@ EVALUATE = [
     ),
     K("evaluate.prompts_dir", "str", "data/prompts", "the prompt sets"),
     K("evaluate.evaluators_dir", "str", "artifacts/evaluators", "the shapes / digits detectors"),
-    K("evaluate.nfe", "list", [1, 2, 4], "steps the generator is scored at (integers)", low=1),
+    K("evaluate.nfe", "list", [1, 2, 4], "steps the generator is scored at", low=1, item="int"),
     K("evaluate.style", "str", "few", "sampler style of the generator"),
-    K("evaluate.base_nfe", "list", [1, 2, 4], "the base sampled with few Euler steps (integers)", low=1),
+    K("evaluate.base_nfe", "list", [1, 2, 4], "the base sampled with few Euler steps", low=1, item="int"),
     K("evaluate.base_steps", "int", 50, "Euler steps of the many-step reference; 0 skips it", low=0),
-    K("evaluate.base_cfg", "list", [0.5], "guidance scales of the reference"),
+    K("evaluate.base_cfg", "list", [0.5], "guidance scales of the reference", item="float"),
     K(
         "evaluate.ratio_reference",
         "str",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from twinflow_core.errors import ConfigError
-from twinflow_core.schema import DATA, DATA_SOURCES, check_section, section_defaults, types_of
+from twinflow_core.schema import DATA, DATA_SOURCES, check_section, is_a, section_defaults, types_of
 from twinflow_core.schema import default_field as _d
 
 SOURCES = DATA_SOURCES
@@ -42,11 +42,7 @@ def build_config(cls, raw, where: str):
             continue
         expected = getattr(cls, "_types", {}).get(key)
         types = expected if isinstance(expected, tuple) else (expected,)
-        if (
-            expected is not None
-            and value is not None
-            and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types))
-        ):
+        if expected is not None and value is not None and not is_a(value, types):
             names = " or ".join(t.__name__ for t in types)
             raise ConfigError(f"{where}.{key}: expected {names}, got {value!r}")
         kwargs[key] = value
