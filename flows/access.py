@@ -4,6 +4,8 @@ permissions model itself is flows/release.py's docstring; flows/registry.py, flo
 flows/release_lock.py and flows/release.py all read these. MLflow is imported where a server is asked (it takes
 seconds to import)."""
 
+# Lazy imports: mlflow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import os

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 
+from flows.quiet import quiet_third_party
 from twinflow_core.errors import USAGE_EXIT, TwinflowError, exit_code
 from twinflow_core.redaction import redact
 
@@ -73,7 +74,6 @@ def error_line(command: str, err: TwinflowError) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from flows.quiet import quiet_third_party
 
     quiet_third_party()  # before any command imports Lightning or MLflow
     if not getattr(args, "func", None):

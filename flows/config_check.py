@@ -12,12 +12,18 @@ The `register` and `pipeline` sections are read by the flow with defaults filled
 keys and types are checked here against their rows in flows/schema.py.
 """
 
+# Lazy imports: numpy, omegaconf, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from flows.dvc_ops import declared_stages, read_lock
+from flows.gating import GateConfig, check_settings
 from flows.init_arch import check_inits
+from flows.init_source import is_remote
+from flows.model_source import check_sources, localise_hub
 from flows.params import Params, flatten, parse_overrides, refuse_credentials, repo_root, with_overrides
 from flows.schema import flat_schema, split_section, validate_config
 from twinflow_core.bounds import check_numbers
@@ -65,7 +71,6 @@ def _cross_section(params: dict, data_cfg, sections, where: str) -> None:
 def runs_training(root) -> bool:
     """Whether the project's dvc.yaml runs this project's training stages (flows.stages.pretrain / train): their
     sections are then checked up front (a project of other stages, e.g. stand-ins, may carry a `train.init` only)."""
-    from flows.dvc_ops import declared_stages
 
     cmds = [stage.get("cmd") for stage in declared_stages(root).values() if isinstance(stage, dict)]
     text = " ".join(" ".join(c) if isinstance(c, list) else str(c) for c in cmds if c)
@@ -75,7 +80,6 @@ def runs_training(root) -> bool:
 def check_params(params: dict, where: str = "params.yaml", training: bool | None = None) -> None:
     """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid.
     `training`: check the training sections (default: where params.yaml has them; flows: `runs_training`)."""
-    from flows.gating import GateConfig, check_settings
     from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
     from twinflow_core.data.config import DataConfig
     from twinflow_core.training.config_checks import SECTION_NAMES, load_sections
@@ -128,9 +132,7 @@ def check_resolved(params: dict, parsed: dict[str, Any], where: str, training: b
 def check_local_inputs(params: dict, root) -> None:
     """Local folders the stages read and no earlier stage makes: each must be there before the first stage, with
     the error the stage itself would give (paths relative to the project folder `root`)."""
-    from pathlib import Path
 
-    from flows.init_source import is_remote
     from twinflow_core.loader import is_latent
     from twinflow_core.nets.generator import read_meta
 
@@ -157,9 +159,6 @@ def check_local_inputs(params: dict, root) -> None:
 def check_model_sources(root, params: dict, where: str, log=print) -> dict[str, Any]:
     """model.source, train.init and evaluate.base of a pretrained diffusers model found before any stage runs
     (flows/model_source.py); returns the overrides that point a hub id at its cached snapshot."""
-    from pathlib import Path
-
-    from flows.model_source import check_sources, localise_hub
 
     return localise_hub(check_sources(Path(root), params, where), params, log)
 
@@ -179,7 +178,6 @@ def check_overrides(
     refuse_credentials(flatten(params), f"{root / 'params.yaml'}: ")
     # every section, ranges and cross-field rules included, by the stages' own validators; nothing written yet
     check_resolved(params, parsed, where=str(root / "params.yaml"), training=runs_training(root))
-    from flows.dvc_ops import read_lock
 
     read_lock(root)  # a hand-edited dvc.lock is named here, not in DVC's INFO log after the flow started
     # the pipeline folders exist (or are DVC-tracked, or in the Hugging Face cache: then named by their snapshot)

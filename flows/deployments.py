@@ -12,6 +12,8 @@ Cron schedules fire only with a real Prefect server (the ephemeral one has no sc
 PREFECT_API_URL, or --start-server (serve) to start one on 127.0.0.1:4200.
 """
 
+# Lazy imports: numpy, omegaconf, prefect, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from twinflow_core.errors import ConfigError
+from flows.servers import check_prefect_login, start_prefect_server, stop
+from twinflow_core.errors import ConfigError, TwinflowError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "deploy":
         if not os.environ.get("PREFECT_API_URL"):
             raise SystemExit("deploy: set PREFECT_API_URL to the Prefect server the workers poll")
-        from flows.servers import check_prefect_login
-        from twinflow_core.errors import TwinflowError
 
         try:
             check_prefect_login()  # a refused login is one line, not a traceback from the first API call
@@ -167,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     server = None
     if args.start_server and not os.environ.get("PREFECT_API_URL"):
-        from flows.servers import start_prefect_server
-
         home = Path(os.environ.get("PREFECT_HOME", ROOT / ".prefect"))
         api, server = start_prefect_server(home, args.port)
         os.environ["PREFECT_API_URL"] = api
@@ -185,8 +184,6 @@ def main(argv: list[str] | None = None) -> int:
         prefect_serve(*build_deployments(specs, args.workdir))
     finally:
         if server is not None:
-            from flows.servers import stop
-
             stop(server)
     return 0
 

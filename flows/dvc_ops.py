@@ -7,6 +7,8 @@ line first, classified as transient or not (flows.faults). DVC's Python API is i
 (it takes seconds to import; the stages themselves run as subprocesses).
 """
 
+# Lazy imports: dvc
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import os

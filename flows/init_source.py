@@ -23,6 +23,8 @@ MLflow, and torch and numpy with the generator loader, are imported where a chec
 import, and the command line's up-front checks import this module for `is_remote` alone.
 """
 
+# Lazy imports: mlflow, numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import fcntl

@@ -16,6 +16,8 @@ The sbatch script is submitted with `sbatch --wait`, which blocks until the job 
 rendered for a stage whose trainer.accelerator is `cpu` is refused (it would hold GPUs and train on the CPU).
 """
 
+# Lazy imports: prefect
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from flows.params import load_params
 from twinflow_core.errors import ConfigError
 
 DEFAULTS = {
@@ -47,7 +50,6 @@ DEFAULTS = {
 def placement(params_path: str | Path, stage: str, kind: str | None = None) -> tuple[int, int]:
     """(nodes, processes per node) of `stage` from params.yaml's trainer section; with `kind` (a template, all of
     which request GPUs), a trainer.accelerator of `cpu` is refused."""
-    from flows.params import load_params
 
     raw = load_params(params_path)
     trainer = (raw.get(stage) or {}).get("trainer") or {}

@@ -25,9 +25,13 @@ imports it before anything heavy).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import select
 import signal
 import sys
+import threading
+import time
 
 # set by run_streaming, to the flow's pid, for the commands it starts; a stage run by hand (no such variable) is
 # left as it is
@@ -38,7 +42,6 @@ _PR_SET_PDEATHSIG = 1
 def _prctl():
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes
 
     try:
         return ctypes.CDLL(None, use_errno=True).prctl
@@ -93,14 +96,12 @@ def _die() -> None:
 def _watch(pids: list[int]) -> None:
     """A daemon thread that kills this process when any of `pids` ends (a pidfd per process: no polling, no
     mistaking a recycled pid; where pidfds are missing, a check every half second)."""
-    import threading
 
     try:
         fds = [os.pidfd_open(pid) for pid in pids]
     except ProcessLookupError:  # one of them has ended already
         _die()
     except (AttributeError, OSError):  # no pidfd (Python < 3.9, Linux < 5.3): poll
-        import time
 
         def poll() -> None:
             while all(_parent_of(pid) is not None for pid in pids):
@@ -111,8 +112,6 @@ def _watch(pids: list[int]) -> None:
         return
 
     def wait() -> None:
-        import select
-
         select.select(fds, [], [])  # a pidfd turns readable when its process ends
         _die()
 

@@ -14,6 +14,8 @@ huggingface_hub, and torch with the pipeline wrapper, are imported where a hub i
 they take seconds to import, and this check runs before every run.
 """
 
+# Lazy imports: huggingface_hub, numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import re

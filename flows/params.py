@@ -11,10 +11,13 @@ gate. The types, ranges and defaults of the keys are declared in flows/schema.py
 flows/config_check.py's.
 """
 
+# Lazy imports: ruamel
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import copy
 import difflib
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from flows.dotted import flatten  # noqa: F401 (also imported from here)
 from flows.gating import GateConfig
 from twinflow_core.bounds import AliasRefused, check_numbers, load_yaml
 from twinflow_core.errors import ConfigError
+from twinflow_core.redaction import MASK, credential_in, redact
 
 
 def split_item(item: str) -> tuple[str, str]:
@@ -412,8 +416,6 @@ def _value_end(rest: str) -> int | None:
 
 
 def _round_trip(text: str, parsed: dict[str, Any], comment: str | None = None) -> str:
-    import io
-
     from ruamel.yaml import YAML  # comes with dvc; round-trips comments and key order
     from ruamel.yaml.comments import CommentedMap
 
@@ -467,7 +469,6 @@ def refuse_credentials(values: dict[str, Any], how: str) -> None:
     the run's params.yaml and its git ref (pushed when there is a git remote), and `twinflow run --tracking-uri` is
     a Prefect flow-run parameter: none of them can hold a secret, so a secret is taken from the environment only.
     The message names the key and the variable to use, never the value."""
-    from twinflow_core.redaction import MASK, credential_in, redact
 
     for key, value in values.items():
         for name, text in _strings(value, key):

@@ -16,10 +16,14 @@ Transient faults (network, S3, tracking server) are retried with exponential bac
 the flow completes with the verdict in its final message.
 """
 
+# Lazy imports: prefect
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import glob
 import json
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -33,7 +37,7 @@ from flows.git import remote_url
 from flows.params import Params, flatten, section
 from flows.register_step import REGISTER_DEFAULTS, register_outputs
 from flows.stage_use import base_unused, encode_unused  # noqa: F401 (also used by tests)
-from twinflow_core.redaction import redact
+from twinflow_core.redaction import RedactingFilter, redact
 
 STAGES = ("prepare", "validate", "encode", "pretrain", "train", "evaluate")
 # push_ref: whether run refs are pushed to a git remote at all (off by default: a clone of a shared repository
@@ -43,7 +47,6 @@ PIPELINE_DEFAULTS = schema.defaults("pipeline")  # flows/schema.py PIPELINE
 
 def push_ref_wanted(cfg: dict) -> bool:
     """pipeline.push_ref, or TWINFLOW_PUSH_REF=1 in the worker's environment (the team deployment sets it)."""
-    import os
 
     return bool(cfg["push_ref"]) or os.environ.get("TWINFLOW_PUSH_REF", "").strip().lower() in ("1", "true", "yes")
 
@@ -126,9 +129,6 @@ def localise_inits(root: Path, parsed: dict, tracking_uri: str | None, log) -> d
 def _redact_logs() -> None:
     """Every handler of Prefect's loggers (the console, the API handler that stores flow and task run logs) masks
     credentials (twinflow_core.redaction.RedactingFilter): stage output streamed into the log included."""
-    import logging
-
-    from twinflow_core.redaction import RedactingFilter
 
     for name in ("prefect", "prefect.flow_runs", "prefect.task_runs", ""):
         for handler in logging.getLogger(name).handlers:

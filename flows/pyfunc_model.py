@@ -9,11 +9,15 @@ written by twinflow_core.nets.generator.save_generator) and are read with twinfl
     images = m.predict(df_with_prompt_column, params={"nfe": 2, "seed": 1})
 """
 
+# Lazy imports: numpy, pandas, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import mlflow
 import numpy as np
 from mlflow.models import set_model
+
+from twinflow_core.files import no_symlinks
 
 
 def prompts_from_input(model_input) -> list[str]:
@@ -37,7 +41,6 @@ class TwinflowGenerator(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         # imported when MLflow loads the model: twinflow_core is on sys.path from the model's code paths by then
-        from twinflow_core.files import no_symlinks
         from twinflow_core.loader import load_generator
 
         # a model in a store on this disk is read in place: a link there would be followed out of the store

@@ -30,13 +30,18 @@
   log file (credentials redacted), which that line names.
 """
 
+# Lazy imports: diffusers, mlflow, sqlalchemy
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
+
+from twinflow_core.redaction import redact
 
 TIP_MARKER = "\N{ELECTRIC LIGHT BULB} Tip:"
 MLFLOW_ADVICE = (r".*Add type hints to the `predict` method", r".*An input example was not provided")
@@ -90,7 +95,6 @@ def quiet_third_party() -> None:
 def mlflow_advice_muted():
     """Around an MLflow call that resets the warning filters inside itself: its advice lines are dropped, every
     other warning is passed on as it was raised."""
-    import re
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -164,8 +168,6 @@ class _RedactedFileHandler(logging.FileHandler):
     """The run's log file: what the console would show, plus tracebacks, with credentials masked."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from twinflow_core.redaction import redact
-
         return redact(super().format(record))
 
 

@@ -8,6 +8,8 @@ Rules (promote, rollback and the champion history are flows/registry.py's):
 MLflow is imported where a version is created (it takes seconds to import).
 """
 
+# Lazy imports: mlflow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import glob

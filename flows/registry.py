@@ -12,6 +12,8 @@ Aliases only; MLflow's deprecated stages are never used. MLflow is imported wher
 seconds to import).
 """
 
+# Lazy imports: mlflow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json

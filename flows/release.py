@@ -25,7 +25,11 @@ Consumers load `models:/<name>-production@champion`.
 MLflow's client and auth modules are imported in `setup`: they take seconds to import.
 """
 
+# Lazy imports: mlflow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
+
+import warnings
 
 from flows import registry, release_lock, tracking
 from flows.access import account, production_name
@@ -44,7 +48,6 @@ def promote_to_production(client, name: str, version: str, account: str | None =
 def setup(uri: str, name: str, *, pipeline: str, release: str, experiment: str, log=print) -> list[str]:
     """Create (or take back) every name the pipeline and release managers write, and grant each its writer.
     Run as the server's admin. Returns the lines it printed."""
-    import warnings
 
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient

@@ -28,6 +28,8 @@ Without set-up (the embedded sqlite store, a server without authentication) the 
 MLflow's exceptions are imported where a server is asked: MLflow takes seconds to import.
 """
 
+# Lazy imports: mlflow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import getpass

@@ -5,18 +5,25 @@
 `python -m flows.servers temporary-prefect PORT`) rather than letting Prefect start it.
 """
 
+# Lazy imports: prefect, requests, uvicorn
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
 from flows import lifetime
+from twinflow_core.errors import TrackingError
+from twinflow_core.redaction import redact
 
 BIN = Path(sys.executable).parent
 
@@ -133,7 +140,6 @@ def prefect_api_configured() -> str:
     active profile of $PREFECT_HOME/profiles.toml (or PREFECT_PROFILES_PATH), where `prefect config set` puts it."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    import tomllib
 
     home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
     path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
@@ -184,13 +190,9 @@ def check_prefect_login(timeout_s: float = 10.0) -> None:
     the flow's first call."""
     if not prefect_api_configured():
         return  # the run's own temporary server: nobody else's, and Prefect must not be imported before it starts
-    import base64
 
     import requests
     from prefect.settings import get_current_settings
-
-    from twinflow_core.errors import TrackingError
-    from twinflow_core.redaction import redact
 
     api = get_current_settings().api
     if not api.url:
@@ -237,7 +239,6 @@ def stop_temporary(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
 def _serve_temporary_prefect(port: int) -> None:
     """The server process of start_temporary_prefect_server: uvicorn (in a thread, so it installs no signal
     handlers) until stdin reaches its end."""
-    import threading
 
     for sig in lifetime.STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)

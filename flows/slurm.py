@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from flows import launch_templates
 from flows.faults import StageFailed
 from twinflow_core.errors import ConfigError, TwinflowError, exit_code
 
@@ -63,7 +64,6 @@ def submit_stage(
     stage_args: list[str] | None = None,
 ) -> dict:
     """Render the stage's sbatch script into outputs/slurm/, submit it, wait, report the job's exit code."""
-    from flows import launch_templates
 
     logger = get_run_logger()
     cwd = Path(root).resolve()

@@ -19,6 +19,8 @@ failure of any stage, through the flow.
 A SIGKILL of the flow between the snapshot and the restore leaves the snapshot in .dvc/tmp/twinflow-stage-backup/.
 """
 
+# Lazy imports: dvc
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import os
@@ -27,6 +29,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from flows.dvc_ops import read_lock
 
 BACKUP_DIR = Path(".dvc/tmp/twinflow-stage-backup")
 
@@ -74,8 +78,6 @@ def _snapshot(src: Path, dst: Path) -> None:
 
 
 def _lock_entries(root: Path) -> dict:
-    from flows.dvc_ops import read_lock
-
     try:
         return dict(read_lock(root).get("stages") or {})
     except Exception:  # noqa: BLE001 - an unreadable lock: DVC says so; every stage counts as not completed

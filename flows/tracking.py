@@ -7,6 +7,8 @@ mlflow, requests and numpy are imported inside functions: they take seconds to i
 imports this module to check a server before anything runs.
 """
 
+# Lazy imports: mlflow, numpy, requests
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import base64

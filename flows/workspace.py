@@ -17,6 +17,8 @@ file, so neither the checkout's index nor its files change.
 DVC is imported where a workspace's DVC config is written: it takes seconds to import.
 """
 
+# Lazy imports: configobj, dvc
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import fcntl

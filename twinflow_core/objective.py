@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from twinflow_core.errors import ConfigError
+from twinflow_core.objectives import get
 
 BUCKETS = ("e2e", "mul", "any", "adv")
 
@@ -90,7 +91,6 @@ class ObjectiveConfig:
     def preset(cls, name: str, **overrides) -> ObjectiveConfig:
         """A preset of the TwinFlow family (twinflow, rcgm, fm; their values live in the objective registry,
         twinflow_core/objectives/twinflow.py); another registered method has its own config class."""
-        from twinflow_core.objectives import get
 
         method = get(name)
         if method.config_cls is not cls:

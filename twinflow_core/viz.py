@@ -3,6 +3,8 @@
 Pillow for grids (no torchvision here); matplotlib (imported lazily, Agg backend) for scatter plots.
 """
 
+# Lazy imports: matplotlib
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import math
@@ -10,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 
 def to_uint8_images(images) -> np.ndarray:
@@ -38,7 +41,6 @@ def save_image_grid(
     caption_lines: int = 3,
 ) -> Path:
     """Write a grid of images, each upscaled (nearest) to `cell` px, with its caption wrapped underneath."""
-    from PIL import Image, ImageDraw, ImageFont
 
     arr = to_uint8_images(images)
     n = len(arr)

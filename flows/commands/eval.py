@@ -7,11 +7,15 @@ twinflow eval dpg-summary ..._detail.txt --csv dpg_bench.csv
 twinflow eval dpg-summary answers.jsonl --csv q.csv  the same from the project's answer format
 """
 
+# Lazy imports: numpy, omegaconf
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
+
+from twinflow_core.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -49,7 +53,6 @@ def _geneval_summary(args) -> int:
 
 def _dpg_summary(args) -> int:
     from twinflow_core.benchmarks import dpg_score, official
-    from twinflow_core.errors import ConfigError
 
     path = Path(args.path)
     if path.suffix == ".txt" and not path.name.endswith("_detail.txt"):

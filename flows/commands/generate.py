@@ -7,6 +7,8 @@ one column per seed, each picture captioned with its prompt and seed; the same p
 the same pictures. `--style euler --cfg 0.5 --nfe 50` samples a flow-matching base the way the reference is.
 """
 
+# Lazy imports: numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -14,6 +16,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
+
+from flows import init_source, tracking
+from flows.init_source import is_remote
+from flows.params import load_params
+from twinflow_core.bounds import check_text, number_problem
+from twinflow_core.errors import CheckpointError, TwinflowError, UsageError
 
 DEFAULT_MODEL = "models:/twinflow-shapes@champion"
 MAX_NFE = 1000
@@ -58,16 +66,12 @@ def register(subparsers) -> None:
 
 
 def _load(ref: str, tracking_uri: str | None):
-    from flows.init_source import is_remote
-    from twinflow_core.errors import CheckpointError, TwinflowError
     from twinflow_core.loader import load_generator
 
     if not is_remote(ref):
         if not Path(ref).is_dir():
             raise CheckpointError(f"--model {ref}: no such generator folder (or give s3://... or models:/NAME@ALIAS)")
         return load_generator(ref)
-    from flows import init_source, tracking
-    from flows.params import load_params
 
     params = load_params("params.yaml") if Path("params.yaml").is_file() else {}
     uri = tracking.resolve_tracking_uri(Path.cwd(), params, tracking_uri)
@@ -80,8 +84,6 @@ def _load(ref: str, tracking_uri: str | None):
 
 
 def _check_out(out: Path) -> None:
-    from twinflow_core.errors import UsageError
-
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; name the PNG file to write (e.g. {out / 'out.png'})")
     parent = out.absolute().parent
@@ -96,8 +98,6 @@ def _check_out(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from twinflow_core.bounds import check_text, number_problem
-    from twinflow_core.errors import UsageError
     from twinflow_core.viz import save_image_grid
 
     if args.nfe < 1:

@@ -24,10 +24,19 @@ The store is the pipeline's: --tracking-uri, else $MLFLOW_TRACKING_URI, else par
 `register.tracking_uri`, else sqlite:///<project>/mlflow.db. The gate comes from params.yaml `gate:`.
 """
 
+# Lazy imports: mlflow, numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
+
+from flows import access, dvc_ops, git, registry, release, tracking, workspace
+from flows.gating import GateConfig
+from flows.params import load_params, section
+from twinflow_core.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -70,9 +79,6 @@ def register(subparsers) -> None:
 
 
 def _context(args: argparse.Namespace):
-    from flows import registry, tracking
-    from flows.params import load_params
-
     params_path = Path(args.params)
     params = load_params(params_path) if params_path.is_file() else {}
     uri = tracking.resolve_tracking_uri(params_path.resolve().parent, params, args.tracking_uri)
@@ -88,8 +94,6 @@ def _fmt_scores(scores: dict[str, float], gated: list[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
-
-    from flows import access
 
     try:
         return _run(args)
@@ -124,21 +128,16 @@ def _run(args: argparse.Namespace) -> int:
         if any(r["forced"] for r in rows):
             print("* promoted with --force; see the version's promotion.reason tag")
         return 0
-    from flows.gating import GateConfig
 
     if args.action == "promote":
         gate = GateConfig.from_params(params, where=args.params)
         print(registry.promote(client, args.name, args.version, gate, force=args.force, reason=args.reason))
         return 0
     if args.action == "release":
-        from flows import release
-
         gate = GateConfig.from_params(params, where=args.params)
         print(release.promote_to_production(client, args.name, args.version, gate=gate))
         return 0
     if args.action == "setup":
-        from flows import release
-        from flows.params import section
         from flows.register_step import REGISTER_DEFAULTS
 
         experiment = args.experiment or section(params, "register", REGISTER_DEFAULTS)["experiment"]
@@ -152,10 +151,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace, registry, client) -> int:
     """The run's ref -> DIR, `dvc pull`, then `dvc status` must be clean (exit 1 when it is not)."""
-    import subprocess
-    import sys
-
-    from flows import dvc_ops, git, workspace
 
     ref, commit = registry.lineage_ref(client, args.name, args.version)
     checkout = Path(args.params).resolve().parent
@@ -175,8 +170,6 @@ def _reproduce(args: argparse.Namespace, registry, client) -> int:
     )
     source = workspace.find_ref([c for c in dict.fromkeys(candidates) if c], ref)
     if source is None:
-        from twinflow_core.errors import UsageError
-
         tried = ", ".join(c for c in dict.fromkeys(candidates) if c) or "no repository"
         raise UsageError(
             f"{args.name} v{args.version}: its run ref {ref} is in none of: {tried}; pass --repo with "

@@ -15,6 +15,8 @@ group, stops the stage, its `dvc repro` and the temporary Prefect server, keeps 
 resume states too: the same command resumes), and exits 130 (SIGINT) or 143 (SIGTERM) with one line.
 """
 
+# Lazy imports: numpy, omegaconf, prefect, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -22,8 +24,16 @@ import atexit
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from flows import lifetime, quiet, servers, tracking
+from flows.cli import error_line
+from flows.faults import TransientFault
+from flows.workspace import ensure_free, wants_isolation
+from twinflow_core.errors import TwinflowError
+from twinflow_core.redaction import redact
 
 GATE_FAILED_EXIT = 3
 
@@ -58,12 +68,10 @@ def run(args: argparse.Namespace) -> int:
     start = time.monotonic()
     # a bad override (or a credential in one, or in --tracking-uri) fails here, nothing ran
     root, parsed, base = check_overrides(args.overrides, args.workdir, args.tracking_uri)
-    from flows.workspace import ensure_free, wants_isolation
 
     if not wants_isolation(root, parsed, True if args.isolate else None):
         ensure_free(root)  # a busy checkout is refused in one line, before Prefect starts
     _check_servers(root, base.with_overrides(parsed), args.tracking_uri, not args.no_register)
-    from flows import lifetime, quiet
 
     lifetime.raise_on_stop_signals(on_first=quiet.mute_console)
     log_path = run_log_path(root)
@@ -83,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_flow(args: argparse.Namespace, root: Path, log_path: Path, start: float) -> int:
     """The flow, then its summary (stdout) or its one closing line (stderr); the exit status."""
-    from flows import quiet
 
     temporary = _prefect_api(log_path)
     from flows.pipeline import pipeline
@@ -102,9 +109,6 @@ def _run_flow(args: argparse.Namespace, root: Path, log_path: Path, start: float
     wall = time.monotonic() - start
     if not state.is_completed():
         err = state.result(raise_on_failure=False)
-        from flows.cli import error_line
-        from twinflow_core.errors import TwinflowError
-        from twinflow_core.redaction import redact
 
         if isinstance(err, TwinflowError):
             line, code = error_line("run", err)  # one line, the family's status, no credential
@@ -122,7 +126,6 @@ def _run_flow(args: argparse.Namespace, root: Path, log_path: Path, start: float
 def run_log_path(root: Path) -> Path:
     """The run's log file: in the project's .dvc/tmp (git-ignored by DVC, beside the isolated workspaces), named by
     the time it started."""
-    import tempfile
 
     base = root / ".dvc" / "tmp" if (root / ".dvc").is_dir() else Path(tempfile.gettempdir())
     folder = base / "twinflow-logs"
@@ -135,7 +138,6 @@ def _prefect_api(log_path: Path) -> bool:
     (flows/servers.py start_temporary_prefect_server: out of this process group, gone with this process) and stop
     that server at exit, after Prefect has sent its last logs and events (its workers drain before `atexit`
     callbacks run). True when the server is such a temporary one."""
-    from flows import servers
 
     if servers.prefect_api_configured():
         return False
@@ -149,15 +151,12 @@ def _prefect_api(log_path: Path) -> bool:
 
 
 def _stop_server(server) -> None:
-    from flows import lifetime, servers
-
     lifetime.ignore_stop_signals()  # a late Ctrl-C must not leave the server half stopped
     servers.stop_temporary(server)
 
 
 def _closing_line(line: str, code: int) -> int:
     """The command's last line on stderr (and in the run's log), and its exit status."""
-    from flows import quiet
 
     quiet.mute_console()
     quiet.log_to_run_file(line)
@@ -168,8 +167,6 @@ def _closing_line(line: str, code: int) -> int:
 def _check_servers(root, params, tracking_uri: str | None, registers: bool) -> None:
     """The servers' logins, before anything runs: a wrong MLflow password or Prefect auth string is one line now
     (exit 14), not a failed stage later. `params`: the run's (flows.params.Params, its overrides set)."""
-    from flows import servers, tracking
-    from flows.faults import TransientFault
 
     if registers:
         try:
@@ -286,7 +283,6 @@ def render_summary(summary: dict) -> str:
         lines.append(f"samples: {path}" + (f"   (git show {path} > {path.split('/')[-1]})" if ":" in path else ""))
     if summary.get("log"):
         lines.append(f"log: {summary['log']}")
-    from twinflow_core.redaction import redact
 
     uri = redact(reg.get("tracking_uri", ""))  # never print a credential
     if uri:

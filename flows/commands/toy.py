@@ -1,5 +1,7 @@
 """`twinflow toy`: the 2-D benchmark (train one method, write metrics.json, samples and scatter plots)."""
 
+# Lazy imports: numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 

@@ -8,6 +8,8 @@ Prints one JSON summary line;
 a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
+# Lazy imports: lightning, numpy, omegaconf, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -16,8 +18,10 @@ import os
 from pathlib import Path
 
 from flows import init_source
+from flows.params import load_with_sets
+from flows.quiet import quiet_loading_bars, quiet_third_party
 from flows.stages._cli import stage_main, stage_parser
-from flows.tracking import resolve_tracking_uri
+from flows.tracking import hide_run_links_with_credentials, resolve_tracking_uri
 from twinflow_core.redaction import redact
 
 
@@ -37,7 +41,6 @@ def parse_args(stage: str, argv) -> argparse.Namespace:
 
 
 def load(params_path: str | Path, overrides: list[str]):
-    from flows.params import load_with_sets
     from twinflow_core.training.config_checks import load_sections
 
     path = Path(params_path)
@@ -48,7 +51,6 @@ def load(params_path: str | Path, overrides: list[str]):
 def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from flows.tracking import hide_run_links_with_credentials
     from twinflow_core.training.config import to_dict
     from twinflow_core.training.run import run_key
 
@@ -69,8 +71,6 @@ def _mlflow_logger(uri: str, experiment: str, stage: str, sections):
 
 
 def run_stage(stage: str, argv=None) -> int:
-    from flows.quiet import quiet_third_party
-
     quiet_third_party()  # Lightning's advertising tips out of the stage log
     args = parse_args(stage, argv)
     return stage_main(stage, lambda: _fit(stage, args))
@@ -84,8 +84,6 @@ def _fit(stage: str, args: argparse.Namespace) -> None:
     from twinflow_core.training.config import is_pretrained
 
     if is_pretrained(sections.model):  # a diffusers pipeline is loaded: its loading bars out of the log
-        from flows.quiet import quiet_loading_bars
-
         quiet_loading_bars()
     from twinflow_core.training.launch import detect
 

@@ -16,6 +16,8 @@ experiment sets keys of `evaluate` or `gate` (conf/experiment/sd3_tiny.yaml: its
 `--check` writes nothing and exits 1 when params.yaml differs from the composition (CI and tests use it).
 """
 
+# Lazy imports: hydra, omegaconf
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import stage_use
+from flows.init_source import is_remote
 from flows.params import apply_overrides, changed_keys, flatten, load_params, parse_overrides, with_overrides
 from flows.stages._cli import stage_main
 from twinflow_core.errors import ConfigError
@@ -48,7 +51,6 @@ def composed(overrides: list[str]) -> tuple[dict, dict, dict]:
 def reference_base(wanted: dict) -> str | None:
     """The evaluate.base that goes with the composed train section: its init when that is a local folder (a remote
     init is fetched by the flow, and a run from scratch keeps the base params.yaml names)."""
-    from flows.init_source import is_remote
 
     init = wanted["train"].get("init")
     return None if init is None or is_remote(init) else str(init)

@@ -12,6 +12,8 @@ Prints one summary line;
 a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
+# Lazy imports: numpy, omegaconf, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import sys

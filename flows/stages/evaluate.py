@@ -25,9 +25,13 @@ Prints one JSON summary line;
 a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
+# Lazy imports: numpy, omegaconf, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -35,9 +39,10 @@ from pathlib import Path
 
 from flows.metrics_files import is_timing, timing_path
 from flows.params import load_with_sets
-from flows.quiet import quiet_third_party
+from flows.quiet import quiet_loading_bars, quiet_third_party
 from flows.schema import STAGE_KEYS, split_section  # noqa: F401 (STAGE_KEYS: also read by tests)
 from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.benchmarks.uncertainty import paired_ratios
 from twinflow_core.errors import ConfigError
 
 # What the base's evaluation reads besides its checkpoint, prompts and evaluators (the stage's code deps).
@@ -108,8 +113,6 @@ def _tree_files(path: Path) -> list[Path]:
 
 def base_cache_key(base_dir: str, cfg, image_size: int) -> str:
     """sha256 over everything the base's evaluation depends on (see the module docstring)."""
-    import dataclasses
-    import hashlib
 
     from twinflow_core.data.prepared import file_sha256
 
@@ -173,8 +176,6 @@ def run(params: dict) -> dict:
         raise ConfigError("evaluate.checkpoint: the generator checkpoint directory is required")
     t0 = time.perf_counter()
     if any(p and is_latent(p) for p in (stage["checkpoint"], stage.get("base"))):
-        from flows.quiet import quiet_loading_bars
-
         quiet_loading_bars()  # latent generators: diffusers pipeline folders
     model = load_generator(stage["checkpoint"])
     domain = domain_of(model, cfg)
@@ -205,8 +206,6 @@ def run(params: dict) -> dict:
         curves += rb.curves
         grids.update(rb.grids)
     if cfg.ratio_reference:
-        from twinflow_core.benchmarks.uncertainty import paired_ratios
-
         ratios = paired_ratios(per_prompt, cfg.ratio_reference)
         if stage.get("base") and not any(k.endswith(f"@{cfg.ratio_reference}") for k in per_prompt):
             raise ConfigError(

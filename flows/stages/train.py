@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 
+from flows.stages._fit import run_stage
+
 
 def main(argv=None) -> int:
-    from flows.stages._fit import run_stage
-
     return run_stage("train", argv)
 
 

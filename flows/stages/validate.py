@@ -10,6 +10,8 @@ file readable, its sha256 as meta.json records, its row count and array shape; w
 vocabulary word occurs (coverage).
 """
 
+# Lazy imports: great_expectations, numpy, omegaconf, pandas
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -21,6 +23,7 @@ import numpy as np
 from flows.params import load_with_sets
 from flows.schema import ValidateConfig, validate_config
 from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.data.vocab import split_words
 from twinflow_core.errors import DataError
 
 # ---------------------------------------------------------------- tables
@@ -32,7 +35,6 @@ def build_tables(path: Path, meta: dict, manifest, image_size: int):
     import pandas as pd
 
     from twinflow_core.data.prepared import content_hash, file_sha256, read_shard
-    from twinflow_core.data.vocab import split_words
 
     size = image_size
     hash_ok = np.zeros(len(manifest), dtype=bool)

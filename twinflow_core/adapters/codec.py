@@ -9,6 +9,8 @@ seconds to import, and the in-house nets' generators, which share the generator 
 do not need them.
 """
 
+# Lazy imports: diffusers, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import numpy as np

@@ -13,6 +13,8 @@
 peft and diffusers are imported where used: they take seconds to import and only LoRA runs need them.
 """
 
+# Lazy imports: diffusers, peft
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -34,11 +34,15 @@ Guidance: the any-step model has classifier-free guidance baked in; keep the pip
 (guidance_scale=1.0 for SD3 and SANA; no negative_prompt for Qwen-Image).
 """
 
+# Lazy imports: torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
+import argparse
 import copy
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -49,9 +53,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # the module that model_index.json names: ModelMixin and SchedulerMixin must be attributes of this module
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+from safetensors import safe_open
 
 from twinflow_core.adapters.families import _qwen_pack, get_family
 from twinflow_core.adapters.velocity import add_gated_r
+from twinflow_core.errors import ConfigError, DataError, TwinflowError, exit_code
 from twinflow_core.sampler import STYLE_DEFAULTS, time_grid
 
 MODULE = __name__  # what model_index.json names as these classes' library
@@ -316,11 +322,9 @@ def comfyui_lora(lora_dir, out_file, family: str = "sd3") -> Path:
     `lora_A` / `lora_B` weights, which is what the export already holds, but it reads no safetensors metadata and
     scales by `<module>.alpha` / rank (1.0 when absent): this file adds the alpha tensors from the adapter's
     config. Qwen-Image and SANA are refused: their ComfyUI key maps are not verified here."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
 
     from twinflow_core.adapters.lora import LORA_FILE
-    from twinflow_core.errors import ConfigError, DataError
 
     if family != "sd3":
         raise ConfigError(f"only sd3 LoRAs are converted (ComfyUI's {family} key map is not verified)")
@@ -352,10 +356,6 @@ def comfyui_lora(lora_dir, out_file, family: str = "sd3") -> Path:
 def main(argv=None) -> int:
     """python -m twinflow_core.adapters.stock comfyui EXPORT_FOLDER/lora OUT.safetensors: the exported SD3 LoRA
     in the key format ComfyUI's LoraLoader reads (alpha included)."""
-    import argparse
-    import sys
-
-    from twinflow_core.errors import TwinflowError, exit_code
 
     ap = argparse.ArgumentParser(prog="python -m twinflow_core.adapters.stock", description=main.__doc__)
     sub = ap.add_subparsers(dest="command", required=True)

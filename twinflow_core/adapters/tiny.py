@@ -8,8 +8,14 @@ token, so the tokenizer appends one. Qwen-Image's and SANA's are the real tokeni
 GemmaTokenizer) with a BPE vocabulary learned from the word list, because their pipelines count tokens.
 """
 
+# Lazy imports: diffusers, numpy, tokenizers, torch, transformers
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
+import string
 from pathlib import Path
 
 import torch
@@ -167,7 +173,6 @@ def _bpe_over(tokenizer_cls, corpus, specials, alphabet, **kwargs):
     learned from `corpus` by the tokenizers BPE trainer through the class's own normalizer and pre-tokenizer, so
     every corpus word is one token, as it would be in the real vocabulary (the pipelines rely on token counts:
     QwenImagePipeline drops the first 34 tokens, its prompt template's)."""
-    import json
 
     from tokenizers import trainers
 
@@ -205,7 +210,6 @@ def qwen_tokenizer(words):
 
 def gemma_tokenizer(words):
     """A GemmaTokenizer (BPE, "▁" for spaces, <bos> first) over `words`."""
-    import string
 
     from transformers import GemmaTokenizer
 
@@ -329,7 +333,6 @@ def main(argv=None) -> None:
     [--sd35] [--wrap]: write a tiny random pipeline folder of the family (safetensors) whose tokenizers know the
     dataset's caption words; --wrap also makes it a base generator (model.json + model.safetensors,
     twinflow_core/adapters/generator_files.py wrap_base)."""
-    import argparse
 
     from twinflow_core.data.prepared import read_meta
 
@@ -348,8 +351,6 @@ def main(argv=None) -> None:
     if args.sd35 and args.family != "sd3":
         ap.error("--sd35 is a variant of --family sd3")
     if args.words_from in ("shapes", "digits"):  # a source's own vocabulary: no prepared dataset needed
-        import importlib
-
         words = importlib.import_module(f"twinflow_core.data.{args.words_from}").vocabulary()
     else:
         words = read_meta(args.words_from).get("vocabulary") or []

@@ -11,6 +11,8 @@ Two ways of telling the model r, both from the official TwinFlow code:
 Signed (negative) time goes straight into the model's sinusoidal embedding, as in the official code.
 """
 
+# Lazy imports: diffusers, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import copy

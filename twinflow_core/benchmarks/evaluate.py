@@ -20,6 +20,8 @@ The perception backends (evaluator_net imports torch) and tqdm are imported insi
 Core only (no MLflow, Prefect or DVC): `flows/stages/evaluate.py` wires it to params.yaml and the outputs.
 """
 
+# Lazy imports: numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import time
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from twinflow_core.benchmarks import dpg_score, geneval_score, uncertainty
 from twinflow_core.benchmarks.features import diversity, frechet_distance
@@ -81,7 +84,6 @@ def generate_set(
     generator, captions: Sequence[str], setting: Setting, seed: int, batch: int, desc: str = ""
 ) -> tuple[np.ndarray, float]:
     """All images of a prompt set under one setting, and the images/s it ran at."""
-    from tqdm import tqdm
 
     out = []
     t0 = time.perf_counter()

@@ -6,6 +6,8 @@ saved as `<dir>/evaluator.safetensors` + `<dir>/evaluator.json` (architecture, t
 small enough to commit under artifacts/evaluators/.
 """
 
+# Lazy imports: torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from twinflow_core.errors import DataError
 
@@ -120,7 +123,6 @@ def train(
     loss "ce": integer class targets; "bce": multi-label 0/1 float targets.
     `augment(x, generator) -> x` runs on each float batch (e.g. blur and noise, so the evaluator reads
     blurry generated images the way it reads clean ones)."""
-    from tqdm import tqdm
 
     g = torch.Generator().manual_seed(seed)
     x_all = images if isinstance(images, torch.Tensor) else to_input(images, net.config["size"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from twinflow_core.benchmarks import dpg_score, geneval_score
 from twinflow_core.benchmarks.evaluate import generate_set
@@ -33,7 +34,6 @@ def write_geneval_layout(
 ) -> Path:
     """GenEval's input layout: `<root>/<00000>/metadata.jsonl` (the prompt's JSON object on one line) and
     `<root>/<00000>/samples/0000.png...` (images[i]: uint8 (K,H,W,3), K images of prompt i)."""
-    from PIL import Image
 
     if len(metadata) != len(images):
         raise DataError(f"GenEval layout: {len(metadata)} prompts but {len(images)} image sets")
@@ -64,7 +64,6 @@ def tile_grid(images: Sequence[np.ndarray], ncol: int = 2) -> np.ndarray:
 def write_dpg_layout(root: str | Path, item_ids: Sequence[str], images: Sequence[np.ndarray]) -> Path:
     """DPG's input layout: one `<item_id>.png` per prompt, its 4 images tiled 2x2 (tile size = the
     scorer's `--resolution`)."""
-    from PIL import Image
 
     if len(item_ids) != len(images):
         raise DataError(f"DPG layout: {len(item_ids)} items but {len(images)} image sets")

@@ -13,6 +13,8 @@ files' readers, the renderers and the digits scans (which load torch via train_e
 the functions that use them.
 """
 
+# Lazy imports: numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -17,6 +17,8 @@ The colour of a detection is its component's palette colour (a forced choice, li
 classifier). Weights live in artifacts/evaluators/shapes-detector/ (see bench/instrument.py --train).
 """
 
+# Lazy imports: numpy, scipy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import re

@@ -12,12 +12,15 @@ Nothing here sees a generated image. `bench/instrument.py --train` calls these a
 artifacts/evaluators/<name>/.
 """
 
+# Lazy imports: numpy, scipy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from twinflow_core.benchmarks.evaluator_net import EvaluatorNet, save_evaluator, train
 from twinflow_core.benchmarks.shapes_detector import CROP, JUNK, SHAPE_CLASSES, components
@@ -48,7 +51,6 @@ def _iou(a, b) -> float:
 
 def crop_dataset(n_images: int, size: int, seed: int = SHAPES_TRAIN_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(alpha crops (N, CROP, CROP), labels 0..4) from rendered scenes."""
-    from tqdm import tqdm
 
     from twinflow_core.data import shapes
 

@@ -4,6 +4,8 @@ Caption "a handwritten digit 7", label 7. Pixels 0..16 are scaled to 0..255 (bri
 resized bicubically to the configured size and stored as RGB with the grey value in all three channels,
 so every prepared dataset has one mode.
 """
+# Lazy imports: sklearn
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from twinflow_core.data.sample import Sample
+from PIL import Image
 
 CLASSES = tuple(str(d) for d in range(10))
 N_DIGITS = 1797
@@ -26,7 +29,6 @@ def vocabulary() -> list[str]:
 
 def digits_samples(size: int, limit: int | None = None) -> Iterator[Sample]:
     """All digits in sklearn's order (or the first `limit`), resized to size x size RGB."""
-    from PIL import Image
     from sklearn.datasets import load_digits
 
     data = load_digits()

@@ -9,6 +9,8 @@ Images are decoded with Pillow (EXIF orientation applied), converted to RGB (alp
 scaled so the shorter side is the target size and center-cropped. Every problem is a one-line DataError
 naming the file or metadata line; everything is checked before a single image is decoded where possible.
 """
+# Lazy imports: botocore, s3fs
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import io
@@ -23,6 +25,8 @@ import numpy as np
 from twinflow_core.bounds import check_text, excerpt
 from twinflow_core.data.sample import Sample
 from twinflow_core.errors import DataError, StorageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+import warnings
 
 METADATA = "metadata.jsonl"
 CONVERTIBLE_MODES = ("RGB", "RGBA", "L", "LA", "P", "1")
@@ -185,9 +189,7 @@ def parse_metadata(text: str, where: str) -> list[tuple[int, str, str]]:
 
 def to_rgb(data: bytes, where: str, size: int, strict: bool = False, min_size: int = 1) -> np.ndarray:
     """Decode image bytes to a uint8 (size, size, 3) array: shorter side scaled to size, center-cropped."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
 
-    import warnings
 
     try:
         with warnings.catch_warnings():  # PIL only warns below twice its pixel limit: refuse those too

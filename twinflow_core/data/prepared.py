@@ -15,6 +15,8 @@ Same input and seed give byte-identical files (npz entries carry a fixed timesta
 nothing records time or location). A dataset is built in a hidden sibling directory and renamed into place
 only when complete, so a failed or killed run never leaves a directory that looks like a dataset.
 """
+# Lazy imports: numpy, omegaconf, pandas, pyarrow
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +37,8 @@ import numpy as np
 from twinflow_core.data.sample import Sample
 from twinflow_core.data.vocab import split_words
 from twinflow_core.errors import DataError
+from tqdm import tqdm
+import fcntl
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.parquet"
@@ -127,7 +131,6 @@ def _stale_siblings(out: Path) -> list[Path]:
 def _swap_lock(out: Path):
     """One writer at a time moves its finished folder into place (the old one aside, the new one in). The lock
     is an flock on the parent folder itself, so that it leaves no file beside the dataset."""
-    import fcntl
 
     fd = os.open(out.parent, os.O_RDONLY)
     try:
@@ -198,7 +201,6 @@ def write_prepared(samples: Iterable[Sample], n: int, out: str | Path, *, name: 
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from tqdm import tqdm
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

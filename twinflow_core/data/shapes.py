@@ -29,6 +29,7 @@ import numpy as np
 from twinflow_core.data.sample import Sample
 from twinflow_core.data.vocab import split_words
 from twinflow_core.errors import ConfigError, DataError
+from PIL import Image, ImageDraw
 
 CLASSES = ("circle", "square", "triangle", "cross")
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
@@ -360,7 +361,6 @@ def build_scene(objects: list[tuple[str, str]], relations: list[tuple[int, str, 
 
 def render_scene(scene: dict) -> np.ndarray:
     """uint8 (H, W, 3) image of a scene dict (a pure function of the dict)."""
-    from PIL import Image, ImageDraw
 
     ss = SUPERSAMPLE
     w, h = int(scene["width"]), int(scene["height"])

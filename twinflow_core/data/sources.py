@@ -1,5 +1,7 @@
 """One interface over the data sources: `open_source(cfg)` -> how many samples, the samples, and the
 source-specific part of the prepared dataset's meta (vocabulary, classes, caption kinds, parameters)."""
+# Lazy imports: numpy
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -31,6 +31,8 @@ network regresses is v~ = omega v + (1 - omega) u(z_t, t, t | null), omega = 1 +
 the online network without gradient; v~ also is the JVP's tangent. w = 0: the unguided objective.
 """
 
+# Lazy imports: torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from contextlib import contextmanager

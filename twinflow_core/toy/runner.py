@@ -6,6 +6,8 @@ their registered few-step sampler (rcgm, twinflow: the official "few"; meanflow:
 over equal intervals) up to 8 NFE and the ODE ("mul") beyond.
 """
 
+# Lazy imports: numpy
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -15,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from twinflow_core import objectives
 from twinflow_core.ema import EMA
+from twinflow_core.errors import ConfigError
 from twinflow_core.nets import build_net
 from twinflow_core.objective import sanitize_and_clip_grads_
 from twinflow_core.sampler import euler, sample
@@ -64,7 +68,6 @@ def generate(net, method: str, nfe: int, n: int, seed: int) -> tuple[np.ndarray,
 
 def train(cfg: ToyConfig, train_data: np.ndarray, progress: bool = True):
     """Returns (net, seconds per step). Standardised data in, net trained on them."""
-    from tqdm import tqdm
 
     # One thread: for a 2-D MLP, intra-op threading costs more than it gains, and with other processes on a
     # 2-core machine it made steps up to 10x slower (measured 32 ms vs 195 ms per TwinFlow step).
@@ -101,8 +104,6 @@ def train(cfg: ToyConfig, train_data: np.ndarray, progress: bool = True):
 
 def run(cfg: ToyConfig, out: str | Path, progress: bool = True, plots: bool = True) -> dict:
     if cfg.method not in objectives.names():
-        from twinflow_core.errors import ConfigError
-
         raise ConfigError(f"unknown --method {cfg.method!r}; choose one of {', '.join(objectives.names())}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

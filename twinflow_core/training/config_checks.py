@@ -9,6 +9,8 @@ The registries a check looks names up in (nets, model families, time signs) impo
 its registry when it runs.
 """
 
+# Lazy imports: torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import copy
@@ -20,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from twinflow_core import schema
 from twinflow_core.bounds import check_numbers
 from twinflow_core.errors import ConfigError
+from twinflow_core.nets import available_nets
 from twinflow_core.training.config import (
     PRETRAINED,
     STAGES,
@@ -123,8 +126,6 @@ def _check_pretrained(m: PretrainedModelConfig, where: str) -> None:
 
 
 def _check_unet(m: ModelConfig, where: str) -> None:
-    from twinflow_core.nets import available_nets
-
     if m.name not in available_nets():
         raise ConfigError(
             f"{where}: model.name: unknown net {m.name!r}; available: {', '.join(available_nets())} "

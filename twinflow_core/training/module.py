@@ -17,8 +17,10 @@ through on_save_checkpoint together with the RNG state.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import sys
 import time
 
 import lightning as L
@@ -47,8 +49,6 @@ def canonical_state(obj):
     the state a resumed run started from) are written again, so a resumed run's state.ckpt differed from the
     uninterrupted run's in bytes (53 of 99 kB) though not in any value. Tensors are kept as they are; dict
     subclasses keep their attributes (a module state_dict's _metadata)."""
-    import copy
-    import sys
 
     if isinstance(obj, str):
         return sys.intern(obj)

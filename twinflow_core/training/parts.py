@@ -10,6 +10,8 @@ seeded draws in that order.
 The latent kind's modules (latent.py and fsdp.py, which bring in the adapters) are imported only when it is built.
 """
 
+# Lazy imports: lightning, numpy, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json

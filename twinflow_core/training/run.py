@@ -11,6 +11,8 @@ export callbacks), names the run by its key, resumes, trains and summarises. Lig
 and Lightning takes seconds to import.
 """
 
+# Lazy imports: lightning, numpy, omegaconf, torch
+# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import hashlib
