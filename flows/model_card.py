@@ -16,6 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
+from twinflow_core.adapters.families import FAMILIES
 from twinflow_core.adapters.generator_files import base_reference, export_lean
 from twinflow_core.loader import LATENT_FORMAT, META, WEIGHTS
 
@@ -56,9 +57,8 @@ def card(params: dict, scores: dict, tags: dict, meta: dict, base: dict | None, 
     ]
     if meta.get("format") == LATENT_FORMAT:
         src = base["source"] if base else "BASE"
-        cls = {"sd3": "StableDiffusion3Pipeline", "qwen_image": "QwenImagePipeline", "sana": "SanaPipeline"}.get(
-            meta.get("family"), "DiffusionPipeline"
-        )
+        family = FAMILIES.get(meta.get("family"))
+        cls = family.pipeline_class if family else "DiffusionPipeline"
         lines += [
             "## Sampling",
             "",

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from flows.dotted import flatten
 from flows.init_source import is_remote
-from twinflow_core.errors import CheckpointError
+from twinflow_core.errors import CheckpointError, ConfigError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 KEYS = ("model.source", "train.init", "evaluate.base")
@@ -96,11 +96,10 @@ def localise_hub(resolved: dict[str, str], params: dict, log=print) -> dict[str,
     model = params.get("model") or {}
     for key, snapshot in resolved.items():
         if not (Path(snapshot) / "model.json").is_file():
+            # what the base generator records comes from the model section, never a guess (no family is assumed)
+            for name in ("family", "image_size", "max_sequence_length"):
+                if model.get(name) is None:
+                    raise ConfigError(f"model.{name}: missing (conf/model/<family>.yaml sets it)")
             log(f"{key}: {snapshot} (Hugging Face cache, revision {Path(snapshot).name}) made a base generator")
-            wrap_base(
-                snapshot,
-                model.get("family", "sd3"),
-                int(model.get("image_size", 0)),
-                int(model.get("max_sequence_length", 256)),
-            )
+            wrap_base(snapshot, model["family"], int(model["image_size"]), int(model["max_sequence_length"]))
     return dict(resolved)
