@@ -12,8 +12,6 @@ The `register` and `pipeline` sections are read by the flow with defaults filled
 keys and types are checked here against their rows in flows/schema.py.
 """
 
-# Lazy imports: numpy, omegaconf, torch
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,9 +24,15 @@ from flows.init_source import is_remote
 from flows.model_source import check_sources, localise_hub
 from flows.params import Params, flatten, parse_overrides, refuse_credentials, repo_root, with_overrides
 from flows.schema import flat_schema, split_section, validate_config
+from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
 from twinflow_core.bounds import check_numbers
+from twinflow_core.data.config import DataConfig
+from twinflow_core.data.imagefolder import Folder
 from twinflow_core.errors import CheckpointError, ConfigError
+from twinflow_core.loader import is_latent
+from twinflow_core.nets.generator import read_meta
 from twinflow_core.schema import check_value, is_a
+from twinflow_core.training.config_checks import SECTION_NAMES, load_sections
 
 # The flow's sections: key -> (types, row), from their rows in flows/schema.py (which also gives the
 # defaults the flow fills in: flows/pipeline.py PIPELINE_DEFAULTS, flows/register_step.py REGISTER_DEFAULTS).
@@ -80,9 +84,6 @@ def runs_training(root) -> bool:
 def check_params(params: dict, where: str = "params.yaml", training: bool | None = None) -> None:
     """Raise ConfigError (one line, naming the key and the allowed values) if any section of `params` is invalid.
     `training`: check the training sections (default: where params.yaml has them; flows: `runs_training`)."""
-    from twinflow_core.benchmarks.protocol import EvalConfig, settings_for
-    from twinflow_core.data.config import DataConfig
-    from twinflow_core.training.config_checks import SECTION_NAMES, load_sections
 
     if not isinstance(params, dict):
         raise ConfigError(f"{where}: top level must be a mapping of sections")
@@ -133,15 +134,10 @@ def check_local_inputs(params: dict, root) -> None:
     """Local folders the stages read and no earlier stage makes: each must be there before the first stage, with
     the error the stage itself would give (paths relative to the project folder `root`)."""
 
-    from twinflow_core.loader import is_latent
-    from twinflow_core.nets.generator import read_meta
-
     root = Path(root)
     data = params.get("data") or {}
     folder = (data.get("imagefolder") or {}).get("path") if data.get("source") == "imagefolder" else None
     if isinstance(folder, str) and folder and "://" not in folder:
-        from twinflow_core.data.imagefolder import Folder
-
         Folder(str(root / folder)).read_metadata()  # a missing folder, or no metadata.jsonl in it
     made = {str((params.get("pretrain") or {}).get("out", "")).rstrip("/")}  # pretrain's output feeds train
     for stage in ("pretrain", "train"):

@@ -16,8 +16,6 @@ Transient faults (network, S3, tracking server) are retried with exponential bac
 the flow completes with the verdict in its final message.
 """
 
-# Lazy imports: prefect
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import glob
@@ -28,6 +26,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from flows import dvc_ops, init_arch, init_source, schema, stage_backup, stage_use, tracking, workspace
@@ -163,7 +162,6 @@ def pipeline(
 ):
     """Run the TwinFlow pipeline. `overrides`: params.yaml keys to change, e.g. ["train.steps=200"].
     `isolate`: work in a workspace of its own (default: exactly when there are overrides or a remote init)."""
-    from prefect.runtime import flow_run
 
     logger = get_run_logger()
     start = time.monotonic()
@@ -212,7 +210,6 @@ def _run_in(
     start: float,
 ) -> dict:
     """The stages, the run's ref, push and registration, all in `ws.path`."""
-    from prefect.runtime import flow_run
 
     root = ws.path
     parsed = localise_inits(root, parsed, tracking_uri, logger.info)

@@ -9,7 +9,7 @@ written by twinflow_core.nets.generator.save_generator) and are read with twinfl
     images = m.predict(df_with_prompt_column, params={"nfe": 2, "seed": 1})
 """
 
-# Lazy imports: numpy, pandas, torch
+# Lazy imports: pandas, torch
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 

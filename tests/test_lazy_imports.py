@@ -1,8 +1,8 @@
 """Imports sit at the top of a file, where they show its neighbours. An import inside a function is allowed only
-for what is slow to load or absent from the base install (HEAVY below, or a project module whose own top-level
-imports reach one), and a file that has one says so once: a comment `# Lazy imports: <libraries>` naming exactly
-the libraries its lazy imports bring in, and below it, in brackets, why. Run as a script, it prints each file's
-lazy libraries.
+for a library that is slow to load or absent from the base install (HEAVY below, or a project module whose own
+top-level imports reach one) and that the file's top-level imports do not load already; a file that has one says
+so once: a comment `# Lazy imports: <libraries>` naming exactly the libraries its lazy imports bring in, and below
+it, in brackets, why. Run as a script, it prints each file's lazy libraries.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ def heavy_roots(module: str) -> frozenset[str]:
 
 
 def lazy_imports(module: str) -> list[tuple[int, str, frozenset[str]]]:
-    """(line, statement, the HEAVY libraries it loads) of each import inside a function of `module`."""
-    out, seen = [], set()
+    """(line, statement, the HEAVY libraries it loads that the file's top-level imports do not) of each import
+    inside a function of `module`. An empty set: nothing gained by the wait, the import belongs at the top."""
+    loaded, out, seen = heavy_roots(module), [], set()
     for fn in ast.walk(ast.parse(MODULES[module].read_text())):
         if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
@@ -93,7 +94,7 @@ def lazy_imports(module: str) -> list[tuple[int, str, frozenset[str]]]:
                         roots.add(lib)
                     elif (target := _own(name)) and target != module:
                         roots |= heavy_roots(target)
-                out.append((node.lineno, ast.unparse(node), frozenset(roots)))
+                out.append((node.lineno, ast.unparse(node), frozenset(roots - loaded)))
     return sorted(out)
 
 

@@ -25,7 +25,7 @@ Prints one JSON summary line;
 a user-fixable problem is one line on stderr, with its family's exit code (README, "Errors and exit codes").
 """
 
-# Lazy imports: numpy, omegaconf, torch
+# Lazy imports: numpy, torch
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ file readable, its sha256 as meta.json records, its row count and array shape; w
 vocabulary word occurs (coverage).
 """
 
-# Lazy imports: great_expectations, numpy, omegaconf, pandas
+# Lazy imports: great_expectations, pandas
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ import numpy as np
 from flows.params import load_with_sets
 from flows.schema import ValidateConfig, validate_config
 from flows.stages._cli import stage_main, stage_parser
+from twinflow_core.data.config import DataConfig
+from twinflow_core.data.prepared import content_hash, file_sha256, read_manifest, read_meta, read_shard
 from twinflow_core.data.vocab import split_words
 from twinflow_core.errors import DataError
 
@@ -33,8 +35,6 @@ def build_tables(path: Path, meta: dict, manifest, image_size: int):
     """(rows, shards, words) DataFrames: the manifest with derived columns, one row per shard, per word.
     Shard arrays are checked against the configured `image_size` (not only against what meta.json says)."""
     import pandas as pd
-
-    from twinflow_core.data.prepared import content_hash, file_sha256, read_shard
 
     size = image_size
     hash_ok = np.zeros(len(manifest), dtype=bool)
@@ -315,8 +315,6 @@ def write_reports(out_dir: Path, name: str, path: Path, results: list[dict], sum
 
 def validate(params: dict, root: str | Path = ".", dataset: str | Path | None = None) -> tuple[bool, Path, dict]:
     """Validate the prepared dataset; returns (passed, report path, summary metrics)."""
-    from twinflow_core.data.config import DataConfig
-    from twinflow_core.data.prepared import read_manifest, read_meta
 
     data_cfg = DataConfig.from_dict(params.get("data"))
     cfg = validate_config(params.get("validate"))

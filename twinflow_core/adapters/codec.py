@@ -9,7 +9,7 @@ seconds to import, and the in-house nets' generators, which share the generator 
 do not need them.
 """
 
-# Lazy imports: diffusers, torch
+# Lazy imports: diffusers
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 

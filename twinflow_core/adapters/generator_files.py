@@ -18,7 +18,7 @@ The stock-diffusers classes (twinflow_core/adapters/stock.py) are imported where
 which takes seconds, and checking or wrapping a folder does not need them.
 """
 
-# Lazy imports: diffusers, torch
+# Lazy imports: diffusers
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 

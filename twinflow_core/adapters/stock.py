@@ -34,8 +34,6 @@ Guidance: the any-step model has classifier-free guidance baked in; keep the pip
 (guidance_scale=1.0 for SD3 and SANA; no negative_prompt for Qwen-Image).
 """
 
-# Lazy imports: torch
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import argparse
@@ -54,8 +52,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from twinflow_core.adapters.families import _qwen_pack, get_family
+from twinflow_core.adapters.lora import LORA_FILE
 from twinflow_core.adapters.velocity import add_gated_r
 from twinflow_core.errors import ConfigError, DataError, TwinflowError, exit_code
 from twinflow_core.sampler import STYLE_DEFAULTS, time_grid
@@ -322,9 +322,6 @@ def comfyui_lora(lora_dir, out_file, family: str = "sd3") -> Path:
     `lora_A` / `lora_B` weights, which is what the export already holds, but it reads no safetensors metadata and
     scales by `<module>.alpha` / rank (1.0 when absent): this file adds the alpha tensors from the adapter's
     config. Qwen-Image and SANA are refused: their ComfyUI key maps are not verified here."""
-    from safetensors.torch import save_file
-
-    from twinflow_core.adapters.lora import LORA_FILE
 
     if family != "sd3":
         raise ConfigError(f"only sd3 LoRAs are converted (ComfyUI's {family} key map is not verified)")

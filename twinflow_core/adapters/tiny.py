@@ -8,7 +8,7 @@ token, so the tokenizer appends one. Qwen-Image's and SANA's are the real tokeni
 GemmaTokenizer) with a BPE vocabulary learned from the word list, because their pipelines count tokens.
 """
 
-# Lazy imports: diffusers, numpy, tokenizers, torch, transformers
+# Lazy imports: diffusers, numpy, tokenizers, transformers
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ Two ways of telling the model r, both from the official TwinFlow code:
 Signed (negative) time goes straight into the model's sinusoidal embedding, as in the official code.
 """
 
-# Lazy imports: diffusers, torch
+# Lazy imports: diffusers
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from twinflow_core.adapters.families import Family, family_of, get_family
@@ -196,7 +197,6 @@ def load_velocity(
     official TwinFlow checkpoint with its `time_text_embed_2` / `time_embed_2` weights). Without an adapter
     meta file, family and time_input must be given; an r embedding present in the weights is loaded, else
     initialised by the family rule."""
-    from safetensors.torch import load_file
 
     folder = Path(source) / subfolder if subfolder else Path(source)
     meta_path = folder / ADAPTER_META

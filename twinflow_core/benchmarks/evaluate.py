@@ -20,7 +20,7 @@ The perception backends (evaluator_net imports torch) and tqdm are imported insi
 Core only (no MLflow, Prefect or DVC): `flows/stages/evaluate.py` wires it to params.yaml and the outputs.
 """
 
-# Lazy imports: numpy, torch
+# Lazy imports: torch
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from twinflow_core.benchmarks.protocol import (
     shapes_prompt_set,
     spread,
 )
+from twinflow_core.benchmarks.shapes_detector import ShapesDetector, answer_item
 
 # ------------------------------------------------------------------------------------------- scoring
 
@@ -63,7 +64,6 @@ def score_dpg_shapes(
     images: Sequence[np.ndarray], item_ids: Sequence[str], questions: Sequence[dpg_score.Question], detector
 ) -> dict:
     """images[i] is one tile of item item_ids[i] (tiles of an item in order); both rule sets."""
-    from twinflow_core.benchmarks.shapes_detector import answer_item
 
     grouped = dpg_score.group_questions(questions, "corrected")
     detections = detector.detect_many(np.asarray(images))
@@ -117,8 +117,6 @@ class Evaluators:
 
         directory = Path(directory)
         if domain == "shapes":
-            from twinflow_core.benchmarks.shapes_detector import ShapesDetector
-
             return cls(
                 domain,
                 ShapesDetector.load(directory / "shapes-detector"),

@@ -6,8 +6,6 @@ saved as `<dir>/evaluator.safetensors` + `<dir>/evaluator.json` (architecture, t
 small enough to commit under artifacts/evaluators/.
 """
 
-# Lazy imports: torch
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -16,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -79,8 +78,6 @@ class EvaluatorNet(nn.Module):
 
 
 def save_evaluator(directory: str | Path, net: EvaluatorNet, meta: dict) -> Path:
-    from safetensors.torch import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(
@@ -91,8 +88,6 @@ def save_evaluator(directory: str | Path, net: EvaluatorNet, meta: dict) -> Path
 
 
 def load_evaluator(directory: str | Path) -> tuple[EvaluatorNet, dict]:
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     meta_path, weights = directory / "evaluator.json", directory / "evaluator.safetensors"
     if not meta_path.is_file() or not weights.is_file():

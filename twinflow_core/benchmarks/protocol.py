@@ -13,7 +13,7 @@ files' readers, the renderers and the digits scans (which load torch via train_e
 the functions that use them.
 """
 
-# Lazy imports: numpy, torch
+# Lazy imports: torch
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from twinflow_core.benchmarks import dpg_score
+from twinflow_core.data import prompt_sets, shapes
 from twinflow_core.data.config import build_config
+from twinflow_core.data.digits import caption
 from twinflow_core.errors import ConfigError, DataError
 from twinflow_core.schema import EVALUATE, check_section, section_defaults, types_of
 from twinflow_core.schema import default_field as _d
@@ -166,8 +168,6 @@ def spread(rows: list[dict], n: int) -> list[dict]:
 
 
 def shapes_prompt_set(cfg: EvalConfig) -> tuple[PromptSet, list[dict], list[dict], list[dpg_score.Question]]:
-    from twinflow_core.data import prompt_sets
-
     meta = spread(prompt_sets.load_geneval_metadata(cfg.prompts_dir), cfg.geneval_max_prompts)
     items = prompt_sets.load_dpg_items(cfg.prompts_dir)
     items = items[: cfg.dpg_max_items] if cfg.dpg_max_items else items
@@ -191,8 +191,6 @@ def shapes_prompt_set(cfg: EvalConfig) -> tuple[PromptSet, list[dict], list[dict
 
 
 def digits_prompt_set(cfg: EvalConfig) -> PromptSet:
-    from twinflow_core.data.digits import caption
-
     ps = PromptSet([], [])
     for _ in range(cfg.digits_per_class):  # interleaved, so any prefix is balanced over the classes
         for d in range(10):
@@ -204,7 +202,6 @@ def digits_prompt_set(cfg: EvalConfig) -> PromptSet:
 
 def real_shapes_images(ps: PromptSet, items: list[dict], seed: int, size: int) -> np.ndarray:
     """A real render for every entry of the prompt set (fresh scenes, seeds derived from `seed`)."""
-    from twinflow_core.data import shapes
 
     by_id = {it["item_id"]: it for it in items}
     out = [shapes.render_geneval(m, seed + i, size)[0] for i, m in enumerate(ps.geneval_meta)]

@@ -17,7 +17,7 @@ The colour of a detection is its component's palette colour (a forced choice, li
 classifier). Weights live in artifacts/evaluators/shapes-detector/ (see bench/instrument.py --train).
 """
 
-# Lazy imports: numpy, scipy, torch
+# Lazy imports: scipy, torch
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from twinflow_core.benchmarks.geneval_score import Detection, relative_position
+from twinflow_core.data.shapes import COLORS, PLURAL
 from twinflow_core.errors import DataError
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
@@ -42,8 +43,6 @@ DPG_THRESHOLD = 0.3  # detections above this confidence answer DPG questions (Ge
 
 
 def _palette() -> dict[str, np.ndarray]:
-    from twinflow_core.data.shapes import COLORS
-
     return {name: np.asarray(rgb, np.float64) for name, rgb in COLORS.items()}
 
 
@@ -182,8 +181,6 @@ _TUPLE = re.compile(r"^\s*(\w+)\s*-\s*(\w+)\s*\((.*)\)\s*$")
 
 
 def _singular(word: str) -> str:
-    from twinflow_core.data.shapes import PLURAL
-
     back = {v: k for k, v in PLURAL.items()}
     return back.get(word, word)
 

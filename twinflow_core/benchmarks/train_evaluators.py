@@ -12,7 +12,7 @@ Nothing here sees a generated image. `bench/instrument.py --train` calls these a
 artifacts/evaluators/<name>/.
 """
 
-# Lazy imports: numpy, scipy, torch
+# Lazy imports: scipy
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -22,8 +22,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from twinflow_core.benchmarks.evaluator_net import EvaluatorNet, save_evaluator, train
+from twinflow_core.benchmarks.evaluator_net import (
+    EvaluatorNet,
+    blur_noise_augment,
+    save_evaluator,
+    shift_augment,
+    train,
+)
 from twinflow_core.benchmarks.shapes_detector import CROP, JUNK, SHAPE_CLASSES, components
+from twinflow_core.data import shapes
+from twinflow_core.data.digits import digits_samples
+from twinflow_core.data.shapes import COLORS
 
 DIGITS_TRAIN = 1200
 SHAPES_TRAIN_SEED = 1009  # render seed of evaluator training scenes (the training data uses data.seed)
@@ -51,8 +60,6 @@ def _iou(a, b) -> float:
 
 def crop_dataset(n_images: int, size: int, seed: int = SHAPES_TRAIN_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(alpha crops (N, CROP, CROP), labels 0..4) from rendered scenes."""
-
-    from twinflow_core.data import shapes
 
     rng = np.random.default_rng(seed)
     crops, labels = [], []
@@ -100,7 +107,6 @@ def train_shape_classifier(
 
 def shapes_targets(scenes: list[dict]) -> np.ndarray:
     """Per scene: 24 (colour, class) presence bits, then 4 x 5 one-hot counts (0..4) per class."""
-    from twinflow_core.data.shapes import COLORS
 
     colors = list(COLORS)
     y = np.zeros((len(scenes), len(colors) * len(SHAPE_CLASSES) + 5 * len(SHAPE_CLASSES)), np.float32)
@@ -118,8 +124,6 @@ def shapes_targets(scenes: list[dict]) -> np.ndarray:
 def train_shapes_features(
     out: str | Path, n_images: int = 3000, size: int = 32, epochs: int = 12, seed: int = SHAPES_TRAIN_SEED + 1
 ) -> dict:
-    from twinflow_core.data import shapes
-
     torch.manual_seed(seed)
     samples = list(shapes.shapes_samples(n_images, size, seed))
     images = np.stack([s.image for s in samples])
@@ -142,8 +146,6 @@ def train_shapes_features(
 
 
 def digits_arrays(size: int) -> tuple[np.ndarray, np.ndarray]:
-    from twinflow_core.data.digits import digits_samples
-
     samples = list(digits_samples(size))
     return np.stack([s.image for s in samples]), np.asarray([s.label for s in samples])
 
@@ -152,7 +154,6 @@ def train_digits_classifier(
     out: str | Path, size: int = 32, epochs: int = 20, seed: int = 0, net_size: int = 16
 ) -> dict:
     """`size`: the prepared digits' image size; the net reads them resized to `net_size` (the scans are 8x8)."""
-    from twinflow_core.benchmarks.evaluator_net import blur_noise_augment, shift_augment
 
     torch.manual_seed(seed)
     images, labels = digits_arrays(size)

@@ -15,7 +15,7 @@ Same input and seed give byte-identical files (npz entries carry a fixed timesta
 nothing records time or location). A dataset is built in a hidden sibling directory and renamed into place
 only when complete, so a failed or killed run never leaves a directory that looks like a dataset.
 """
-# Lazy imports: numpy, omegaconf, pandas, pyarrow
+# Lazy imports: omegaconf, pandas, pyarrow
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from twinflow_core.data.vocab import split_words
 from twinflow_core.errors import DataError
 from tqdm import tqdm
 import fcntl
+from twinflow_core.viz import save_image_grid
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.parquet"
@@ -355,7 +356,6 @@ def _grid_picks(kinds: list[str], n: int) -> list[int]:
 def save_sample_grid(dataset: PreparedDataset | str | Path, path: str | Path, n: int = 32, ncol: int = 8) -> Path:
     """A captioned grid of n samples, taken round-robin over caption kinds so every kind shows. Given a folder,
     reads only those n images (the prepare stage: a dataset need not fit in memory)."""
-    from twinflow_core.viz import save_image_grid
 
     if isinstance(dataset, PreparedDataset):
         meta, manifest = dataset.meta, dataset.manifest

@@ -1,7 +1,5 @@
 """One interface over the data sources: `open_source(cfg)` -> how many samples, the samples, and the
 source-specific part of the prepared dataset's meta (vocabulary, classes, caption kinds, parameters)."""
-# Lazy imports: numpy
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,6 +9,10 @@ from pathlib import Path
 from twinflow_core.data.config import DataConfig
 from twinflow_core.data.sample import Sample
 from twinflow_core.data.vocab import vocabulary_of
+from twinflow_core.data import digits
+from twinflow_core.data import shapes
+from twinflow_core.data.imagefolder import imagefolder_samples
+from twinflow_core.data.prompt_sets import load_holdout
 
 
 @dataclass
@@ -24,12 +26,10 @@ def open_source(cfg: DataConfig, root: str | Path = ".") -> Source:
     """The source `cfg.source`; a relative shapes.holdout_dir is taken from `root` (the repository)."""
     size = cfg.image_size
     if cfg.source == "shapes":
-        from twinflow_core.data import shapes
 
         sc = cfg.shapes
         holdout = None
         if sc.holdout_dir:
-            from twinflow_core.data.prompt_sets import load_holdout
 
             holdout = load_holdout(Path(root) / sc.holdout_dir)
         kinds, _ = shapes.mix_table(sc.mix)
@@ -47,13 +47,11 @@ def open_source(cfg: DataConfig, root: str | Path = ".") -> Source:
         }
         return Source(sc.n_images, shapes.shapes_samples(sc.n_images, size, cfg.seed, holdout, sc.mix), meta)
     if cfg.source == "digits":
-        from twinflow_core.data import digits
 
         meta = {"vocabulary": digits.vocabulary(), "classes": list(digits.CLASSES), "labeled": True,
                 "kinds": ["digit"], "params": {}}
         return Source(digits.N_DIGITS, digits.digits_samples(size), meta)
     if cfg.source == "imagefolder":
-        from twinflow_core.data.imagefolder import imagefolder_samples
 
         ic = cfg.imagefolder
         n, captions, samples = imagefolder_samples(ic.path, size, ic.strict, ic.min_size, ic.endpoint_url,

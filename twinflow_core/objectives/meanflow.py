@@ -31,8 +31,6 @@ network regresses is v~ = omega v + (1 - omega) u(z_t, t, t | null), omega = 1 +
 the online network without gradient; v~ also is the JVP's tangent. w = 0: the unguided objective.
 """
 
-# Lazy imports: torch
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -40,6 +38,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from twinflow_core.errors import ConfigError
 from twinflow_core.objective import config_from_dict, randn_rows, unwrap
@@ -102,7 +101,6 @@ def forward_mode_layout(net: nn.Module):
     kernels have no forward-mode rule), and the contiguous layout for nets with a `channels_last` switch (the
     in-house UNet; the forward-mode rule of group_norm fails on channels-last activations). Same values up to
     float summation order."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     mods = [m for m in net.modules() if hasattr(m, "channels_last")]
     saved = [m.channels_last for m in mods]

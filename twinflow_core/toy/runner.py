@@ -6,8 +6,6 @@ their registered few-step sampler (rcgm, twinflow: the official "few"; meanflow:
 over equal intervals) up to 8 NFE and the ODE ("mul") beyond.
 """
 
-# Lazy imports: numpy
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -26,6 +24,7 @@ from twinflow_core.nets import build_net
 from twinflow_core.objective import sanitize_and_clip_grads_
 from twinflow_core.sampler import euler, sample
 from twinflow_core.toy import data2d, metrics2d
+from twinflow_core.viz import save_scatter
 
 
 @dataclass
@@ -128,8 +127,6 @@ def run(cfg: ToyConfig, out: str | Path, progress: bool = True, plots: bool = Tr
             entry.update(metrics2d.mode_coverage(samples, data2d.eight_gaussian_centers(), data2d.EIGHT_GAUSSIANS_STD))
         results["nfe"][str(k)] = entry
         if plots:
-            from twinflow_core.viz import save_scatter
-
             save_scatter(
                 {"held-out data": held_out, f"{cfg.method} @ {k} NFE": samples},
                 out / f"scatter_nfe{k}.png",

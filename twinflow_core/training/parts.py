@@ -10,8 +10,6 @@ seeded draws in that order.
 The latent kind's modules (latent.py and fsdp.py, which bring in the adapters) are imported only when it is built.
 """
 
-# Lazy imports: lightning, numpy, torch
-# (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
 import json
@@ -29,9 +27,12 @@ from twinflow_core.nets import build_net
 from twinflow_core.nets.embeddings import reinit_target_time_embedding
 from twinflow_core.nets.generator import read_meta
 from twinflow_core.text import Tokenizer
+from twinflow_core.training import fsdp
 from twinflow_core.training.callbacks import ExportGenerator, SampleGrid
 from twinflow_core.training.config import StageConfig, TrainerConfig, TrainingSections, is_pretrained, micro_batch
 from twinflow_core.training.data import LatentDataModule, PreparedDataModule
+from twinflow_core.training.latent import ExportLatentGenerator, check_latents
+from twinflow_core.training.latent import build_net as build_latent_net
 from twinflow_core.training.launch import Launch, detect, micro_batch_for, placement
 from twinflow_core.training.module import TwinFlowModule
 
@@ -122,10 +123,6 @@ def _inhouse_parts(
 def _latent_parts(
     stage: str, sections: TrainingSections, st: StageConfig, objective, launch: Launch | None
 ) -> TrainingParts:
-    from twinflow_core.training import fsdp
-    from twinflow_core.training.latent import ExportLatentGenerator, check_latents
-    from twinflow_core.training.latent import build_net as build_latent_net
-
     data_meta = _latent_meta(st.data)
     if stage != "train" or not st.init:
         raise ConfigError(

@@ -11,7 +11,7 @@ export callbacks), names the run by its key, resumes, trains and summarises. Lig
 and Lightning takes seconds to import.
 """
 
-# Lazy imports: lightning, numpy, omegaconf, torch
+# Lazy imports: lightning
 # (slow to load or not in the base install: only the functions that use them load them)
 from __future__ import annotations
 
