@@ -35,7 +35,10 @@ def stage_main(stage: str, body: Callable[[], int | None]) -> int:
     """Runs a stage's `body` and returns its exit code (None is 0); a TwinflowError it raises becomes one line on
     stderr and its family's exit code."""
     try:
-        return body() or 0
+        code = body()
     except TwinflowError as err:
         print(f"{stage}: error: {err}", file=sys.stderr)
         return exit_code(err)
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        raise TypeError(f"{stage}: the stage's body returned {code!r}, not an exit code")  # a programming error
+    return code or 0

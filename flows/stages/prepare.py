@@ -35,7 +35,11 @@ def run(params: dict, root: str | Path = ".", progress: bool = True) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = stage_parser("prepare", __doc__, "data.name=digits", root=True).parse_args(argv)
-    return stage_main("prepare", lambda: run(load_with_sets(Path(args.root) / args.params, args.overrides), args.root))
+
+    def body() -> None:
+        run(load_with_sets(Path(args.root) / args.params, args.overrides), args.root)
+
+    return stage_main("prepare", body)
 
 
 if __name__ == "__main__":
