@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+from twinflow_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 ENCODE_READS_NOT = (
@@ -166,3 +169,16 @@ def test_a_hub_id_in_the_cache_runs_from_its_snapshot_so_the_revision_is_recorde
     parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert parsed == {k: str(snapshot) for k in ("model.source", "train.init", "evaluate.base")}
     assert (snapshot / "model.json").is_file() and rev in parsed["train.init"]
+
+
+def test_a_snapshot_is_made_a_base_only_from_the_model_section_never_an_assumed_family(tmp_path):
+    """A snapshot without model.json becomes a base generator from model.family and its sizes; a model section
+    without a family is one line naming the key, and the snapshot is left as it was (no sd3 is assumed)."""
+    from flows.model_source import localise_hub
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    model = {"name": "diffusers", "image_size": 32, "max_sequence_length": 48}
+    with pytest.raises(ConfigError, match=r"^model\.family: missing \(conf/model/<family>\.yaml sets it\)$"):
+        localise_hub({"model.source": str(snapshot)}, {"model": model}, log=lambda line: None)
+    assert list(snapshot.iterdir()) == []
